@@ -163,7 +163,7 @@ TEST(FormatHandWorked, FourBySixtyFourWithOneTwoThirtyTwo) {
   }
   const PackedMatrix packed = pack(w, SparsityPattern::parse("1:2:32"));
 
-  // Group 0 keeps row 0 in segment 0 (56 > 16) and row 1 in segment 1 (136 > 56); group 1 keeps row 2.
+  // Group 0 keeps row 0 in segment 0 (49 > 16) and row 1 in segment 1 (136 > 56); group 1 keeps row 2.
   std::vector<std::uint32_t> expected_select = {0, 1, 0, 0};  // [crow/32 = 0..1][segment 0..1][bit 0]
   EXPECT_EQ(packed.row_select, expected_select);
 
