@@ -9,6 +9,8 @@
 
 #include "samoyeds/format.h"
 #include "samoyeds/matrix.h"
+#include "samoyeds/moe.h"
+#include "samoyeds/routing.h"
 #include "samoyeds/tokens.h"
 
 namespace samoyeds::reference {
@@ -29,5 +31,19 @@ Matrix ssmm_down_weighted(const PackedMatrix& down, const Matrix& a, std::span<c
 
 // SiLU(x) = x / (1 + e^-x) in fp32, as every kernel computes it.
 float silu(float x);
+
+// --- whole MoE layer ---------------------------------------------------------------------------------
+
+// One MoE layer on packed weights, the twin of the GPU layer: fp32 router logits and routing, per
+// expert the gate/up product on its gathered tokens (A rounded to the dtype), the weighted down
+// product per slot (rounded), shared experts on all tokens (Qwen2-MoE: weighted by the sigmoid
+// gate), and the deterministic combine. x [T, H] -> Y [T, H] in x's dtype. `routing_out` receives the routing.
+Matrix moe_layer(const ModelConfig& config, const PackedMoeWeights& weights, const Matrix& x,
+                 Routing* routing_out = nullptr);
+
+// The same layer as a straightforward per-token loop on dense weights (pass unpack_moe_weights(...)
+// to get the packed layer's meaning): identical routing and rounding points, plain dot products.
+Matrix moe_layer_dense(const ModelConfig& config, const DenseMoeWeights& weights, const Matrix& x,
+                       Routing* routing_out = nullptr);
 
 }  // namespace samoyeds::reference
