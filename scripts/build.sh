@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Configures and builds Samoyeds into ./build (CUDA kernels included when nvcc is found).
+# Installs what the build needs from Debian when it is missing (cmake, a C++ compiler, GoogleTest).
+# Usage: scripts/build.sh [extra cmake arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(g++)
+[ -e /usr/include/gtest/gtest.h ] || [ -e /usr/src/googletest/CMakeLists.txt ] || missing+=(libgtest-dev)
+command -v ninja >/dev/null || missing+=(ninja-build)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/build.sh: installing ${missing[*]} from Debian" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ -z "${PATH##*/usr/local/cuda/bin*}" ] || export PATH="$PATH:/usr/local/cuda/bin"
+
+jobs=${SAMOYEDS_JOBS:-$(nproc)}
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release "$@"
+cmake --build build -j "$jobs"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine (device tool), from the repository root, carrying .carry (scripts/gpu_prepare.sh):
+#   scripts/gpu_run.sh [bench ...]
+# Builds with nvcc for sm_90a and sm_80, runs the GPU tests and the CPU tests, the demo and, as the
+# benchmarks land, `samoyeds bench`. Every log goes to $OUT (default ./gpu-out); a summary prints last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PATH="$PATH:/usr/local/cuda/bin"
+status=0
+step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.log, records the result
+  local name=$1; shift
+  local start=$SECONDS
+  if "$@" >"$OUT/$name.log" 2>&1; then
+    echo "ok    $name ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"
+  else
+    echo "FAIL  $name ($((SECONDS - start)) s): see $name.log" | tee -a "$OUT/summary.txt"
+    tail -n 40 "$OUT/$name.log"
+    status=1
+  fi
+}
+
+{ nvidia-smi; nvcc --version; cmake --version; } >"$OUT/machine.txt" 2>&1
+gtest_args=()
+[ -f .carry/googletest/CMakeLists.txt ] && gtest_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
+step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${gtest_args[@]}"
+step build cmake --build build-gpu -j 16
+step gpu-tests ctest --test-dir build-gpu -L gpu --output-on-failure
+step cpu-tests ctest --test-dir build-gpu -L cpu --output-on-failure -j 16
+step demo ./build-gpu/samoyeds demo
+for extra in "$@"; do
+  step "bench-$extra" ./build-gpu/samoyeds bench "$extra"
+done
+grep -h -E "tests passed|tests failed" "$OUT"/gpu-tests.log "$OUT"/cpu-tests.log 2>/dev/null
+cat "$OUT/summary.txt"
+exit $status
