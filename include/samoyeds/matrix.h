@@ -21,7 +21,7 @@ class Matrix {
   std::int64_t rows() const { return rows_; }
   std::int64_t cols() const { return cols_; }
   std::int64_t numel() const { return rows_ * cols_; }
-  std::size_t bytes() const { return bytes_.size() * sizeof(std::uint16_t); }
+  std::size_t bytes() const { return static_cast<std::size_t>(numel()) * dtype_size(dtype_); }
   bool empty() const { return numel() == 0; }
 
   float get(std::int64_t row, std::int64_t col) const;
@@ -32,8 +32,8 @@ class Matrix {
   std::uint16_t* half_data();
   const float* float_data() const;
   float* float_data();
-  const void* data() const { return bytes_.data(); }
-  void* data() { return bytes_.data(); }
+  const void* data() const;
+  void* data();
 
   // Row `row` widened to fp32 (out must hold cols() floats).
   void row_to_float(std::int64_t row, float* out) const;
@@ -45,7 +45,8 @@ class Matrix {
   DType dtype_ = DType::f32;
   std::int64_t rows_ = 0;
   std::int64_t cols_ = 0;
-  std::vector<std::uint16_t> bytes_;  // 2-byte units; fp32 uses two per element
+  std::vector<std::uint16_t> half_;  // bf16/fp16 bit patterns (empty for fp32)
+  std::vector<float> float_;         // fp32 elements (empty otherwise)
 };
 
 }  // namespace samoyeds

@@ -248,6 +248,8 @@ void PackedMatrix::validate() const {
       const int first = static_cast<int>(code & 3u), second = static_cast<int>(code >> 2);
       SAMOYEDS_CHECK(first < second, "metadata of compressed row ", crow, ", chunk ", q, " holds positions (", first,
                      ", ", second, "); each chunk needs two distinct ascending positions");
+      SAMOYEDS_CHECK(!padding_crow || code == layout::kPaddingChunkCode, "metadata of padding compressed row ", crow,
+                     ", chunk ", q, " is not the padding code (0, 1)");
       const std::int64_t row = padding_crow ? g.rows : logical_row_at(*this, g, crow, 4 * q);
       for (int k = 0; k < 2; ++k) {
         const std::int64_t c = 4 * q + (k == 0 ? first : second);

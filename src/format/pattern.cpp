@@ -21,6 +21,7 @@ int parse_int(std::string_view text, std::string_view whole) {
 
 SparsityPattern SparsityPattern::vector_nm(int n, int m, int v) {
   SparsityPattern pattern{n, m, v};
+  SAMOYEDS_CHECK(m > 1, "row selection ", n, ":", m, " keeps every row; use plain 2:4 (written \"2:4\") for that");
   pattern.validate();
   return pattern;
 }

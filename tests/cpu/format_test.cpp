@@ -100,7 +100,7 @@ TEST(FormatPattern, ParsesAndPrints) {
 }
 
 TEST(FormatPattern, RejectsUnsupported) {
-  for (const char* bad : {"2:2:128", "0:2:128", "1:9:128", "3:2:128", "1:2:100", "1:2:0", "1:2:-32", "abc", "1:2:128:4",
+  for (const char* bad : {"1:1:0", "1:1:128", "2:2:128", "0:2:128", "1:9:128", "3:2:128", "1:2:100", "1:2:0", "1:2:-32", "abc", "1:2:128:4",
                           "1::128", "", "1:2:128x"}) {
     SCOPED_TRACE(bad);
     EXPECT_THROW(SparsityPattern::parse(bad), Error);
@@ -389,6 +389,11 @@ TEST(FormatErrors, ValidateCatchesCorruption) {
   {
     PackedMatrix bad = good;  // a value in a padding compressed row
     bad.values.back() = float_to_bf16(1.0f);
+    EXPECT_THROW(bad.validate(), Error);
+  }
+  {
+    PackedMatrix bad = good;  // a padding compressed row with a non-padding chunk code
+    bad.metadata.back() = 0x4444444Du;
     EXPECT_THROW(bad.validate(), Error);
   }
   {
