@@ -10,4 +10,8 @@ if [ ! -f .carry/googletest/CMakeLists.txt ]; then
   [ -f "$src/CMakeLists.txt" ] || { apt-get update -qq && apt-get install -y -qq googletest >/dev/null; }
   rm -rf .carry/googletest && cp -r "$src" .carry/googletest
 fi
-du -sh .carry
+# The GPU machine's copy of the tree has no .git: record which commit the numbers belong to.
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- . ':!bench/results' 2>/dev/null || commit="$commit-dirty"
+echo "$commit" > .carry/commit
+du -sh .carry; cat .carry/commit

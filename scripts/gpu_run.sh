@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (device tool), from the repository root, carrying .carry (scripts/gpu_prepare.sh):
-#   scripts/gpu_run.sh [bench ...]
+#   scripts/gpu_run.sh [kernel ...]      (names of `samoyeds bench` runs to make after the tests)
 # Builds with nvcc for sm_90a and sm_80, runs the GPU tests and the CPU tests, the demo and, as the
 # benchmarks land, `samoyeds bench`. Every log goes to $OUT (default ./gpu-out); a summary prints last.
 set -uo pipefail
@@ -22,6 +22,7 @@ step() {  # step NAME COMMAND...: runs, logs to $OUT/NAME.log, records the resul
 }
 
 { nvidia-smi; nvcc --version; cmake --version; } >"$OUT/machine.txt" 2>&1
+[ -f .carry/commit ] && export SAMOYEDS_COMMIT="$(cat .carry/commit)"
 gtest_args=()
 [ -f .carry/googletest/CMakeLists.txt ] && gtest_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
 step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${gtest_args[@]}"
@@ -29,8 +30,9 @@ step build cmake --build build-gpu -j 16
 step gpu-tests ctest --test-dir build-gpu -L gpu --output-on-failure
 step cpu-tests ctest --test-dir build-gpu -L cpu --output-on-failure -j 16
 step demo ./build-gpu/samoyeds demo
-for extra in "$@"; do
-  step "bench-$extra" ./build-gpu/samoyeds bench "$extra"
+for bench in "$@"; do
+  step "bench-$bench" ./build-gpu/samoyeds bench "$bench" --out "$OUT/bench-$bench.jsonl"
+  cat "$OUT/bench-$bench.log"
 done
 grep -h -E "tests passed|tests failed" "$OUT"/gpu-tests.log "$OUT"/cpu-tests.log 2>/dev/null
 cat "$OUT/summary.txt"

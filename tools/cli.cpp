@@ -56,6 +56,10 @@ Args parse(const Command& command, const std::vector<std::string>& argv) {
     if (!option.default_value.empty()) args.defaults_[option.name] = option.default_value;
   for (std::size_t i = 0; i < argv.size(); ++i) {
     const std::string& word = argv[i];
+    if (!command.positional.empty() && word.rfind("--", 0) != 0) {
+      args.positional_.push_back(word);
+      continue;
+    }
     if (word.rfind("--", 0) != 0 || word.size() == 2)
       throw UsageError{"unexpected argument '" + word + "'; options of '" + command.name + "': " + option_list(command)};
     std::string name = word.substr(2), value;
@@ -79,7 +83,8 @@ Args parse(const Command& command, const std::vector<std::string>& argv) {
 
 std::string usage(const Command& command) {
   std::ostringstream out;
-  out << "usage: samoyeds " << command.name << (command.options.empty() ? "" : " [options]") << "\n\n"
+  out << "usage: samoyeds " << command.name << (command.positional.empty() ? "" : " " + command.positional)
+      << (command.options.empty() ? "" : " [options]") << "\n\n"
       << command.description << "\n";
   if (!command.options.empty()) out << "\noptions:\n";
   for (const Option& option : command.options) {

@@ -25,11 +25,13 @@ class Args {
   std::string get(const std::string& name) const;           // value or the option's default
   std::int64_t get_int(const std::string& name) const;      // integer value; errors name the option
   std::vector<std::int64_t> get_int_list(const std::string& name) const;  // "1,16,128"
+  const std::vector<std::string>& positional() const { return positional_; }
 
  private:
   friend Args parse(const struct Command&, const std::vector<std::string>&);
   std::map<std::string, std::string> values_;
   std::map<std::string, std::string> defaults_;
+  std::vector<std::string> positional_;
 };
 
 struct Command {
@@ -38,6 +40,7 @@ struct Command {
   std::string description;             // paragraph for --help
   std::vector<Option> options;
   std::function<int(const Args&)> run;
+  std::string positional;  // e.g. "kernel|moe": words without "--" allowed (and required) when set
 };
 
 // Thrown for bad command lines; main prints the message and the command's usage hint, exit code 2.
@@ -52,6 +55,7 @@ std::string usage(const Command& command);  // full --help text
 Command info_command();
 Command demo_command();
 Command models_command();
+Command bench_command();
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

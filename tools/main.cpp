@@ -12,7 +12,8 @@ namespace {
 using samoyeds::cli::Command;
 
 std::vector<Command> commands() {
-  return {samoyeds::cli::demo_command(), samoyeds::cli::info_command(), samoyeds::cli::models_command()};
+  return {samoyeds::cli::demo_command(), samoyeds::cli::info_command(), samoyeds::cli::models_command(),
+          samoyeds::cli::bench_command()};
 }
 
 void print_overview(std::FILE* out) {

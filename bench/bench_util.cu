@@ -1,0 +1,115 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "bench/bench_util.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+
+#include "io/json.h"
+#include "kernels/cuda_check.h"
+
+#ifndef SAMOYEDS_GIT_COMMIT
+#define SAMOYEDS_GIT_COMMIT "unknown"
+#endif
+
+namespace samoyeds::bench {
+
+Timer::Timer() {
+  SAMOYEDS_CUDA_CHECK(cudaEventCreate(&start_));
+  SAMOYEDS_CUDA_CHECK(cudaEventCreate(&stop_));
+  int device = 0, l2_bytes = 0;
+  SAMOYEDS_CUDA_CHECK(cudaGetDevice(&device));
+  SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  flush_bytes_ = static_cast<std::size_t>(std::max(l2_bytes, 1 << 20)) * 2;  // twice the L2: nothing survives
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&flush_, flush_bytes_));
+}
+
+Timer::~Timer() {
+  cudaEventDestroy(start_);
+  cudaEventDestroy(stop_);
+  cudaFree(flush_);
+}
+
+Timing Timer::time(const std::function<void()>& work, int reps, int warmup) {
+  for (int i = 0; i < warmup; ++i) work();
+  SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<double> us;
+  for (int i = 0; i < reps; ++i) {
+    SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_));
+    SAMOYEDS_CUDA_CHECK(cudaEventRecord(start_));
+    work();
+    SAMOYEDS_CUDA_CHECK(cudaEventRecord(stop_));
+    SAMOYEDS_CUDA_CHECK(cudaEventSynchronize(stop_));
+    float ms = 0;
+    SAMOYEDS_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));
+    us.push_back(ms * 1000.0);
+  }
+  std::sort(us.begin(), us.end());
+  auto at = [&](double q) { return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1) + 0.5)]; };
+  return Timing{at(0.5), at(0.1), at(0.9)};
+}
+
+std::string device_name() {
+  int device = 0;
+  cudaDeviceProp prop{};
+  SAMOYEDS_CUDA_CHECK(cudaGetDevice(&device));
+  SAMOYEDS_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+std::string device_tag() {
+  std::string name = device_name();
+  for (const char* known : {"H200", "H100", "A100", "L40S", "L4", "B200"})
+    if (name.find(known) != std::string::npos) {
+      std::string tag = known;
+      for (char& c : tag) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      return tag;
+    }
+  std::string tag;
+  for (char c : name) tag += std::isalnum(static_cast<unsigned char>(c)) ? static_cast<char>(std::tolower(c)) : '-';
+  return tag;
+}
+
+std::string commit() {
+  if (const char* env = std::getenv("SAMOYEDS_COMMIT"); env && *env) return env;
+  return SAMOYEDS_GIT_COMMIT;
+}
+
+std::string today() {
+  const std::time_t now = std::time(nullptr);
+  char text[16];
+  std::strftime(text, sizeof text, "%Y-%m-%d", std::gmtime(&now));
+  return text;
+}
+
+Record& Record::add(const std::string& key, const std::string& value) {
+  fields_.emplace_back(key, json::dump(json::Value(value)));
+  return *this;
+}
+Record& Record::add(const std::string& key, double value) {
+  fields_.emplace_back(key, json::dump(json::Value(value)));
+  return *this;
+}
+Record& Record::add(const std::string& key, std::int64_t value) {
+  fields_.emplace_back(key, json::dump(json::Value(value)));
+  return *this;
+}
+
+std::string Record::json() const {
+  std::string out = "{";
+  for (std::size_t i = 0; i < fields_.size(); ++i)
+    out += (i ? "," : "") + json::dump(json::Value(fields_[i].first)) + ":" + fields_[i].second;
+  return out + "}";
+}
+
+double geomean(const std::vector<double>& values) {
+  if (values.empty()) return 0.0;
+  double log_sum = 0;
+  for (double v : values) log_sum += std::log(v);
+  return std::exp(log_sum / static_cast<double>(values.size()));
+}
+
+}  // namespace samoyeds::bench

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: Apache-2.0
+// SSMM on the GPU: products of packed (Samoyeds-format) weights with token-major activations, the
+// activation rows gathered through an expert's token list while tiles load. Variants (epilogues):
+//   plain          Y[j, :] = Ŵ · x_j
+//   gate_up        A[j, :] = SiLU(Ŵ_gate · x_j) ⊙ (Ŵ_up · x_j) [⊙ (Ŵ_gate_linear · x_j)]
+//   down_weighted  Y[j, :] = w_j · (Ŵ_down · x_j)
+// with x_j = X[token_idx[j], :] (a routed expert) or X[j, :] (all tokens: shared experts).
+// Each variant has a CPU twin in samoyeds/reference.h with the same meaning. No CUDA types here:
+// device pointers are plain pointers and a stream is passed as `void*` (a cudaStream_t).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "samoyeds/format.h"
+
+namespace samoyeds::gpu {
+
+// A packed matrix whose arrays live in GPU memory (not owned).
+struct PackedMatrixView {
+  SparsityPattern pattern;
+  DType dtype = DType::bf16;
+  std::int64_t rows = 0, cols = 0;
+  const std::uint16_t* values = nullptr;    // [compressed_rows_padded, cols_padded/2]
+  const std::uint32_t* metadata = nullptr;  // [compressed_rows_padded/16, cols_padded/32, 16]
+  const std::uint32_t* row_select = nullptr;  // [compressed_rows_padded/32, num_segments, select_bits] or null (plain 2:4)
+};
+
+// Owns the GPU copy of a packed matrix.
+class DevicePackedMatrix {
+ public:
+  DevicePackedMatrix() = default;
+  explicit DevicePackedMatrix(const PackedMatrix& host);  // validates, allocates and copies
+  ~DevicePackedMatrix();
+  DevicePackedMatrix(DevicePackedMatrix&& other) noexcept;
+  DevicePackedMatrix& operator=(DevicePackedMatrix&& other) noexcept;
+  DevicePackedMatrix(const DevicePackedMatrix&) = delete;
+  DevicePackedMatrix& operator=(const DevicePackedMatrix&) = delete;
+  const PackedMatrixView& view() const { return view_; }
+
+ private:
+  void release();
+  PackedMatrixView view_;
+  void* allocation_ = nullptr;
+};
+
+enum class SsmmEpilogue { plain, gate_up, down_weighted };
+const char* epilogue_name(SsmmEpilogue epilogue);
+
+enum class SsmmPath {
+  automatic,  // the fastest path this device supports
+  sm90,       // wgmma.mma_async.sp (H100/H200)
+  sm80,       // warp-level mma.sp (sm_80 and newer, Hopper included)
+};
+const char* path_name(SsmmPath path);
+
+struct SsmmArgs {
+  SsmmEpilogue epilogue = SsmmEpilogue::plain;
+  PackedMatrixView weight;        // plain / down_weighted: W [M, K]; gate_up: W_gate [I, H]
+  PackedMatrixView up;            // gate_up only: W_up [I, H]
+  PackedMatrixView gate_linear;   // gate_up, OpenMoE only (values == nullptr when absent)
+  const void* x = nullptr;        // [T, K] bf16/fp16, row-major
+  std::int64_t num_x_rows = 0;    // T
+  DType x_dtype = DType::bf16;
+  const std::int32_t* token_idx = nullptr;  // [L] rows of X to use; nullptr: all T rows (L = T)
+  std::int64_t num_tokens = 0;    // L (must equal T when token_idx is null)
+  const float* slot_weight = nullptr;  // [L] fp32, down_weighted only
+  void* y = nullptr;              // [L, M] row-major
+  DType y_dtype = DType::bf16;    // x_dtype, or fp32 for the plain epilogue
+};
+
+// Empty when `path` can run `args`, else the reason (names the argument and the fix).
+std::string can_implement(const SsmmArgs& args, SsmmPath path);
+// The path `automatic` resolves to on the current device.
+SsmmPath resolve_path(SsmmPath path);
+// Launches on `stream` (a cudaStream_t, nullptr = default stream). Throws samoyeds::Error for bad
+// arguments or when no GPU/CUDA build is available; checks the launch. No host synchronisation.
+void ssmm(const SsmmArgs& args, void* stream = nullptr, SsmmPath path = SsmmPath::automatic);
+
+}  // namespace samoyeds::gpu

@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side checks of an SSMM call (can_implement) and path resolution. Plain C++: builds and is
+// tested without nvcc; the launchers in *.cu call these before launching.
+#include <cstdint>
+#include <string>
+
+#include "samoyeds/device.h"
+#include "samoyeds/error.h"
+#include "samoyeds/ssmm.h"
+
+namespace samoyeds::gpu {
+
+const char* epilogue_name(SsmmEpilogue epilogue) {
+  switch (epilogue) {
+    case SsmmEpilogue::plain: return "plain";
+    case SsmmEpilogue::gate_up: return "gate_up";
+    case SsmmEpilogue::down_weighted: return "down_weighted";
+  }
+  return "?";
+}
+
+const char* path_name(SsmmPath path) {
+  switch (path) {
+    case SsmmPath::automatic: return "automatic";
+    case SsmmPath::sm90: return "sm90";
+    case SsmmPath::sm80: return "sm80";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dtype) {
+  const std::string prefix = std::string(name) + ": ";
+  if (!w.values || !w.metadata) return prefix + "values and metadata must be device pointers (upload with DevicePackedMatrix)";
+  if (w.rows < 1 || w.cols < 1) return prefix + "empty matrix";
+  if (w.dtype != x_dtype) return prefix + "weights are " + dtype_name(w.dtype) + " but X is " + dtype_name(x_dtype);
+  const SparsityPattern& p = w.pattern;
+  if (p.has_row_selection()) {
+    if (p.n != 1 || p.m != 2 || p.v % 64 != 0)
+      return prefix + "the GPU kernels run pattern 1:2:V with V a multiple of 64 (e.g. 1:2:128) and plain 2:4; got " +
+             p.to_string() + " (repack the weights)";
+    if (!w.row_select) return prefix + "row_select must be a device pointer for pattern " + p.to_string();
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string can_implement(const SsmmArgs& a, SsmmPath path) {
+  if (!is_half_precision(a.x_dtype)) return std::string("X must be bf16 or fp16, got ") + dtype_name(a.x_dtype);
+  if (std::string r = check_weight("weight", a.weight, a.x_dtype); !r.empty()) return r;
+  const std::int64_t K = a.weight.cols;
+  if (a.epilogue == SsmmEpilogue::gate_up) {
+    if (std::string r = check_weight("up", a.up, a.x_dtype); !r.empty()) return r;
+    if (a.up.rows != a.weight.rows || a.up.cols != K) return "up must have the shape of the gate weight [I, H]";
+    if (a.gate_linear.values) {
+      if (std::string r = check_weight("gate_linear", a.gate_linear, a.x_dtype); !r.empty()) return r;
+      if (a.gate_linear.rows != a.weight.rows || a.gate_linear.cols != K) return "gate_linear must have the gate's shape [I, H]";
+    }
+  }
+  if (K % 8 != 0)
+    return "K = " + std::to_string(K) + " is not a multiple of 8: X rows must start 16-byte aligned; pad K (zero columns)";
+  if (a.num_x_rows < 0 || a.num_tokens < 0) return "negative token counts";
+  if (a.num_tokens > (std::int64_t{1} << 31) - 1 || a.num_x_rows > (std::int64_t{1} << 31) - 1)
+    return "more than 2^31 - 1 tokens";
+  // L = 0 is a no-op (an expert without tokens), whether or not a list pointer is given.
+  if (!a.token_idx && a.num_tokens != 0 && a.num_tokens != a.num_x_rows)
+    return "without a token list the product reads all rows of X: num_tokens (" + std::to_string(a.num_tokens) +
+           ") must equal num_x_rows (" + std::to_string(a.num_x_rows) + ")";
+  if (a.num_tokens > 0) {
+    if (!a.x || !a.y) return "x and y must be device pointers";
+    if (reinterpret_cast<std::uintptr_t>(a.x) % 16 != 0) return "x must be 16-byte aligned";
+    if (reinterpret_cast<std::uintptr_t>(a.y) % 4 != 0) return "y must be 4-byte aligned";
+    if (a.epilogue == SsmmEpilogue::down_weighted && !a.slot_weight) return "down_weighted needs slot_weight [L]";
+  }
+  const bool y_ok = a.y_dtype == a.x_dtype || (a.epilogue == SsmmEpilogue::plain && a.y_dtype == DType::f32);
+  if (!y_ok) return std::string("y must be ") + dtype_name(a.x_dtype) + (a.epilogue == SsmmEpilogue::plain ? " or fp32" : "");
+  if (path == SsmmPath::sm90) return "the sm90 (wgmma) path is not implemented yet; use SsmmPath::sm80 or automatic";
+  return "";
+}
+
+SsmmPath resolve_path(SsmmPath path) {
+  if (path != SsmmPath::automatic) return path;
+  return SsmmPath::sm80;  // the sm90 wgmma path is resolved here once it exists
+}
+
+#if !SAMOYEDS_WITH_CUDA
+void ssmm(const SsmmArgs&, void*, SsmmPath) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU kernels are unavailable (", cuda_status(), ")");
+}
+DevicePackedMatrix::DevicePackedMatrix(const PackedMatrix&) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: cannot upload a packed matrix");
+}
+DevicePackedMatrix::~DevicePackedMatrix() = default;
+DevicePackedMatrix::DevicePackedMatrix(DevicePackedMatrix&&) noexcept = default;
+DevicePackedMatrix& DevicePackedMatrix::operator=(DevicePackedMatrix&&) noexcept = default;
+void DevicePackedMatrix::release() {}
+#endif
+
+}  // namespace samoyeds::gpu

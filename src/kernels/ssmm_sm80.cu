@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: Apache-2.0
+// SSMM, portable path (sm_80+, also runs on Hopper): warp-level mma.sp.m16n8k32 with fp32 accumulation.
+//
+// Algorithm. A CTA computes 64 compressed rows x 64 tokens. K is walked in 64-column tiles through a
+// 3-stage cp.async pipeline: the A tile (packed values, 64 rows x 32 values per matrix) is contiguous;
+// the B tile gathers the 64 token rows X[token_idx[j], k0:k0+64] (zero-filled past L or K, so no X[idx]
+// copy exists). Metadata words go straight from global memory to registers (docs/format.md §3.2 is the
+// mma.sp register layout). Row selection (1:2:V) keeps two accumulator sets per compressed row: the
+// MMA always accumulates into set 0, which belongs to the row selected in the current segment; at a
+// segment boundary a thread swaps set 0 and set 1 of a row whose selection flips. After the last
+// segment, set 0 belongs to logical row 2r + sel and set 1 to 2r + 1 - sel.
+// Warps: 2 (rows) x kWarpsN (tokens); one weight matrix: 4 warps, warp tile 32 x 32 (2 x 4 MMA tiles);
+// gate/up (2-3 matrices): 8 warps, warp tile 32 x 16, so the accumulators stay in registers.
+// Budget: smem 3 x (8 KB B + 4 KB per matrix) + 256 B token ids (up to 60.25 KB for OpenMoE's three
+// matrices); registers: 64 fp32 accumulators per matrix.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "kernels/cuda_check.h"
+#include "kernels/ptx.cuh"
+#include "samoyeds/ssmm.h"
+
+namespace samoyeds::kernels {
+
+namespace {
+
+constexpr int kBM = 64;      // compressed rows per CTA
+constexpr int kBN = 64;      // tokens per CTA
+constexpr int kBK = 64;      // logical columns per k-tile (32 stored values per row)
+constexpr int kStages = 3;
+constexpr int kATileBytes = kBM * (kBK / 2) * 2;  // 4 KB per matrix
+constexpr int kBTileBytes = kBN * kBK * 2;        // 8 KB
+
+constexpr int stage_bytes(int num_mats) { return num_mats * kATileBytes + kBTileBytes; }
+constexpr int smem_bytes(int num_mats) { return kStages * stage_bytes(num_mats) + kBN * 4; }
+
+enum class Epi { plain, gate_up, down_weighted };
+
+struct Params {
+  const std::uint16_t* values[3];
+  const std::uint32_t* metadata[3];
+  const std::uint32_t* row_select[3];
+  bool row_select_on;
+  std::int64_t rows;       // logical rows M
+  std::int64_t K;          // logical columns (X row length)
+  std::int64_t K_padded;   // cols_padded
+  int num_segments;
+  int segment_k_tiles;     // V / 64
+  const std::uint16_t* x;  // [T, K]
+  std::int64_t num_x_rows;
+  const std::int32_t* token_idx;  // [L] or null
+  std::int64_t L;
+  const float* slot_weight;
+  void* y;                 // [L, rows]
+  bool y_f32;
+};
+
+template <bool kBf16>
+__device__ __forceinline__ void store(void* y, std::int64_t at, float value, bool y_f32) {
+  if (y_f32) {
+    static_cast<float*>(y)[at] = value;
+  } else if constexpr (kBf16) {
+    static_cast<__nv_bfloat16*>(y)[at] = __float2bfloat16_rn(value);
+  } else {
+    static_cast<__half*>(y)[at] = __float2half_rn(value);
+  }
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+template <int kNumMats>
+struct WarpLayout {
+  static constexpr int kWarpsN = kNumMats == 1 ? 2 : 4;
+  static constexpr int kThreads = 64 * kWarpsN;
+  static constexpr int kNT = 8 / kWarpsN;  // n8 tiles per warp
+};
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kernel(const Params p) {
+  constexpr int kThreads = WarpLayout<kNumMats>::kThreads;
+  constexpr int kWarpsN = WarpLayout<kNumMats>::kWarpsN;
+  constexpr int kNT = WarpLayout<kNumMats>::kNT;
+  extern __shared__ __align__(128) std::uint8_t smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;  // first compressed row of the CTA
+  const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;  // first token slot of the CTA
+
+  // Token ids of the CTA's 64 slots: -1 past L (zeros, not stored), -2 for an index outside X
+  // (zeros, stored as NaN so a bad list never yields a plausible wrong result).
+  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * stage_bytes(kNumMats));
+  for (int i = threadIdx.x; i < kBN; i += kThreads) {
+    const std::int64_t j = tok0 + i;
+    std::int32_t tok = -1;
+    if (j < p.L) {
+      tok = p.token_idx ? p.token_idx[j] : static_cast<std::int32_t>(j);
+      if (tok < 0 || tok >= p.num_x_rows) tok = -2;
+    }
+    s_tok[i] = tok;
+  }
+  __syncthreads();
+
+  const std::int64_t values_per_row = p.K_padded / 2;
+  auto load_stage = [&](int stage, int kt) {
+    std::uint8_t* base = smem + stage * stage_bytes(kNumMats);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      std::uint8_t* a_tile = base + m * kATileBytes;  // [64 rows][4 chunks of 8 values], chunk ^= (row/2)%4
+#pragma unroll
+      for (int i = threadIdx.x; i < kBM * 4; i += kThreads) {
+        const int r = i / 4, c = i % 4;
+        const std::uint16_t* src = p.values[m] + (row0 + r) * values_per_row + kt * (kBK / 2) + c * 8;
+        ptx::cp_async_16(a_tile + r * 64 + ((c ^ ((r >> 1) & 3)) * 16), src, 16);
+      }
+    }
+    std::uint8_t* b_tile = base + kNumMats * kATileBytes;  // [64 tokens][8 chunks of 8], chunk ^= token%8
+#pragma unroll
+    for (int i = threadIdx.x; i < kBN * 8; i += kThreads) {
+      const int r = i / 8, c = i % 8;
+      const std::int32_t tok = s_tok[r];
+      const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
+      const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
+      const std::uint16_t* src = valid ? p.x + tok * p.K + col : p.x;
+      ptx::cp_async_16(b_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
+    }
+  };
+
+  float acc[kNumMats][2][2][kNT][4];  // [matrix][set][m16 tile][n8 tile][fragment]
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int f = 0; f < 4; ++f) acc[m][s][mt][nt][f] = 0.0f;
+  std::uint32_t sel[kNumMats];  // bit (mt*2 + h): selection of this thread's row (mt, g + 8h) in the current segment
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
+
+  const int num_kt = static_cast<int>(p.K_padded / kBK);
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const std::int64_t warp_row0 = row0 + warp_m * 32;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_kt) load_stage(s, s);
+    ptx::cp_async_commit();
+  }
+
+  for (int kt = 0; kt < num_kt; ++kt) {
+    ptx::cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage kt is visible; stage (kt-1) % kStages is free for the next load
+    if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    ptx::cp_async_commit();
+
+    if (p.row_select_on && kt % p.segment_k_tiles == 0) {
+      const int segment = kt / p.segment_k_tiles;
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+        // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
+        const std::uint32_t word = p.row_select[m][(warp_row0 / 32) * p.num_segments + segment];
+        std::uint32_t next = 0;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
+        const std::uint32_t flips = next ^ sel[m];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if ((flips >> (mt * 2 + h)) & 1u) {
+#pragma unroll
+              for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+                for (int f = 2 * h; f < 2 * h + 2; ++f) {
+                  const float tmp = acc[m][0][mt][nt][f];
+                  acc[m][0][mt][nt][f] = acc[m][1][mt][nt][f];
+                  acc[m][1][mt][nt][f] = tmp;
+                }
+            }
+          }
+        sel[m] = next;
+      }
+    }
+
+    std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          const std::int64_t tile16 = (warp_row0 + mt * 16) / 16;
+          meta[m][mt][ks] = __ldg(p.metadata[m] + (tile16 * ksteps_per_row + kt * 2 + ks) * 16 + g * 2 + (lane & 1));
+        }
+
+    const std::uint8_t* base = smem + (kt % kStages) * stage_bytes(kNumMats);
+    const std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      std::uint32_t b[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const int tok = warp_n * (kNT * 8) + nt * 8 + (lane % 8);
+        const int chunk = ks * 4 + lane / 8;
+        ptx::ldmatrix_x4(b[nt], b_tile + tok * 128 + ((chunk ^ (tok & 7)) * 16));
+      }
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          std::uint32_t a[4];
+          const int r = warp_m * 32 + mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+          const int chunk = ks * 2 + lane / 16;
+          ptx::ldmatrix_x4(a, base + m * kATileBytes + r * 64 + ((chunk ^ ((r >> 1) & 3)) * 16));
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) ptx::mma_sp_16832<kBf16>(acc[m][0][mt][nt], a, b[nt], meta[m][mt][ks]);
+        }
+      }
+    }
+  }
+  ptx::cp_async_wait<0>();
+
+  // Epilogue: each thread owns, per (m16 tile, half h), compressed row r and tokens 2t, 2t+1 of each n8 tile.
+  const int rows_per_crow = p.row_select_on ? 2 : 1;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const std::int64_t crow = warp_row0 + mt * 16 + g + 8 * h;
+#pragma unroll
+      for (int o = 0; o < 2; ++o) {
+        if (o >= rows_per_crow) break;
+        const std::int64_t R = crow * rows_per_crow + o;
+        if (R >= p.rows) continue;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int i = 0; i < 2; ++i) {
+            const int slot = warp_n * (kNT * 8) + nt * 8 + 2 * t + i;
+            const std::int32_t tok = s_tok[slot];
+            if (tok == -1) continue;
+            float v[kNumMats];
+#pragma unroll
+            for (int m = 0; m < kNumMats; ++m) {
+              // Set 0 holds the row selected last; compile-time indices keep acc in registers.
+              const bool other_set = p.row_select_on && ((sel[m] >> (mt * 2 + h)) & 1u) != static_cast<std::uint32_t>(o);
+              v[m] = other_set ? acc[m][1][mt][nt][2 * h + i] : acc[m][0][mt][nt][2 * h + i];
+            }
+            float out = v[0];
+            if constexpr (kEpi == Epi::gate_up) {
+              out = silu(v[0]) * v[1];
+              if constexpr (kNumMats == 3) out *= v[2];
+            } else if constexpr (kEpi == Epi::down_weighted) {
+              out = p.slot_weight[tok0 + slot] * v[0];
+            }
+            if (tok == -2) out = __int_as_float(0x7fc00000);  // NaN marks an out-of-range token index
+            store<kBf16>(p.y, (tok0 + slot) * p.rows + R, out, p.y_f32);
+          }
+      }
+    }
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch(const Params& p, cudaStream_t stream, std::int64_t compressed_rows_padded) {
+  constexpr int bytes = smem_bytes(kNumMats);
+  auto* kernel = ssmm_sm80_kernel<kBf16, kNumMats, kEpi>;
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  const dim3 grid(static_cast<unsigned>(compressed_rows_padded / kBM), static_cast<unsigned>((p.L + kBN - 1) / kBN));
+  SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x 64 tokens");
+  kernel<<<grid, WarpLayout<kNumMats>::kThreads, bytes, stream>>>(p);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm80_kernel");
+}
+
+template <bool kBf16>
+void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream, std::int64_t crows) {
+  switch (a.epilogue) {
+    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain>(p, stream, crows);
+    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted>(p, stream, crows);
+    case gpu::SsmmEpilogue::gate_up:
+      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up>(p, stream, crows);
+      return launch<kBf16, 2, Epi::gate_up>(p, stream, crows);
+  }
+}
+
+}  // namespace
+
+// The sm_80 launcher; arguments were checked by gpu::ssmm.
+void ssmm_sm80(const gpu::SsmmArgs& a, cudaStream_t stream) {
+  const PackedGeometry geometry = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  Params p{};
+  const gpu::PackedMatrixView* mats[3] = {&a.weight, &a.up, &a.gate_linear};
+  for (int m = 0; m < 3; ++m) {
+    p.values[m] = mats[m]->values;
+    p.metadata[m] = mats[m]->metadata;
+    p.row_select[m] = mats[m]->row_select;
+  }
+  p.row_select_on = a.weight.pattern.has_row_selection();
+  p.rows = a.weight.rows;
+  p.K = a.weight.cols;
+  p.K_padded = geometry.cols_padded;
+  p.num_segments = static_cast<int>(geometry.num_segments);
+  p.segment_k_tiles = p.row_select_on ? a.weight.pattern.v / kBK : 1;
+  p.x = static_cast<const std::uint16_t*>(a.x);
+  p.num_x_rows = a.num_x_rows;
+  p.token_idx = a.token_idx;
+  p.L = a.num_tokens;
+  p.slot_weight = a.slot_weight;
+  p.y = a.y;
+  p.y_f32 = a.y_dtype == DType::f32;
+  if (a.x_dtype == DType::bf16) {
+    dispatch<true>(a, p, stream, geometry.compressed_rows_padded);
+  } else {
+    dispatch<false>(a, p, stream, geometry.compressed_rows_padded);
+  }
+}
+
+}  // namespace samoyeds::kernels
+
+namespace samoyeds::gpu {
+
+void ssmm(const SsmmArgs& args, void* stream, SsmmPath path) {
+  const SsmmPath resolved = resolve_path(path);
+  if (std::string reason = can_implement(args, resolved); !reason.empty())
+    SAMOYEDS_FAIL("ssmm (", epilogue_name(args.epilogue), ", path ", path_name(resolved), "): ", reason);
+  // Weights of one call must share the row-selection pattern (the kernel walks one segment grid).
+  if (args.epilogue == SsmmEpilogue::gate_up) {
+    SAMOYEDS_CHECK(args.up.pattern == args.weight.pattern &&
+                       (!args.gate_linear.values || args.gate_linear.pattern == args.weight.pattern),
+                   "ssmm gate_up: gate, up (and gate_linear) must use the same pattern");
+  }
+  if (args.num_tokens == 0) return;
+  kernels::ssmm_sm80(args, static_cast<cudaStream_t>(stream));
+}
+
+}  // namespace samoyeds::gpu

@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: Apache-2.0
+// GPU SSMM kernels against the CPU reference twins (samoyeds/reference.h).
+// Exact tier: integer data in [-4, 4] \ {0}, fp32 output; every sum is an integer below 2^24, so GPU
+// and CPU must agree bit for bit. Realistic tier: normal data, bf16/fp16 output; both accumulate in
+// fp32 and round once, so they differ by summation order only: |gpu - ref| <= 2^-7 |ref| + 2^-10 max|ref|
+// (two units of bf16 rounding plus an absolute term for cancellation). Outputs are poisoned (NaN)
+// before every launch, so an unwritten element fails. For large L only sampled slots are compared
+// (first, last and random ones), so the CPU reference stays fast.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+#include <tuple>
+
+#include "common/test_util.h"
+#include "gpu/gpu_util.h"
+#include "samoyeds/reference.h"
+#include "samoyeds/ssmm.h"
+
+namespace samoyeds {
+namespace {
+
+using testing::DeviceBuffer;
+using testing::random_int_matrix;
+using testing::random_normal_matrix;
+using testing::seed_trace;
+
+std::vector<std::int32_t> random_token_list(std::int64_t L, std::int64_t T, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(L));
+  std::uniform_int_distribution<std::int32_t> pick(0, static_cast<std::int32_t>(T - 1));
+  for (auto& i : idx) i = pick(rng);  // unsorted, with repeats: the kernel must not assume order
+  return idx;
+}
+
+// Slots to compare: all when L is small, else the first, last and 30 random ones.
+std::vector<std::int64_t> sample_slots(std::int64_t L, std::uint64_t seed) {
+  std::vector<std::int64_t> slots;
+  if (L <= 72) {
+    for (std::int64_t j = 0; j < L; ++j) slots.push_back(j);
+    return slots;
+  }
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int64_t> pick(0, L - 1);
+  slots = {0, L - 1, 63, 64};
+  for (int i = 0; i < 30; ++i) slots.push_back(pick(rng));
+  std::sort(slots.begin(), slots.end());
+  slots.erase(std::unique(slots.begin(), slots.end()), slots.end());
+  return slots;
+}
+
+float element(const std::vector<std::uint16_t>& half, const std::vector<float>& f32, DType dtype, std::size_t at) {
+  return dtype == DType::f32 ? f32[at] : half_to_float(dtype, half[at]);
+}
+
+struct Check {
+  double max_err = 0, max_ref = 0;
+  std::int64_t bad = 0, non_finite = 0;
+};
+
+// Compares GPU rows `slots` of y [L, M] with reference rows [slots.size(), M].
+Check compare(const DeviceBuffer& y, DType dtype, std::int64_t M, const std::vector<std::int64_t>& slots,
+              const Matrix& ref, bool exact) {
+  const auto half = dtype == DType::f32 ? std::vector<std::uint16_t>{} : y.to_host<std::uint16_t>();
+  const auto f32 = dtype == DType::f32 ? y.to_host<float>() : std::vector<float>{};
+  Check c;
+  for (std::size_t s = 0; s < slots.size(); ++s)
+    for (std::int64_t r = 0; r < M; ++r) c.max_ref = std::max(c.max_ref, static_cast<double>(std::fabs(ref.get(static_cast<std::int64_t>(s), r))));
+  for (std::size_t s = 0; s < slots.size(); ++s) {
+    for (std::int64_t r = 0; r < M; ++r) {
+      const float got = element(half, f32, dtype, static_cast<std::size_t>(slots[s] * M + r));
+      const float want = ref.get(static_cast<std::int64_t>(s), r);
+      if (!std::isfinite(got)) {
+        if (c.non_finite++ < 3) ADD_FAILURE() << "non-finite output at slot " << slots[s] << ", row " << r;
+        continue;
+      }
+      const double err = std::fabs(static_cast<double>(got) - want);
+      c.max_err = std::max(c.max_err, err);
+      const double tol = exact ? 0.0 : std::ldexp(std::fabs(want), -7) + std::ldexp(c.max_ref, -10);
+      if (err > tol && c.bad++ < 3)
+        ADD_FAILURE() << "slot " << slots[s] << ", row " << r << ": got " << got << ", want " << want << " (tol " << tol << ")";
+    }
+  }
+  return c;
+}
+
+struct Problem {
+  std::int64_t M, K;
+  const char* pattern;
+};
+
+std::string label(const Problem& p) { return std::to_string(p.M) + "x" + std::to_string(p.K) + " " + p.pattern; }
+
+// Cached packed weights (packing the largest shapes takes seconds on the CPU).
+const PackedMatrix& cached_weight(const Problem& p, DType dtype, bool integers, std::uint64_t seed) {
+  static std::map<std::tuple<std::int64_t, std::int64_t, std::string, int, bool, std::uint64_t>, PackedMatrix> cache;
+  const auto key = std::make_tuple(p.M, p.K, std::string(p.pattern), static_cast<int>(dtype), integers, seed);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    const Matrix w = integers ? random_int_matrix(dtype, p.M, p.K, seed) : random_normal_matrix(dtype, p.M, p.K, seed, 0.05f);
+    it = cache.emplace(key, pack(w, SparsityPattern::parse(p.pattern))).first;
+  }
+  return it->second;
+}
+
+// --- exact tier: plain product, every issue shape and its transpose, L in {0, 1, 7, 64, 1000, 4096} ----
+
+class SsmmExact : public ::testing::TestWithParam<Problem> {};
+
+TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Problem prob = GetParam();
+  const std::uint64_t seed = 11 + static_cast<std::uint64_t>(prob.M * 3 + prob.K);
+  SCOPED_TRACE(seed_trace(seed) + ", " + label(prob));
+  const PackedMatrix& w = cached_weight(prob, DType::bf16, true, seed);
+  const gpu::DevicePackedMatrix dw(w);
+  const std::int64_t T = 4096 + 17;
+  const Matrix x = random_int_matrix(DType::bf16, T, prob.K, seed + 1);
+  DeviceBuffer dx(x.data(), x.bytes());
+  for (std::int64_t L : {0, 1, 7, 64, 1000, 4096}) {
+    SCOPED_TRACE("L = " + std::to_string(L));
+    const auto idx = random_token_list(L, T, seed + static_cast<std::uint64_t>(L));
+    DeviceBuffer didx(idx);
+    DeviceBuffer dy(static_cast<std::size_t>(L * prob.M) * sizeof(float));
+    dy.poison();
+    gpu::SsmmArgs args;
+    args.weight = dw.view();
+    args.x = dx.get();
+    args.num_x_rows = T;
+    args.token_idx = didx.as<std::int32_t>();
+    args.num_tokens = L;
+    args.y = dy.get();
+    args.y_dtype = DType::f32;
+    gpu::ssmm(args, nullptr, gpu::SsmmPath::sm80);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto slots = sample_slots(L, seed);
+    std::vector<std::int32_t> sampled;
+    for (auto j : slots) sampled.push_back(idx[static_cast<std::size_t>(j)]);
+    const Matrix ref = reference::ssmm(w, x, Tokens::list(sampled), DType::f32);
+    const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
+    EXPECT_EQ(c.bad + c.non_finite, 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    IssueShapes, SsmmExact,
+    ::testing::Values(Problem{1408, 2048, "1:2:128"}, Problem{2048, 1408, "1:2:128"}, Problem{5760, 2304, "1:2:128"},
+                      Problem{2304, 5760, "1:2:128"}, Problem{12288, 3072, "1:2:128"}, Problem{3072, 12288, "1:2:128"},
+                      Problem{14336, 4096, "1:2:128"}, Problem{4096, 14336, "1:2:128"}, Problem{16384, 6144, "1:2:128"},
+                      Problem{6144, 16384, "1:2:128"}, Problem{1408, 2048, "2:4"}, Problem{5760, 2304, "2:4"},
+                      Problem{2048, 1408, "1:2:256"}, Problem{14336, 4096, "1:2:512"}, Problem{100, 200, "1:2:64"},
+                      Problem{1, 64, "1:2:128"}, Problem{130, 72, "2:4"}),
+    [](const ::testing::TestParamInfo<Problem>& info) {
+      std::string name = std::to_string(info.param.M) + "x" + std::to_string(info.param.K) + "_" + info.param.pattern;
+      for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+      return name;
+    });
+
+// --- realistic tier: every epilogue, both dtypes, token lists and all tokens --------------------------
+
+struct EpilogueCase {
+  gpu::SsmmEpilogue epilogue;
+  DType dtype;
+  bool gate_linear;
+  bool all_tokens;
+  Problem prob;
+};
+
+class SsmmEpilogues : public ::testing::TestWithParam<EpilogueCase> {};
+
+TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const EpilogueCase ec = GetParam();
+  const std::uint64_t seed = 500 + static_cast<std::uint64_t>(ec.prob.M + ec.prob.K) + static_cast<std::uint64_t>(ec.epilogue);
+  SCOPED_TRACE(seed_trace(seed) + ", " + label(ec.prob));
+  const PackedMatrix& w = cached_weight(ec.prob, ec.dtype, false, seed);
+  const PackedMatrix& up = cached_weight(ec.prob, ec.dtype, false, seed + 1);
+  const PackedMatrix& lin = cached_weight(ec.prob, ec.dtype, false, seed + 2);
+  const gpu::DevicePackedMatrix dw(w), dup(up), dlin(lin);
+  for (std::int64_t L : {1, 7, 64, 1000}) {
+    SCOPED_TRACE("L = " + std::to_string(L));
+    const std::int64_t T = ec.all_tokens ? L : L + 5;
+    const Matrix x = random_normal_matrix(ec.dtype, T, ec.prob.K, seed + 3 + static_cast<std::uint64_t>(L));
+    DeviceBuffer dx(x.data(), x.bytes());
+    const auto idx = ec.all_tokens ? std::vector<std::int32_t>{} : random_token_list(L, T, seed + 4);
+    DeviceBuffer didx(idx);
+    std::vector<float> weights(static_cast<std::size_t>(L));
+    std::mt19937_64 rng(seed + 5);
+    std::uniform_real_distribution<float> uni(0.05f, 1.0f);
+    for (float& v : weights) v = uni(rng);
+    DeviceBuffer dweights(weights);
+    DeviceBuffer dy(static_cast<std::size_t>(L * ec.prob.M) * 2);
+    dy.poison();
+    gpu::SsmmArgs args;
+    args.epilogue = ec.epilogue;
+    args.weight = dw.view();
+    if (ec.epilogue == gpu::SsmmEpilogue::gate_up) {
+      args.up = dup.view();
+      if (ec.gate_linear) args.gate_linear = dlin.view();
+    }
+    args.x = dx.get();
+    args.x_dtype = ec.dtype;
+    args.num_x_rows = T;
+    args.token_idx = ec.all_tokens ? nullptr : didx.as<std::int32_t>();
+    args.num_tokens = L;
+    args.slot_weight = dweights.as<float>();
+    args.y = dy.get();
+    args.y_dtype = ec.dtype;
+    gpu::ssmm(args, nullptr, gpu::SsmmPath::sm80);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+
+    const auto slots = sample_slots(L, seed);
+    std::vector<std::int32_t> sampled;
+    std::vector<float> sampled_weights;
+    for (auto j : slots) {
+      sampled.push_back(ec.all_tokens ? static_cast<std::int32_t>(j) : idx[static_cast<std::size_t>(j)]);
+      sampled_weights.push_back(weights[static_cast<std::size_t>(j)]);
+    }
+    Matrix ref;
+    if (ec.epilogue == gpu::SsmmEpilogue::plain) {
+      ref = reference::ssmm(w, x, Tokens::list(sampled), ec.dtype);
+    } else if (ec.epilogue == gpu::SsmmEpilogue::gate_up) {
+      ref = reference::ssmm_gate_up(w, up, x, Tokens::list(sampled), ec.dtype, ec.gate_linear ? &lin : nullptr);
+    } else {
+      // down_weighted reads rows of X as A: gather the sampled rows, then the reference epilogue.
+      Matrix a(ec.dtype, static_cast<std::int64_t>(sampled.size()), ec.prob.K);
+      for (std::size_t s = 0; s < sampled.size(); ++s)
+        for (std::int64_t k = 0; k < ec.prob.K; ++k) a.set(static_cast<std::int64_t>(s), k, x.get(sampled[s], k));
+      ref = reference::ssmm_down_weighted(w, a, sampled_weights, ec.dtype);
+    }
+    const Check c = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
+    EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
+    EXPECT_GT(c.max_ref, 0.0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Variants, SsmmEpilogues,
+    ::testing::Values(
+        EpilogueCase{gpu::SsmmEpilogue::plain, DType::bf16, false, false, {1408, 2048, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::plain, DType::f16, false, true, {5760, 2304, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, false, {1408, 2048, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::f16, false, false, {5760, 2304, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, true, {2816, 2048, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, true, false, {1024, 2048, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, false, {1408, 2048, "2:4"}},
+        EpilogueCase{gpu::SsmmEpilogue::down_weighted, DType::bf16, false, true, {2048, 1408, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::down_weighted, DType::f16, false, true, {2304, 5760, "1:2:128"}},
+        EpilogueCase{gpu::SsmmEpilogue::down_weighted, DType::bf16, false, true, {4096, 14336, "2:4"}}),
+    [](const ::testing::TestParamInfo<EpilogueCase>& info) {
+      const auto& c = info.param;
+      std::string name = std::string(gpu::epilogue_name(c.epilogue)) + "_" + dtype_name(c.dtype) +
+                         (c.gate_linear ? "_openmoe" : "") + (c.all_tokens ? "_all" : "_list") + "_" +
+                         std::to_string(c.prob.M) + "x" + std::to_string(c.prob.K) + "_" + c.prob.pattern;
+      for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+      return name;
+    });
+
+// --- determinism, bad token indices, bad arguments -------------------------------------------------------
+
+TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Problem prob{1408, 2048, "1:2:128"};
+  const PackedMatrix& w = cached_weight(prob, DType::bf16, false, 3);
+  const gpu::DevicePackedMatrix dw(w);
+  const Matrix x = random_normal_matrix(DType::bf16, 300, 2048, 4);
+  DeviceBuffer dx(x.data(), x.bytes());
+  DeviceBuffer dy(300 * 1408 * 2);
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = 300;
+  args.num_tokens = 300;
+  args.y = dy.get();
+  gpu::ssmm(args);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto first = dy.to_host<std::uint16_t>();
+  dy.poison();
+  gpu::ssmm(args);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+}
+
+TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Problem prob{128, 128, "1:2:128"};
+  const gpu::DevicePackedMatrix dw(cached_weight(prob, DType::bf16, false, 8));
+  const Matrix x = random_normal_matrix(DType::bf16, 4, 128, 9);
+  DeviceBuffer dx(x.data(), x.bytes());
+  const std::vector<std::int32_t> idx = {0, 4, -1, 3};  // 4 and -1 are outside X's rows
+  DeviceBuffer didx(idx);
+  DeviceBuffer dy(4 * 128 * sizeof(float));
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = 4;
+  args.token_idx = didx.as<std::int32_t>();
+  args.num_tokens = 4;
+  args.y = dy.get();
+  args.y_dtype = DType::f32;
+  gpu::ssmm(args);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto y = dy.to_host<float>();
+  for (int r = 0; r < 128; ++r) {
+    EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(r)]));
+    EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(128 + r)]));
+    EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(256 + r)]));
+    EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(384 + r)]));
+  }
+}
+
+TEST(SsmmGpu, RejectsBadArguments) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const gpu::DevicePackedMatrix dw(cached_weight(Problem{128, 128, "1:2:128"}, DType::bf16, false, 8));
+  DeviceBuffer dx(64 * 128 * 2), dy(64 * 128 * 4);
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = 64;
+  args.num_tokens = 64;
+  args.y = dy.get();
+  args.x_dtype = DType::f16;  // weights are bf16
+  EXPECT_THROW(gpu::ssmm(args), Error);
+  args.x_dtype = DType::bf16;
+  args.num_tokens = 32;  // no token list: must read all 64 rows
+  EXPECT_THROW(gpu::ssmm(args), Error);
+  args.num_tokens = 64;
+  args.epilogue = gpu::SsmmEpilogue::gate_up;  // no up matrix
+  EXPECT_THROW(gpu::ssmm(args), Error);
+  args.epilogue = gpu::SsmmEpilogue::down_weighted;  // no slot weights
+  EXPECT_THROW(gpu::ssmm(args), Error);
+  const gpu::DevicePackedMatrix unsupported(pack(random_normal_matrix(DType::bf16, 128, 128, 1), SparsityPattern::parse("2:4:64")));
+  args.epilogue = gpu::SsmmEpilogue::plain;
+  args.weight = unsupported.view();
+  EXPECT_THROW(gpu::ssmm(args), Error);
+}
+
+}  // namespace
+}  // namespace samoyeds
