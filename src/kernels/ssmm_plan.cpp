@@ -30,7 +30,7 @@ const char* path_name(SsmmPath path) {
 
 namespace {
 
-std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dtype) {
+std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dtype, SsmmPath path) {
   const std::string prefix = std::string(name) + ": ";
   if (!w.values || !w.metadata) return prefix + "values and metadata must be device pointers (upload with DevicePackedMatrix)";
   if (w.rows < 1 || w.cols < 1) return prefix + "empty matrix";
@@ -40,6 +40,9 @@ std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dt
     if (p.n != 1 || p.m != 2 || p.v % 64 != 0)
       return prefix + "the GPU kernels run pattern 1:2:V with V a multiple of 64 (e.g. 1:2:128) and plain 2:4; got " +
              p.to_string() + " (repack the weights)";
+    if (path == SsmmPath::sm90 && p.v % 128 != 0)
+      return prefix + "the sm90 path needs V a multiple of 128 (its k-tile); V = " + std::to_string(p.v) +
+             " runs on the sm80 path";
     if (!w.row_select) return prefix + "row_select must be a device pointer for pattern " + p.to_string();
   }
   return "";
@@ -49,13 +52,13 @@ std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dt
 
 std::string can_implement(const SsmmArgs& a, SsmmPath path) {
   if (!is_half_precision(a.x_dtype)) return std::string("X must be bf16 or fp16, got ") + dtype_name(a.x_dtype);
-  if (std::string r = check_weight("weight", a.weight, a.x_dtype); !r.empty()) return r;
+  if (std::string r = check_weight("weight", a.weight, a.x_dtype, path); !r.empty()) return r;
   const std::int64_t K = a.weight.cols;
   if (a.epilogue == SsmmEpilogue::gate_up) {
-    if (std::string r = check_weight("up", a.up, a.x_dtype); !r.empty()) return r;
+    if (std::string r = check_weight("up", a.up, a.x_dtype, path); !r.empty()) return r;
     if (a.up.rows != a.weight.rows || a.up.cols != K) return "up must have the shape of the gate weight [I, H]";
     if (a.gate_linear.values) {
-      if (std::string r = check_weight("gate_linear", a.gate_linear, a.x_dtype); !r.empty()) return r;
+      if (std::string r = check_weight("gate_linear", a.gate_linear, a.x_dtype, path); !r.empty()) return r;
       if (a.gate_linear.rows != a.weight.rows || a.gate_linear.cols != K) return "gate_linear must have the gate's shape [I, H]";
     }
   }
@@ -76,16 +79,11 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
   }
   const bool y_ok = a.y_dtype == a.x_dtype || (a.epilogue == SsmmEpilogue::plain && a.y_dtype == DType::f32);
   if (!y_ok) return std::string("y must be ") + dtype_name(a.x_dtype) + (a.epilogue == SsmmEpilogue::plain ? " or fp32" : "");
-  if (path == SsmmPath::sm90) return "the sm90 (wgmma) path is not implemented yet; use SsmmPath::sm80 or automatic";
   return "";
 }
 
-SsmmPath resolve_path(SsmmPath path) {
-  if (path != SsmmPath::automatic) return path;
-  return SsmmPath::sm80;  // the sm90 wgmma path is resolved here once it exists
-}
-
 #if !SAMOYEDS_WITH_CUDA
+SsmmPath resolve_path(SsmmPath path) { return path == SsmmPath::automatic ? SsmmPath::sm80 : path; }
 void ssmm(const SsmmArgs&, void*, SsmmPath) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU kernels are unavailable (", cuda_status(), ")");
 }

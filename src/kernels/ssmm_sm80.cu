@@ -20,6 +20,7 @@
 
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
+#include "kernels/ssmm_common.cuh"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds::kernels {
@@ -35,40 +36,6 @@ constexpr int kBTileBytes = kBN * kBK * 2;        // 8 KB
 
 constexpr int stage_bytes(int num_mats) { return num_mats * kATileBytes + kBTileBytes; }
 constexpr int smem_bytes(int num_mats) { return kStages * stage_bytes(num_mats) + kBN * 4; }
-
-enum class Epi { plain, gate_up, down_weighted };
-
-struct Params {
-  const std::uint16_t* values[3];
-  const std::uint32_t* metadata[3];
-  const std::uint32_t* row_select[3];
-  bool row_select_on;
-  std::int64_t rows;       // logical rows M
-  std::int64_t K;          // logical columns (X row length)
-  std::int64_t K_padded;   // cols_padded
-  int num_segments;
-  int segment_k_tiles;     // V / 64
-  const std::uint16_t* x;  // [T, K]
-  std::int64_t num_x_rows;
-  const std::int32_t* token_idx;  // [L] or null
-  std::int64_t L;
-  const float* slot_weight;
-  void* y;                 // [L, rows]
-  bool y_f32;
-};
-
-template <bool kBf16>
-__device__ __forceinline__ void store(void* y, std::int64_t at, float value, bool y_f32) {
-  if (y_f32) {
-    static_cast<float*>(y)[at] = value;
-  } else if constexpr (kBf16) {
-    static_cast<__nv_bfloat16*>(y)[at] = __float2bfloat16_rn(value);
-  } else {
-    static_cast<__half*>(y)[at] = __float2half_rn(value);
-  }
-}
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 template <int kNumMats>
 struct WarpLayout {
@@ -89,18 +56,9 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;  // first compressed row of the CTA
   const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;  // first token slot of the CTA
 
-  // Token ids of the CTA's 64 slots: -1 past L (zeros, not stored), -2 for an index outside X
-  // (zeros, stored as NaN so a bad list never yields a plausible wrong result).
+  // Token ids of the CTA's 64 slots (kNoToken / kBadToken: see ssmm_common.cuh).
   auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * stage_bytes(kNumMats));
-  for (int i = threadIdx.x; i < kBN; i += kThreads) {
-    const std::int64_t j = tok0 + i;
-    std::int32_t tok = -1;
-    if (j < p.L) {
-      tok = p.token_idx ? p.token_idx[j] : static_cast<std::int32_t>(j);
-      if (tok < 0 || tok >= p.num_x_rows) tok = -2;
-    }
-    s_tok[i] = tok;
-  }
+  for (int i = threadIdx.x; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i);
   __syncthreads();
 
   const std::int64_t values_per_row = p.K_padded / 2;
@@ -158,8 +116,8 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
     ptx::cp_async_commit();
 
-    if (p.row_select_on && kt % p.segment_k_tiles == 0) {
-      const int segment = kt / p.segment_k_tiles;
+    if (p.row_select_on && (kt * kBK) % p.v == 0) {
+      const int segment = (kt * kBK) / p.v;
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
@@ -245,7 +203,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
           for (int i = 0; i < 2; ++i) {
             const int slot = warp_n * (kNT * 8) + nt * 8 + 2 * t + i;
             const std::int32_t tok = s_tok[slot];
-            if (tok == -1) continue;
+            if (tok == kNoToken) continue;
             float v[kNumMats];
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m) {
@@ -253,90 +211,42 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
               const bool other_set = p.row_select_on && ((sel[m] >> (mt * 2 + h)) & 1u) != static_cast<std::uint32_t>(o);
               v[m] = other_set ? acc[m][1][mt][nt][2 * h + i] : acc[m][0][mt][nt][2 * h + i];
             }
-            float out = v[0];
-            if constexpr (kEpi == Epi::gate_up) {
-              out = silu(v[0]) * v[1];
-              if constexpr (kNumMats == 3) out *= v[2];
-            } else if constexpr (kEpi == Epi::down_weighted) {
-              out = p.slot_weight[tok0 + slot] * v[0];
-            }
-            if (tok == -2) out = __int_as_float(0x7fc00000);  // NaN marks an out-of-range token index
-            store<kBf16>(p.y, (tok0 + slot) * p.rows + R, out, p.y_f32);
+            store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
           }
       }
     }
 }
 
 template <bool kBf16, int kNumMats, Epi kEpi>
-void launch(const Params& p, cudaStream_t stream, std::int64_t compressed_rows_padded) {
+void launch(const Params& p, cudaStream_t stream) {
   constexpr int bytes = smem_bytes(kNumMats);
   auto* kernel = ssmm_sm80_kernel<kBf16, kNumMats, kEpi>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(compressed_rows_padded / kBM), static_cast<unsigned>((p.L + kBN - 1) / kBN));
+  const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kBM), static_cast<unsigned>((p.L + kBN - 1) / kBN));
   SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x 64 tokens");
   kernel<<<grid, WarpLayout<kNumMats>::kThreads, bytes, stream>>>(p);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm80_kernel");
 }
 
 template <bool kBf16>
-void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream, std::int64_t crows) {
+void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
   switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain>(p, stream, crows);
-    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted>(p, stream, crows);
+    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain>(p, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted>(p, stream);
     case gpu::SsmmEpilogue::gate_up:
-      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up>(p, stream, crows);
-      return launch<kBf16, 2, Epi::gate_up>(p, stream, crows);
+      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up>(p, stream);
+      return launch<kBf16, 2, Epi::gate_up>(p, stream);
   }
 }
 
 }  // namespace
 
-// The sm_80 launcher; arguments were checked by gpu::ssmm.
-void ssmm_sm80(const gpu::SsmmArgs& a, cudaStream_t stream) {
-  const PackedGeometry geometry = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  Params p{};
-  const gpu::PackedMatrixView* mats[3] = {&a.weight, &a.up, &a.gate_linear};
-  for (int m = 0; m < 3; ++m) {
-    p.values[m] = mats[m]->values;
-    p.metadata[m] = mats[m]->metadata;
-    p.row_select[m] = mats[m]->row_select;
-  }
-  p.row_select_on = a.weight.pattern.has_row_selection();
-  p.rows = a.weight.rows;
-  p.K = a.weight.cols;
-  p.K_padded = geometry.cols_padded;
-  p.num_segments = static_cast<int>(geometry.num_segments);
-  p.segment_k_tiles = p.row_select_on ? a.weight.pattern.v / kBK : 1;
-  p.x = static_cast<const std::uint16_t*>(a.x);
-  p.num_x_rows = a.num_x_rows;
-  p.token_idx = a.token_idx;
-  p.L = a.num_tokens;
-  p.slot_weight = a.slot_weight;
-  p.y = a.y;
-  p.y_f32 = a.y_dtype == DType::f32;
-  if (a.x_dtype == DType::bf16) {
-    dispatch<true>(a, p, stream, geometry.compressed_rows_padded);
+void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream) {
+  if (args.x_dtype == DType::bf16) {
+    dispatch<true>(args, p, stream);
   } else {
-    dispatch<false>(a, p, stream, geometry.compressed_rows_padded);
+    dispatch<false>(args, p, stream);
   }
 }
 
 }  // namespace samoyeds::kernels
-
-namespace samoyeds::gpu {
-
-void ssmm(const SsmmArgs& args, void* stream, SsmmPath path) {
-  const SsmmPath resolved = resolve_path(path);
-  if (std::string reason = can_implement(args, resolved); !reason.empty())
-    SAMOYEDS_FAIL("ssmm (", epilogue_name(args.epilogue), ", path ", path_name(resolved), "): ", reason);
-  // Weights of one call must share the row-selection pattern (the kernel walks one segment grid).
-  if (args.epilogue == SsmmEpilogue::gate_up) {
-    SAMOYEDS_CHECK(args.up.pattern == args.weight.pattern &&
-                       (!args.gate_linear.values || args.gate_linear.pattern == args.weight.pattern),
-                   "ssmm gate_up: gate, up (and gate_linear) must use the same pattern");
-  }
-  if (args.num_tokens == 0) return;
-  kernels::ssmm_sm80(args, static_cast<cudaStream_t>(stream));
-}
-
-}  // namespace samoyeds::gpu

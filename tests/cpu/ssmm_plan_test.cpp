@@ -73,7 +73,11 @@ TEST(SsmmPlan, RejectsWithReasons) {
   a = valid_args();
   a.weight.row_select = nullptr;
   expect_reason(a, "row_select");
-  EXPECT_NE(gpu::can_implement(valid_args(), gpu::SsmmPath::sm90), "");
+  EXPECT_EQ(gpu::can_implement(valid_args(), gpu::SsmmPath::sm90), "");
+  a = valid_args();
+  a.weight.pattern = SparsityPattern::parse("1:2:64");
+  EXPECT_EQ(gpu::can_implement(a, gpu::SsmmPath::sm80), "");
+  EXPECT_NE(gpu::can_implement(a, gpu::SsmmPath::sm90).find("multiple of 128"), std::string::npos);
 }
 
 }  // namespace

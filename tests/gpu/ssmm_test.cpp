@@ -56,6 +56,17 @@ float element(const std::vector<std::uint16_t>& half, const std::vector<float>& 
   return dtype == DType::f32 ? f32[at] : half_to_float(dtype, half[at]);
 }
 
+// The paths that can run `args` on this device: sm80 always, sm90 on Hopper when it takes the call.
+std::vector<gpu::SsmmPath> paths_for(const gpu::SsmmArgs& args) {
+  std::vector<gpu::SsmmPath> paths = {gpu::SsmmPath::sm80};
+  const auto devices = cuda_devices();
+  int device = 0;
+  cudaGetDevice(&device);
+  const bool hopper = device < static_cast<int>(devices.size()) && devices[static_cast<std::size_t>(device)].is_hopper();
+  if (hopper && gpu::can_implement(args, gpu::SsmmPath::sm90).empty()) paths.push_back(gpu::SsmmPath::sm90);
+  return paths;
+}
+
 struct Check {
   double max_err = 0, max_ref = 0;
   std::int64_t bad = 0, non_finite = 0;
@@ -134,14 +145,18 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
     args.num_tokens = L;
     args.y = dy.get();
     args.y_dtype = DType::f32;
-    gpu::ssmm(args, nullptr, gpu::SsmmPath::sm80);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const auto slots = sample_slots(L, seed);
     std::vector<std::int32_t> sampled;
     for (auto j : slots) sampled.push_back(idx[static_cast<std::size_t>(j)]);
     const Matrix ref = reference::ssmm(w, x, Tokens::list(sampled), DType::f32);
-    const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
-    EXPECT_EQ(c.bad + c.non_finite, 0);
+    for (gpu::SsmmPath path : paths_for(args)) {
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+      dy.poison();
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
+      EXPECT_EQ(c.bad + c.non_finite, 0);
+    }
   }
 }
 
@@ -152,7 +167,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Problem{14336, 4096, "1:2:128"}, Problem{4096, 14336, "1:2:128"}, Problem{16384, 6144, "1:2:128"},
                       Problem{6144, 16384, "1:2:128"}, Problem{1408, 2048, "2:4"}, Problem{5760, 2304, "2:4"},
                       Problem{2048, 1408, "1:2:256"}, Problem{14336, 4096, "1:2:512"}, Problem{100, 200, "1:2:64"},
-                      Problem{1, 64, "1:2:128"}, Problem{130, 72, "2:4"}),
+                      Problem{1, 64, "1:2:128"}, Problem{130, 72, "2:4"}, Problem{300, 192, "1:2:128"}),
     [](const ::testing::TestParamInfo<Problem>& info) {
       std::string name = std::to_string(info.param.M) + "x" + std::to_string(info.param.K) + "_" + info.param.pattern;
       for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
@@ -209,8 +224,6 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
     args.slot_weight = dweights.as<float>();
     args.y = dy.get();
     args.y_dtype = ec.dtype;
-    gpu::ssmm(args, nullptr, gpu::SsmmPath::sm80);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
     const auto slots = sample_slots(L, seed);
     std::vector<std::int32_t> sampled;
@@ -231,9 +244,15 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
         for (std::int64_t k = 0; k < ec.prob.K; ++k) a.set(static_cast<std::int64_t>(s), k, x.get(sampled[s], k));
       ref = reference::ssmm_down_weighted(w, a, sampled_weights, ec.dtype);
     }
-    const Check c = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
-    EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
-    EXPECT_GT(c.max_ref, 0.0);
+    for (gpu::SsmmPath path : paths_for(args)) {
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+      dy.poison();
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Check c = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
+      EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
+      EXPECT_GT(c.max_ref, 0.0);
+    }
   }
 }
 
@@ -275,13 +294,16 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
   args.num_x_rows = 300;
   args.num_tokens = 300;
   args.y = dy.get();
-  gpu::ssmm(args);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto first = dy.to_host<std::uint16_t>();
-  dy.poison();
-  gpu::ssmm(args);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+  for (gpu::SsmmPath path : paths_for(args)) {
+    SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+    gpu::ssmm(args, nullptr, path);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto first = dy.to_host<std::uint16_t>();
+    dy.poison();
+    gpu::ssmm(args, nullptr, path);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+  }
 }
 
 TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
@@ -301,14 +323,18 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   args.num_tokens = 4;
   args.y = dy.get();
   args.y_dtype = DType::f32;
-  gpu::ssmm(args);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const auto y = dy.to_host<float>();
-  for (int r = 0; r < 128; ++r) {
-    EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(r)]));
-    EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(128 + r)]));
-    EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(256 + r)]));
-    EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(384 + r)]));
+  for (gpu::SsmmPath path : paths_for(args)) {
+    SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+    dy.poison();
+    gpu::ssmm(args, nullptr, path);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto y = dy.to_host<float>();
+    for (int r = 0; r < 128; ++r) {
+      EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(r)]));
+      EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(128 + r)]));
+      EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(256 + r)]));
+      EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(384 + r)]));
+    }
   }
 }
 

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+// SSMM, Hopper path (sm_90a): warpgroup-level wgmma.mma_async.sp.m64nNk32 with fp32 accumulation.
+//
+// Algorithm. A CTA (2 warpgroups, 256 threads) computes 128 compressed rows x kBN tokens; each
+// warpgroup owns 64 rows (one wgmma M). K is walked in 128-column k-tiles (64 stored values = one
+// 128-byte row per A tile row) through a cp.async pipeline of kStages stages; the B tile gathers the
+// kBN token rows X[token_idx[j], k0:k0+128] (zero-filled past L or K). Both tiles are stored K-major
+// with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte atoms), the
+// layout wgmma descriptors read; B is split into two 64-column halves. Per k-tile and matrix a
+// warpgroup issues four wgmma.sp (k32 each): A descriptor +32 B per step, B +64 B (+half offset).
+// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) go from global memory to
+// registers. Row selection (1:2:V, V a multiple of 128) keeps two accumulator sets per compressed
+// row; the wgmmas always accumulate into set 0, and after each k-tile (all wgmmas drained) a thread
+// swaps set 0 and set 1 of its rows whose selection flips at the next segment.
+// Budget: kBN = 128 / 64 / 32 for 1 / 2 / 3 matrices, so accumulators take 128 / 128 / 96 registers;
+// smem: kStages x (16 KB per matrix + kBN x 256 B) <= 200 KB.
+#include <algorithm>
+
+#include "kernels/cuda_check.h"
+#include "kernels/ptx.cuh"
+#include "kernels/ssmm_common.cuh"
+#include "kernels/wgmma_sp.cuh"
+
+namespace samoyeds::kernels {
+
+// Device helpers with external linkage: the sm_80 compile pass sees the kernel body compiled out
+// and would otherwise warn that internal helpers are unused.
+namespace sm90 {
+
+__device__ __forceinline__ std::uint64_t sw128_descriptor(const void* smem_pointer) {
+  const std::uint32_t address = ptx::smem_address(smem_pointer);
+  return static_cast<std::uint64_t>((address & 0x3FFFF) >> 4)  // start address
+         | (std::uint64_t{1} << 16)                             // leading byte offset (unused for swizzled K-major)
+         | (std::uint64_t{1024 >> 4} << 32)                     // stride byte offset: 8 rows x 128 B
+         | (std::uint64_t{1} << 62);                            // 128-byte swizzle
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+}  // namespace sm90
+
+namespace {
+
+template <int kNumMats>
+struct Sm90Config {
+  static constexpr int kBM = 128;      // compressed rows per CTA (2 warpgroups x 64)
+  static constexpr int kBK = 128;      // logical columns per k-tile
+  static constexpr int kThreads = 256;
+  static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
+  static constexpr int kBN = kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32);
+  static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
+  static constexpr int kStageBytes = kNumMats * kATileBytes + kBTileBytes;
+  static constexpr int kStages = std::min(4, (200 * 1024) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kBN * 4 + 1024;  // + token ids + alignment slack
+};
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  using Config = Sm90Config<kNumMats>;
+  constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
+  constexpr int kBN = Config::kBN;
+  constexpr int kStages = Config::kStages;
+  extern __shared__ std::uint8_t smem_raw[];
+  // The 128-byte swizzle works on absolute address bits: stages start on 1024-byte boundaries.
+  std::uint8_t* smem = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * Config::kStageBytes);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp_in_group = (tid % 128) / 32, group = tid / 128;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
+  const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;
+  for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i);
+  __syncthreads();
+
+  const std::int64_t values_per_row = p.K_padded / 2;
+  auto load_stage = [&](int stage, int kt) {
+    std::uint8_t* base = smem + stage * Config::kStageBytes;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      std::uint8_t* a_tile = base + m * kATileBytes;
+#pragma unroll
+      for (int i = tid; i < kBM * 8; i += kThreads) {
+        const int r = i / 8, c = i % 8;
+        const std::int64_t row = row0 + r, value_col = static_cast<std::int64_t>(kt) * 64 + c * 8;
+        const bool valid = row < p.compressed_rows_padded && value_col < values_per_row;
+        const std::uint16_t* src = valid ? p.values[m] + row * values_per_row + value_col : p.values[m];
+        ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
+      }
+    }
+    std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+#pragma unroll
+    for (int i = tid; i < kBN * 16; i += kThreads) {
+      const int n = i / 16, c = i % 16, half = c / 8, cc = c % 8;
+      const std::int32_t tok = s_tok[n];
+      const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
+      const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
+      const std::uint16_t* src = valid ? p.x + tok * p.K + col : p.x;
+      ptx::cp_async_16(b_tile + half * (kBN * 128) + n * 128 + ((cc ^ (n & 7)) * 16), src, valid ? 16 : 0);
+    }
+  };
+
+  float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
+  std::uint32_t sel[kNumMats];  // bit h: selection of this thread's row g + 8h in the current segment
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
+
+  const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
+  const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  auto update_selection = [&](int kt) {  // called with no wgmma in flight
+    const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      const std::uint32_t word = warp_rows_exist ? p.row_select[m][(warp_row0 / 32) * p.num_segments + segment] : 0u;
+      const int shift = static_cast<int>(warp_row0 % 32) + g;
+      const std::uint32_t next = ((word >> shift) & 1u) | (((word >> (shift + 8)) & 1u) << 1);
+      const std::uint32_t flips = next ^ sel[m];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if ((flips >> h) & 1u) {
+#pragma unroll
+          for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              const float tmp = acc[m][0][4 * i + 2 * h + q];
+              acc[m][0][4 * i + 2 * h + q] = acc[m][1][4 * i + 2 * h + q];
+              acc[m][1][4 * i + 2 * h + q] = tmp;
+            }
+        }
+      }
+      sel[m] = next;
+    }
+  };
+
+  const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_kt) load_stage(s, s);
+    ptx::cp_async_commit();
+  }
+  for (int kt = 0; kt < num_kt; ++kt) {
+    ptx::cp_async_wait<kStages - 2>();
+    fence_async_proxy();  // cp.async wrote the tiles through the generic proxy; wgmma reads through the async one
+    __syncthreads();
+    if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
+    ptx::cp_async_commit();
+    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0) update_selection(kt);
+
+    std::uint32_t meta[kNumMats][4];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const std::int64_t kstep = static_cast<std::int64_t>(kt) * 4 + ks;
+        meta[m][ks] = (warp_rows_exist && kstep < ksteps_per_row)
+                          ? __ldg(p.metadata[m] + ((warp_row0 / 16) * ksteps_per_row + kstep) * 16 + g * 2 + (lane & 1))
+                          : 0x44444444u;  // padding: positions (0, 1) over zero values
+      }
+
+    const std::uint8_t* base = smem + (kt % kStages) * Config::kStageBytes;
+    const std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const std::uint64_t desc_b = sw128_descriptor(b_tile + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+        const std::uint64_t desc_a = sw128_descriptor(base + m * kATileBytes + group * (64 * 128) + ks * 32);
+        wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
+      }
+    }
+    wgmma_commit();
+    wgmma_wait_all();  // the accumulators may be swapped next, and this stage is reloaded after the next barrier
+  }
+  ptx::cp_async_wait<0>();
+
+  // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1).
+  const int rows_per_crow = p.row_select_on ? 2 : 1;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const std::int64_t crow = warp_row0 + g + 8 * h;
+#pragma unroll
+    for (int o = 0; o < 2; ++o) {
+      if (o >= rows_per_crow) break;
+      const std::int64_t R = crow * rows_per_crow + o;
+      if (R >= p.rows) continue;
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int slot = 8 * i + 2 * t + q;
+          const std::int32_t tok = s_tok[slot];
+          if (tok == kNoToken) continue;
+          float v[kNumMats];
+#pragma unroll
+          for (int m = 0; m < kNumMats; ++m) {
+            const bool other_set = p.row_select_on && ((sel[m] >> h) & 1u) != static_cast<std::uint32_t>(o);
+            v[m] = other_set ? acc[m][1][4 * i + 2 * h + q] : acc[m][0][4 * i + 2 * h + q];
+          }
+          store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+        }
+    }
+  }
+#else
+  __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
+#endif
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch(const Params& p, cudaStream_t stream) {
+  using Config = Sm90Config<kNumMats>;
+  static_assert(Config::kBK == 128, "an A tile row is one 128-byte swizzle row: 64 values = 128 columns");
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi>;
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  const dim3 grid(static_cast<unsigned>((p.compressed_rows_padded + Config::kBM - 1) / Config::kBM),
+                  static_cast<unsigned>((p.L + Config::kBN - 1) / Config::kBN));
+  SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x ", Config::kBN, " tokens");
+  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
+}
+
+template <bool kBf16>
+void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
+  switch (a.epilogue) {
+    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain>(p, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted>(p, stream);
+    case gpu::SsmmEpilogue::gate_up:
+      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up>(p, stream);
+      return launch<kBf16, 2, Epi::gate_up>(p, stream);
+  }
+}
+
+}  // namespace
+
+void ssmm_sm90(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream) {
+  if (args.x_dtype == DType::bf16) {
+    dispatch<true>(args, p, stream);
+  } else {
+    dispatch<false>(args, p, stream);
+  }
+}
+
+}  // namespace samoyeds::kernels
