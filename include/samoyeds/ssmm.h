@@ -67,7 +67,24 @@ struct SsmmArgs {
   const float* slot_weight = nullptr;  // [L] fp32, down_weighted only
   void* y = nullptr;              // [L, M] row-major
   DType y_dtype = DType::bf16;    // x_dtype, or fp32 for the plain epilogue
+  // Scratch for split-K (small L or few output rows): ssmm_workspace_bytes() tells how much helps.
+  // With less, the call still runs, unsplit. Device memory, 16-byte aligned; not read across calls.
+  void* workspace = nullptr;
+  std::size_t workspace_bytes = 0;
 };
+
+// How a call splits its K loop across CTAs: the pure decision, host-tested (docs/kernels/ssmm.md).
+struct SplitPlan {
+  int splits = 1;               // CTAs sharing one output tile, each over a K range
+  std::int64_t k_tiles_per_split = 0;
+};
+// row_tiles x token_tiles output tiles, num_k_tiles k-tiles, segments of segment_k_tiles k-tiles
+// (splits never cut a segment), num_sms multiprocessors.
+SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
+                       std::int64_t segment_k_tiles, int num_sms);
+
+// Workspace bytes that let `path` run `args` at its best (0 when it would not split).
+std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);
 
 // Empty when `path` can run `args`, else the reason (names the argument and the fix).
 std::string can_implement(const SsmmArgs& args, SsmmPath path);

@@ -32,6 +32,9 @@ Params make_params(const gpu::SsmmArgs& a) {
   p.slot_weight = a.slot_weight;
   p.y = a.y;
   p.y_f32 = a.y_dtype == DType::f32;
+  p.splits = 1;
+  p.k_tiles_per_split = 0;
+  p.workspace = nullptr;
   return p;
 }
 
@@ -66,11 +69,23 @@ SsmmPath resolve_path(SsmmPath path) {
   return current_device_is_hopper() ? SsmmPath::sm90 : SsmmPath::sm80;
 }
 
-void ssmm(const SsmmArgs& args, void* stream, SsmmPath path) {
-  SsmmPath resolved = resolve_path(path);
-  // `automatic` falls back to the portable path for calls the sm90 kernel does not take (e.g. V = 64).
+namespace {
+// `automatic` falls back to the portable path for calls the sm90 kernel does not take (e.g. V = 64).
+SsmmPath choose_path(const SsmmArgs& args, SsmmPath path) {
+  const SsmmPath resolved = resolve_path(path);
   if (path == SsmmPath::automatic && resolved == SsmmPath::sm90 && !can_implement(args, SsmmPath::sm90).empty())
-    resolved = SsmmPath::sm80;
+    return SsmmPath::sm80;
+  return resolved;
+}
+}  // namespace
+
+std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path) {
+  if (choose_path(args, path) != SsmmPath::sm90 || args.num_tokens == 0) return 0;
+  return kernels::ssmm_sm90_workspace_bytes(args);
+}
+
+void ssmm(const SsmmArgs& args, void* stream, SsmmPath path) {
+  const SsmmPath resolved = choose_path(args, path);
   if (std::string reason = can_implement(args, resolved); !reason.empty())
     SAMOYEDS_FAIL("ssmm (", epilogue_name(args.epilogue), ", path ", path_name(resolved), "): ", reason);
   SAMOYEDS_CHECK(resolved != SsmmPath::sm90 || current_device_is_hopper(),

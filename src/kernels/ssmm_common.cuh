@@ -32,6 +32,11 @@ struct Params {
   const float* slot_weight;            // [L], down_weighted
   void* y;                             // [L, rows]
   bool y_f32;
+  // split-K: CTA z covers k-tiles [z * k_tiles_per_split, ...) and writes fp32 partial products to
+  // workspace [splits][num_mats][L][rows]; a reduce kernel sums them in split order, then the epilogue.
+  int splits;
+  std::int64_t k_tiles_per_split;
+  float* workspace;
 };
 
 Params make_params(const gpu::SsmmArgs& args);
@@ -75,6 +80,8 @@ __device__ __forceinline__ void store(void* y, std::int64_t at, float value, boo
 }
 
 void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
-void ssmm_sm90(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
+// Fills the split fields of `p` (splits = 1 when the workspace is too small) and launches.
+void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream);
+std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args);
 
 }  // namespace samoyeds::kernels

@@ -82,7 +82,28 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
   return "";
 }
 
+SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
+                       std::int64_t segment_k_tiles, int num_sms) {
+  SplitPlan plan;
+  plan.k_tiles_per_split = num_k_tiles;
+  const std::int64_t tiles = row_tiles * token_tiles;
+  // Enough output tiles fill the machine on their own; splitting would only add workspace traffic.
+  if (tiles <= 0 || num_k_tiles <= 0 || tiles >= num_sms) return plan;
+  // Aim at two CTAs per SM, keep at least 4 k-tiles (512 columns) per split so the pipeline fills,
+  // and cut only at segment boundaries so each split starts a segment with fresh row selections.
+  const std::int64_t wanted = (2 * static_cast<std::int64_t>(num_sms) + tiles - 1) / tiles;
+  const std::int64_t most = std::max<std::int64_t>(1, num_k_tiles / 4);
+  const std::int64_t splits = std::min(wanted, most);
+  const std::int64_t unit = std::max<std::int64_t>(1, segment_k_tiles);
+  std::int64_t per_split = (num_k_tiles + splits - 1) / splits;
+  per_split = (per_split + unit - 1) / unit * unit;
+  plan.k_tiles_per_split = per_split;
+  plan.splits = static_cast<int>((num_k_tiles + per_split - 1) / per_split);
+  return plan;
+}
+
 #if !SAMOYEDS_WITH_CUDA
+std::size_t ssmm_workspace_bytes(const SsmmArgs&, SsmmPath) { return 0; }
 SsmmPath resolve_path(SsmmPath path) { return path == SsmmPath::automatic ? SsmmPath::sm80 : path; }
 void ssmm(const SsmmArgs&, void*, SsmmPath) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU kernels are unavailable (", cuda_status(), ")");

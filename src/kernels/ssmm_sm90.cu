@@ -8,13 +8,20 @@
 // with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte atoms), the
 // layout wgmma descriptors read; B is split into two 64-column halves. Per k-tile and matrix a
 // warpgroup issues four wgmma.sp (k32 each): A descriptor +32 B per step, B +64 B (+half offset).
-// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) go from global memory to
-// registers. Row selection (1:2:V, V a multiple of 128) keeps two accumulator sets per compressed
-// row; the wgmmas always accumulate into set 0, and after each k-tile (all wgmmas drained) a thread
-// swaps set 0 and set 1 of its rows whose selection flips at the next segment.
-// Budget: kBN = 128 / 64 / 32 for 1 / 2 / 3 matrices, so accumulators take 128 / 128 / 96 registers;
-// smem: kStages x (16 KB per matrix + kBN x 256 B) <= 200 KB.
+// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) travel through the same
+// pipeline (2 KB per matrix and stage); each thread reads its four words from shared memory before
+// the wgmma fence (registers defined while wgmmas are in flight would serialize them: ptxas C7513).
+// The next stage's copies are issued while the wgmmas run.
+// Row selection (1:2:V, V a multiple of 128) keeps two accumulator sets per compressed row; the
+// wgmmas accumulate into set 0, and at a segment start (all wgmmas drained) a thread swaps set 0
+// and set 1 of its rows whose selection flips.
+// Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
+// whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
+// split order and applies the epilogue, so results stay bitwise reproducible.
+// Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
+// accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB.
 #include <algorithm>
+#include <mutex>
 
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
@@ -44,24 +51,25 @@ __device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.
 
 namespace {
 
-template <int kNumMats>
+template <int kNumMats, bool kSmallN>
 struct Sm90Config {
   static constexpr int kBM = 128;      // compressed rows per CTA (2 warpgroups x 64)
   static constexpr int kBK = 128;      // logical columns per k-tile
   static constexpr int kThreads = 256;
   static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
-  static constexpr int kBN = kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32);
+  static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
+  static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
-  static constexpr int kStageBytes = kNumMats * kATileBytes + kBTileBytes;
-  static constexpr int kStages = std::min(4, (200 * 1024) / kStageBytes);
+  static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;
+  static constexpr int kStages = std::min(8, (200 * 1024) / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes + kBN * 4 + 1024;  // + token ids + alignment slack
 };
 
-template <bool kBf16, int kNumMats, Epi kEpi>
+template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  using Config = Sm90Config<kNumMats>;
+  using Config = Sm90Config<kNumMats, kSmallN>;
   constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
   constexpr int kBN = Config::kBN;
   constexpr int kStages = Config::kStages;
@@ -74,10 +82,14 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
   const int g = lane / 4, t = lane % 4;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
   const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;
+  const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
+  const int kt_begin = static_cast<int>(blockIdx.z * p.k_tiles_per_split);
+  const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
   for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i);
   __syncthreads();
 
   const std::int64_t values_per_row = p.K_padded / 2;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
   auto load_stage = [&](int stage, int kt) {
     std::uint8_t* base = smem + stage * Config::kStageBytes;
 #pragma unroll
@@ -92,7 +104,19 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
         ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
       }
     }
-    std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      // [8 row tiles][4 k-steps][16 words]: global holds a row tile's k-steps contiguously.
+      std::uint8_t* meta_tile = base + kNumMats * kATileBytes + m * Config::kMetaTileBytes;
+      for (int i = tid; i < (kBM / 16) * 16; i += kThreads) {
+        const int tile = i / 16, c = i % 16;  // 16 chunks of 16 B = 4 k-steps x 64 B
+        const std::int64_t tile16 = row0 / 16 + tile, kstep = static_cast<std::int64_t>(kt) * 4 + c / 4;
+        const bool valid = tile16 * 16 < p.compressed_rows_padded && kstep < ksteps_per_row;
+        const std::uint32_t* src = valid ? p.metadata[m] + (tile16 * ksteps_per_row + kstep) * 16 + (c % 4) * 4 : p.metadata[m];
+        ptx::cp_async_16(meta_tile + tile * 256 + c * 16, src, valid ? 16 : 0);
+      }
+    }
+    std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
     for (int i = tid; i < kBN * 16; i += kThreads) {
       const int n = i / 16, c = i % 16, half = c / 8, cc = c % 8;
@@ -117,7 +141,6 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 
   const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
-  const std::int64_t ksteps_per_row = p.K_padded / 32;
   auto update_selection = [&](int kt) {  // called with no wgmma in flight
     const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
 #pragma unroll
@@ -143,33 +166,31 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
     }
   };
 
-  const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_kt) load_stage(s, s);
+    if (kt_begin + s < kt_end) load_stage(s, kt_begin + s);
     ptx::cp_async_commit();
   }
-  for (int kt = 0; kt < num_kt; ++kt) {
+  for (int kt = kt_begin; kt < kt_end; ++kt) {
+    const int i = kt - kt_begin;
     ptx::cp_async_wait<kStages - 2>();
     fence_async_proxy();  // cp.async wrote the tiles through the generic proxy; wgmma reads through the async one
     __syncthreads();
-    if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
-    ptx::cp_async_commit();
     if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0) update_selection(kt);
 
+    const std::uint8_t* base = smem + (i % kStages) * Config::kStageBytes;
+    const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
     std::uint32_t meta[kNumMats][4];
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
+    for (int m = 0; m < kNumMats; ++m) {
+      const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
+                          (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) {
-        const std::int64_t kstep = static_cast<std::int64_t>(kt) * 4 + ks;
-        meta[m][ks] = (warp_rows_exist && kstep < ksteps_per_row)
-                          ? __ldg(p.metadata[m] + ((warp_row0 / 16) * ksteps_per_row + kstep) * 16 + g * 2 + (lane & 1))
-                          : 0x44444444u;  // padding: positions (0, 1) over zero values
+        const bool exists = warp_rows_exist && static_cast<std::int64_t>(kt) * 4 + ks < ksteps_per_row;
+        meta[m][ks] = exists ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
       }
-
-    const std::uint8_t* base = smem + (kt % kStages) * Config::kStageBytes;
-    const std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+    }
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -181,6 +202,10 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
       }
     }
     wgmma_commit();
+    // While the tensor cores work: the next stage's copies (its slot was read by k-tile kt - 1,
+    // drained before the barrier above).
+    if (kt + kStages - 1 < kt_end) load_stage((i + kStages - 1) % kStages, kt + kStages - 1);
+    ptx::cp_async_commit();
     wgmma_wait_all();  // the accumulators may be swapped next, and this stage is reloaded after the next barrier
   }
   ptx::cp_async_wait<0>();
@@ -208,7 +233,13 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
             const bool other_set = p.row_select_on && ((sel[m] >> h) & 1u) != static_cast<std::uint32_t>(o);
             v[m] = other_set ? acc[m][1][4 * i + 2 * h + q] : acc[m][0][4 * i + 2 * h + q];
           }
-          store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+          if (p.splits > 1) {
+#pragma unroll
+            for (int m = 0; m < kNumMats; ++m)
+              p.workspace[((static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * p.L + tok0 + slot) * p.rows + R] = v[m];
+          } else {
+            store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+          }
         }
     }
   }
@@ -217,33 +248,115 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 #endif
 }
 
+// Sums the split-K partials of each output element in split order, then applies the epilogue.
 template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void ssmm_sm90_reduce(const Params p) {
+  const std::int64_t n = p.L * p.rows;
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t slot = e / p.rows;
+    float v[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      float sum = 0.0f;
+      for (int s = 0; s < p.splits; ++s) sum += p.workspace[(static_cast<std::int64_t>(s) * kNumMats + m) * n + e];
+      v[m] = sum;
+    }
+    store<kBf16>(p.y, e, epilogue_value<kEpi, kNumMats>(v, p, slot, token_of_slot(p, slot)), p.y_f32);
+  }
+}
+
+int num_sms() {
+  static int count = [] {
+    int device = 0, sms = 132;
+    cudaGetDevice(&device);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    return sms;
+  }();
+  return count;
+}
+
+int num_mats_of(const gpu::SsmmArgs& a) {
+  return a.epilogue == gpu::SsmmEpilogue::gate_up ? (a.gate_linear.values ? 3 : 2) : 1;
+}
+
+// The tile width a call uses: narrow tiles when every expert's tokens fit in 32.
+int tile_tokens(const gpu::SsmmArgs& a) {
+  if (a.num_tokens <= 32) return 32;
+  return num_mats_of(a) == 1 ? 128 : (num_mats_of(a) == 2 ? 64 : 32);
+}
+
+gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
+  const std::int64_t token_tiles = (a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a);
+  const std::int64_t num_kt = (g.cols_padded + 127) / 128;
+  const std::int64_t segment_kt = a.weight.pattern.has_row_selection() ? a.weight.pattern.v / 128 : 1;
+  return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms());
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 void launch(const Params& p, cudaStream_t stream) {
-  using Config = Sm90Config<kNumMats>;
+  using Config = Sm90Config<kNumMats, kSmallN>;
   static_assert(Config::kBK == 128, "an A tile row is one 128-byte swizzle row: 64 values = 128 columns");
-  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi>;
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, kSmallN>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
   const dim3 grid(static_cast<unsigned>((p.compressed_rows_padded + Config::kBM - 1) / Config::kBM),
-                  static_cast<unsigned>((p.L + Config::kBN - 1) / Config::kBN));
+                  static_cast<unsigned>((p.L + Config::kBN - 1) / Config::kBN), static_cast<unsigned>(p.splits));
   SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x ", Config::kBN, " tokens");
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
+  if (p.splits > 1) {
+    const std::int64_t n = p.L * p.rows;
+    const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 4 * 132 * 8));
+    ssmm_sm90_reduce<kBf16, kNumMats, kEpi><<<blocks, 256, 0, stream>>>(p);
+    SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
+  }
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_width(const Params& p, cudaStream_t stream, bool small_n) {
+  if constexpr (kNumMats == 3) {
+    launch<kBf16, 3, kEpi, false>(p, stream);  // OpenMoE's three matrices always use 32-token tiles
+  } else if (small_n) {
+    launch<kBf16, kNumMats, kEpi, true>(p, stream);
+  } else {
+    launch<kBf16, kNumMats, kEpi, false>(p, stream);
+  }
 }
 
 template <bool kBf16>
 void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
+  const bool small_n = tile_tokens(a) == 32;
   switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain>(p, stream);
-    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted>(p, stream);
+    case gpu::SsmmEpilogue::plain: return launch_width<kBf16, 1, Epi::plain>(p, stream, small_n);
+    case gpu::SsmmEpilogue::down_weighted: return launch_width<kBf16, 1, Epi::down_weighted>(p, stream, small_n);
     case gpu::SsmmEpilogue::gate_up:
-      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up>(p, stream);
-      return launch<kBf16, 2, Epi::gate_up>(p, stream);
+      if (a.gate_linear.values) return launch_width<kBf16, 3, Epi::gate_up>(p, stream, small_n);
+      return launch_width<kBf16, 2, Epi::gate_up>(p, stream, small_n);
   }
 }
 
 }  // namespace
 
-void ssmm_sm90(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream) {
+std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) {
+  const gpu::SplitPlan plan = split_plan(args);
+  if (plan.splits <= 1) return 0;
+  return static_cast<std::size_t>(plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
+         static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
+}
+
+void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
+  const gpu::SplitPlan plan = split_plan(args);
+  const std::size_t needed = ssmm_sm90_workspace_bytes(args);
+  if (plan.splits > 1 && args.workspace && args.workspace_bytes >= needed) {
+    p.splits = plan.splits;
+    p.k_tiles_per_split = plan.k_tiles_per_split;
+    p.workspace = static_cast<float*>(args.workspace);
+  } else {
+    p.splits = 1;
+    p.k_tiles_per_split = (p.K_padded + 127) / 128;
+  }
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);
   } else {

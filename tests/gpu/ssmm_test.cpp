@@ -150,12 +150,22 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
     for (auto j : slots) sampled.push_back(idx[static_cast<std::size_t>(j)]);
     const Matrix ref = reference::ssmm(w, x, Tokens::list(sampled), DType::f32);
     for (gpu::SsmmPath path : paths_for(args)) {
-      SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
-      dy.poison();
-      gpu::ssmm(args, nullptr, path);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-      const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
-      EXPECT_EQ(c.bad + c.non_finite, 0);
+      // Unsplit, then (where the call would split K) with the workspace the path asks for.
+      const std::size_t workspace_bytes = gpu::ssmm_workspace_bytes(args, path);
+      DeviceBuffer workspace(workspace_bytes);
+      for (bool split : {false, true}) {
+        if (split && workspace_bytes == 0) continue;
+        SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (split ? ", split-K" : ""));
+        args.workspace = split ? workspace.get() : nullptr;
+        args.workspace_bytes = split ? workspace_bytes : 0;
+        dy.poison();
+        gpu::ssmm(args, nullptr, path);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
+        EXPECT_EQ(c.bad + c.non_finite, 0);
+      }
+      args.workspace = nullptr;
+      args.workspace_bytes = 0;
     }
   }
 }
@@ -246,6 +256,9 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
     }
     for (gpu::SsmmPath path : paths_for(args)) {
       SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+      DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, path));  // split-K where it helps
+      args.workspace = workspace.get();
+      args.workspace_bytes = workspace.bytes();
       dy.poison();
       gpu::ssmm(args, nullptr, path);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
