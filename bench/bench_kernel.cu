@@ -133,8 +133,9 @@ int run_kernel_bench(const KernelBenchOptions& o) {
   SAMOYEDS_CUBLAS_CHECK(cublasCreate(&handle));
   Timer timer;
   const gpu::SsmmPath path = gpu::resolve_path(o.path);
-  std::printf("samoyeds bench kernel: %s, %s, pattern %s, path %s, commit %s, %s\n", device.c_str(), dtype_name(o.dtype),
-              o.pattern.to_string().c_str(), gpu::path_name(path), run_commit.c_str(), date.c_str());
+  std::printf("samoyeds bench kernel: %s, %s, pattern %s, path %s%s, commit %s, %s\n", device.c_str(),
+              dtype_name(o.dtype), o.pattern.to_string().c_str(), gpu::path_name(path), o.split_k ? "" : " (no split-K)",
+              run_commit.c_str(), date.c_str());
   std::printf("%7s %7s %6s | %10s %10s %10s | %8s %8s %8s | %6s %6s\n", "M", "K", "L", "ours us", "cublas us",
               "+gather us", "ours TF", "ours GB/s", "dense TF", "x cub", "x c+g");
   std::map<std::string, std::vector<double>> speedups;
@@ -171,7 +172,7 @@ int run_kernel_bench(const KernelBenchOptions& o) {
       args.num_tokens = L;
       args.y = d_y.ptr;
       args.y_dtype = o.dtype;
-      const std::size_t workspace_bytes = gpu::ssmm_workspace_bytes(args, path);
+      const std::size_t workspace_bytes = o.split_k ? gpu::ssmm_workspace_bytes(args, path) : 0;
       Buffer d_workspace(workspace_bytes);
       args.workspace = d_workspace.ptr;
       args.workspace_bytes = workspace_bytes;

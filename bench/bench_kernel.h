@@ -19,6 +19,7 @@ struct KernelBenchOptions {
   SparsityPattern pattern;
   DType dtype = DType::bf16;
   gpu::SsmmPath path = gpu::SsmmPath::automatic;
+  bool split_k = true;  // false: no workspace, so the kernel never splits K (for comparisons)
   int reps = 20;
   std::uint64_t seed = 1;
   std::string out_path;  // JSON Lines appended here ("" = none)

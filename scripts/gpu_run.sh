@@ -29,6 +29,10 @@ step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAM
 step build cmake --build build-gpu -j 16
 step gpu-tests ctest --test-dir build-gpu -L gpu --output-on-failure
 step cpu-tests ctest --test-dir build-gpu -L cpu --output-on-failure -j 16
+# Memory errors on small cases of every kernel path (the sanitizer is slow, so small shapes only).
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/samoyeds_tests_gpu \
+  --gtest_filter='SsmmGpu.*:*100x200*:*1x64*:*300x192*:*130x72*:*openmoe*'
+tail -n 3 "$OUT/memcheck.log"
 step demo ./build-gpu/samoyeds demo
 for bench in "$@"; do
   step "bench-$bench" ./build-gpu/samoyeds bench "$bench" --out "$OUT/bench-$bench.jsonl"

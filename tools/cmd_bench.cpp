@@ -52,6 +52,9 @@ int run_bench(const Args& args) {
   else if (path == "sm80") o.path = gpu::SsmmPath::sm80;
   else if (path == "sm90") o.path = gpu::SsmmPath::sm90;
   else throw UsageError{"--path must be auto, sm80 or sm90, got '" + path + "'"};
+  const std::string split = args.get("split");
+  if (split != "auto" && split != "off") throw UsageError{"--split must be auto or off, got '" + split + "'"};
+  o.split_k = split == "auto";
   o.reps = static_cast<int>(args.get_int("reps"));
   if (o.reps < 1) throw UsageError{"--reps must be at least 1"};
   o.seed = static_cast<std::uint64_t>(args.get_int("seed"));
@@ -78,6 +81,7 @@ Command bench_command() {
        {"pattern", "N:M:V", "sparsity pattern", "1:2:128"},
        {"dtype", "bf16|fp16", "element type", "bf16"},
        {"path", "auto|sm80|sm90", "kernel path", "auto"},
+       {"split", "auto|off", "split-K for small problems (off: never, for comparisons)", "auto"},
        {"reps", "N", "timed repetitions per measurement (median reported)", "20"},
        {"seed", "S", "random seed", "1"},
        {"out", "FILE", "append JSON Lines records to FILE", ""}},

@@ -79,9 +79,10 @@ struct SplitPlan {
   std::int64_t k_tiles_per_split = 0;
 };
 // row_tiles x token_tiles output tiles, num_k_tiles k-tiles, segments of segment_k_tiles k-tiles
-// (splits never cut a segment), num_sms multiprocessors.
+// (splits never cut a segment), num_sms multiprocessors, and at most max_splits (the caller's
+// traffic bound: the fp32 partials of all splits must stay small next to the weight bytes).
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
-                       std::int64_t segment_k_tiles, int num_sms);
+                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
 // Workspace bytes that let `path` run `args` at its best (0 when it would not split).
 std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);

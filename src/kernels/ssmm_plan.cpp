@@ -83,16 +83,16 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
 }
 
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
-                       std::int64_t segment_k_tiles, int num_sms) {
+                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits) {
   SplitPlan plan;
   plan.k_tiles_per_split = num_k_tiles;
   const std::int64_t tiles = row_tiles * token_tiles;
   // Enough output tiles fill the machine on their own; splitting would only add workspace traffic.
-  if (tiles <= 0 || num_k_tiles <= 0 || tiles >= num_sms) return plan;
+  if (tiles <= 0 || num_k_tiles <= 0 || tiles >= num_sms || max_splits < 2) return plan;
   // Aim at two CTAs per SM, keep at least 4 k-tiles (512 columns) per split so the pipeline fills,
   // and cut only at segment boundaries so each split starts a segment with fresh row selections.
   const std::int64_t wanted = (2 * static_cast<std::int64_t>(num_sms) + tiles - 1) / tiles;
-  const std::int64_t most = std::max<std::int64_t>(1, num_k_tiles / 4);
+  const std::int64_t most = std::max<std::int64_t>(1, std::min(num_k_tiles / 4, max_splits));
   const std::int64_t splits = std::min(wanted, most);
   const std::int64_t unit = std::max<std::int64_t>(1, segment_k_tiles);
   std::int64_t per_split = (num_k_tiles + splits - 1) / splits;

@@ -88,21 +88,24 @@ namespace {
 
 TEST(SsmmPlan, SplitKOnlyWhenTilesLeaveSmsIdle) {
   // Plenty of output tiles: no split.
-  EXPECT_EQ(gpu::plan_split_k(64, 128, 48, 1, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_split_k(64, 128, 48, 1, 132, 64).splits, 1);
   // Mixtral down projection at decode: 16 row tiles x 1 token tile over 112 k-tiles.
-  const auto down = gpu::plan_split_k(16, 1, 112, 1, 132);
+  const auto down = gpu::plan_split_k(16, 1, 112, 1, 132, 64);
   EXPECT_EQ(down.splits, 16);  // 17 wanted; 7 k-tiles each cover 112 in 16
   EXPECT_EQ(down.k_tiles_per_split, 7);
   EXPECT_GE(down.splits * down.k_tiles_per_split, 112);
   // Splits never cut a segment (V = 512: 4 k-tiles per segment) and keep >= 4 k-tiles each.
-  const auto seg = gpu::plan_split_k(8, 1, 48, 4, 132);
+  const auto seg = gpu::plan_split_k(8, 1, 48, 4, 132, 64);
   EXPECT_EQ(seg.k_tiles_per_split % 4, 0);
   EXPECT_EQ(seg.splits, 12);
   // Short K: at most num_k_tiles / 4 splits.
-  EXPECT_EQ(gpu::plan_split_k(6, 1, 16, 1, 132).splits, 4);
-  EXPECT_EQ(gpu::plan_split_k(6, 1, 3, 1, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_split_k(6, 1, 16, 1, 132, 64).splits, 4);
+  EXPECT_EQ(gpu::plan_split_k(6, 1, 3, 1, 132, 64).splits, 1);
+  // The traffic bound wins: medium L (e.g. 256 tokens) must not split when partials outweigh weights.
+  EXPECT_EQ(gpu::plan_split_k(56, 2, 32, 1, 132, 1).splits, 1);
+  EXPECT_EQ(gpu::plan_split_k(16, 1, 112, 1, 132, 5).splits, 5);
   for (std::int64_t kt : {1, 5, 16, 45, 112, 128}) {
-    const auto plan = gpu::plan_split_k(3, 1, kt, 1, 132);
+    const auto plan = gpu::plan_split_k(3, 1, kt, 1, 132, 64);
     EXPECT_GE(plan.splits * plan.k_tiles_per_split, kt) << kt;
     EXPECT_LT((plan.splits - 1) * plan.k_tiles_per_split, kt) << "no empty split for " << kt;
   }
