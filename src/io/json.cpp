@@ -18,17 +18,6 @@ namespace samoyeds::json {
 
 namespace {
 
-const char* kind_name(Value::Kind kind) {
-  switch (kind) {
-    case Value::Kind::null: return "null";
-    case Value::Kind::boolean: return "a boolean";
-    case Value::Kind::number: return "a number";
-    case Value::Kind::string: return "a string";
-    case Value::Kind::array: return "an array";
-    case Value::Kind::object: return "an object";
-  }
-  return "an unknown kind";
-}
 
 constexpr int kMaxDepth = 256;
 // Objects up to this size check duplicate keys by a linear scan; larger ones (safetensors headers
@@ -574,6 +563,18 @@ void Value::set(std::string key, Value value) {
 void Value::push_back(Value value) {
   SAMOYEDS_CHECK(kind_ == Kind::array, "JSON: push_back needs an array, got ", kind_name(kind_));
   array_.push_back(std::move(value));
+}
+
+const char* kind_name(Value::Kind kind) {
+  switch (kind) {
+    case Value::Kind::null: return "null";
+    case Value::Kind::boolean: return "a boolean";
+    case Value::Kind::number: return "a number";
+    case Value::Kind::string: return "a string";
+    case Value::Kind::array: return "an array";
+    case Value::Kind::object: return "an object";
+  }
+  return "an unknown JSON value";
 }
 
 Value parse(std::string_view text) { return Parser(text).parse_document(); }

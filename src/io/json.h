@@ -60,6 +60,9 @@ class Value {
   Object object_;
 };
 
+// "null", "a boolean", "a number", "a string", "an array", "an object": for error messages.
+const char* kind_name(Value::Kind kind);
+
 // Parses a whole document. Throws samoyeds::Error with line:column and what was expected on bad
 // input (trailing garbage, depth over 256, bad escapes, invalid UTF-8 surrogates, duplicate keys).
 Value parse(std::string_view text);

@@ -30,17 +30,6 @@ std::string lower(std::string_view text) {
   return out;
 }
 
-const char* kind_name(Value::Kind kind) {
-  switch (kind) {
-    case Value::Kind::null: return "null";
-    case Value::Kind::boolean: return "a boolean";
-    case Value::Kind::number: return "a number";
-    case Value::Kind::string: return "a string";
-    case Value::Kind::array: return "an array";
-    case Value::Kind::object: return "an object";
-  }
-  return "an unknown JSON value";
-}
 
 // Typed access to the top-level members with errors that name the field. null counts as absent,
 // as it does for transformers (e.g. "n_shared_experts": null, "head_dim": null).
@@ -66,7 +55,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return fallback;
     SAMOYEDS_CHECK(value->is_number(), "config.json: field \"", key, "\" must be an integer, got ",
-                   kind_name(value->kind()));
+                   json::kind_name(value->kind()));
     try {
       return value->as_int();
     } catch (const Error&) {
@@ -85,7 +74,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return fallback;
     SAMOYEDS_CHECK(value->is_number(), "config.json: field \"", key, "\" must be a number, got ",
-                   kind_name(value->kind()));
+                   json::kind_name(value->kind()));
     return value->as_number();
   }
 
@@ -93,7 +82,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return fallback;
     SAMOYEDS_CHECK(value->kind() == Value::Kind::boolean, "config.json: field \"", key,
-                   "\" must be true or false, got ", kind_name(value->kind()));
+                   "\" must be true or false, got ", json::kind_name(value->kind()));
     return value->as_bool();
   }
 
@@ -101,7 +90,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return fallback;
     SAMOYEDS_CHECK(value->is_string(), "config.json: field \"", key, "\" must be a string, got ",
-                   kind_name(value->kind()));
+                   json::kind_name(value->kind()));
     return value->as_string();
   }
 
@@ -110,7 +99,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return out;
     SAMOYEDS_CHECK(value->is_array(), "config.json: field \"", key, "\" must be an array of strings, got ",
-                   kind_name(value->kind()));
+                   json::kind_name(value->kind()));
     for (const Value& item : value->as_array()) {
       SAMOYEDS_CHECK(item.is_string(), "config.json: field \"", key, "\" must be an array of strings, but holds ",
                      kind_name(item.kind()));
@@ -124,7 +113,7 @@ class Fields {
     const Value* value = find(key);
     if (value == nullptr) return out;
     SAMOYEDS_CHECK(value->is_array(), "config.json: field \"", key, "\" must be an array of integers, got ",
-                   kind_name(value->kind()));
+                   json::kind_name(value->kind()));
     for (const Value& item : value->as_array()) {
       SAMOYEDS_CHECK(item.is_number(), "config.json: field \"", key, "\" must be an array of integers, but holds ",
                      kind_name(item.kind()));
