@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 mkdir -p .carry
 if [ ! -f .carry/googletest/CMakeLists.txt ]; then
   src=/usr/src/googletest
-  [ -f "$src/CMakeLists.txt" ] || { apt-get update -qq && apt-get install -y -qq googletest >/dev/null; }
+  if [ ! -f "$src/CMakeLists.txt" ]; then
+    if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq googletest >/dev/null
+  fi
   rm -rf .carry/googletest && cp -r "$src" .carry/googletest
 fi
 # The GPU machine's copy of the tree has no .git: record which commit the numbers belong to.

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "samoyeds/error.h"
 
@@ -13,9 +14,11 @@ namespace samoyeds {
 class Tokens {
  public:
   static Tokens all(std::int64_t num_tokens) { return Tokens(num_tokens, {}, true); }
+  // A view: the indices must outlive the Tokens (a temporary vector would dangle, hence the deleted overload).
   static Tokens list(std::span<const std::int32_t> token_idx) {
     return Tokens(static_cast<std::int64_t>(token_idx.size()), token_idx, false);
   }
+  static Tokens list(std::vector<std::int32_t>&&) = delete;
 
   std::int64_t size() const { return size_; }  // L
   bool is_all() const { return all_; }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Physical index functions of the Samoyeds format (docs/format.md §3). Every piece of code that
-// addresses metadata or row-select words goes through these, so the layout is written down once.
+// Physical index functions of the Samoyeds format (docs/format.md §3) for the host code. The GPU
+// kernels address the same words per thread and tile (their layouts are documented beside them);
+// the exact-tier GPU tests check the two agree.
 #pragma once
 
 #include <cstdint>

@@ -107,6 +107,12 @@ PackedMatrix pack(const Matrix& dense, const SparsityPattern& pattern, const Pac
     }
   }
 
+  // Serial scan first, so the error names the first non-finite weight whatever the thread count.
+  for (std::int64_t i = 0; i < g.rows * g.cols; ++i) {
+    const float w = half_to_float(dense.dtype(), dense.half_data()[i]);
+    SAMOYEDS_CHECK(std::isfinite(w), "weight [", i / g.cols, ", ", i % g.cols, "] is ", w, "; packing needs finite weights");
+  }
+
   PackedMatrix packed;
   packed.pattern = pattern;
   packed.dtype = dense.dtype();
@@ -143,8 +149,6 @@ PackedMatrix pack(const Matrix& dense, const SparsityPattern& pattern, const Pac
           float w = 0.0f, score = -1.0f;
           if (row < g.rows && c < g.cols) {
             w = half_to_float(dense.dtype(), weights[row * g.cols + c]);
-            SAMOYEDS_CHECK(std::isfinite(w), "weight [", row, ", ", c, "] is ", w,
-                           "; packing needs finite weights");
             score = std::fabs(w) * (by_activation ? options.column_norms[static_cast<std::size_t>(c)] : 1.0f);
           }
           row_values[static_cast<std::size_t>(o * g.cols_padded + c)] = w;

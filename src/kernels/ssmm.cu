@@ -32,9 +32,7 @@ Params make_params(const gpu::SsmmArgs& a) {
   p.slot_weight = a.slot_weight;
   p.y = a.y;
   p.y_f32 = a.y_dtype == DType::f32;
-  p.splits = 1;
-  p.k_tiles_per_split = 0;
-  p.workspace = nullptr;
+  p.splits = 1;  // the sm90 launcher plans split-K
   return p;
 }
 

@@ -57,9 +57,14 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
   if (a.epilogue == SsmmEpilogue::gate_up) {
     if (std::string r = check_weight("up", a.up, a.x_dtype, path); !r.empty()) return r;
     if (a.up.rows != a.weight.rows || a.up.cols != K) return "up must have the shape of the gate weight [I, H]";
+    // One kernel walks one segment grid and one padding geometry for all its matrices.
+    if (!(a.up.pattern == a.weight.pattern))
+      return "up is packed as " + a.up.pattern.to_string() + " but the gate as " + a.weight.pattern.to_string() +
+             ": pack gate and up with the same pattern";
     if (a.gate_linear.values) {
       if (std::string r = check_weight("gate_linear", a.gate_linear, a.x_dtype, path); !r.empty()) return r;
       if (a.gate_linear.rows != a.weight.rows || a.gate_linear.cols != K) return "gate_linear must have the gate's shape [I, H]";
+      if (!(a.gate_linear.pattern == a.weight.pattern)) return "gate_linear must be packed with the gate's pattern";
     }
   }
   if (K % 8 != 0)
@@ -76,6 +81,7 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
     if (reinterpret_cast<std::uintptr_t>(a.x) % 16 != 0) return "x must be 16-byte aligned";
     if (reinterpret_cast<std::uintptr_t>(a.y) % 4 != 0) return "y must be 4-byte aligned";
     if (a.epilogue == SsmmEpilogue::down_weighted && !a.slot_weight) return "down_weighted needs slot_weight [L]";
+    if (a.workspace && reinterpret_cast<std::uintptr_t>(a.workspace) % 16 != 0) return "workspace must be 16-byte aligned";
   }
   const bool y_ok = a.y_dtype == a.x_dtype || (a.epilogue == SsmmEpilogue::plain && a.y_dtype == DType::f32);
   if (!y_ok) return std::string("y must be ") + dtype_name(a.x_dtype) + (a.epilogue == SsmmEpilogue::plain ? " or fp32" : "");

@@ -21,7 +21,6 @@
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB.
 #include <algorithm>
-#include <mutex>
 
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
@@ -295,7 +294,8 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within a
   // quarter of the weight bytes plus 2 MB (under a microsecond), or splitting costs more than the
   // parallelism it buys (measured: docs/kernels/ssmm.md, v3 and v3.1).
-  const double partial_bytes = 8.0 * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
+  const double partial_bytes =
+      8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
   const double allowed_bytes = 0.25 * static_cast<double>(g.total_bytes()) + 2.0e6;
   const auto max_splits = static_cast<std::int64_t>(allowed_bytes / partial_bytes);
   return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits);
@@ -314,7 +314,7 @@ void launch(const Params& p, cudaStream_t stream) {
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
-    const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 4 * 132 * 8));
+    const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
     ssmm_sm90_reduce<kBf16, kNumMats, kEpi><<<blocks, 256, 0, stream>>>(p);
     SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
   }

@@ -73,6 +73,20 @@ TEST(SsmmPlan, RejectsWithReasons) {
   a = valid_args();
   a.weight.row_select = nullptr;
   expect_reason(a, "row_select");
+  a = valid_args();  // gate and up packed differently: one kernel cannot walk both
+  a.epilogue = gpu::SsmmEpilogue::gate_up;
+  a.up = a.weight;
+  a.up.pattern = SparsityPattern::plain_2_4();
+  expect_reason(a, "same pattern");
+  a.up.pattern = SparsityPattern::parse("1:2:256");
+  expect_reason(a, "same pattern");
+  a.up = a.weight;
+  a.gate_linear = a.weight;
+  a.gate_linear.pattern = SparsityPattern::plain_2_4();
+  expect_reason(a, "gate_linear must be packed");
+  a = valid_args();
+  a.workspace = reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(a.x) + 4);
+  expect_reason(a, "workspace must be 16-byte aligned");
   EXPECT_EQ(gpu::can_implement(valid_args(), gpu::SsmmPath::sm90), "");
   a = valid_args();
   a.weight.pattern = SparsityPattern::parse("1:2:64");

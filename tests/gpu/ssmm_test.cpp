@@ -308,14 +308,23 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
   args.num_tokens = 300;
   args.y = dy.get();
   for (gpu::SsmmPath path : paths_for(args)) {
-    SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
-    gpu::ssmm(args, nullptr, path);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    const auto first = dy.to_host<std::uint16_t>();
-    dy.poison();
-    gpu::ssmm(args, nullptr, path);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+    // Unsplit, and with split-K where the call splits (its reduce sums across CTAs in a fixed order).
+    for (std::int64_t L : {std::int64_t{300}, std::int64_t{8}}) {
+      args.num_x_rows = L;
+      args.num_tokens = L;
+      DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, path));
+      args.workspace = workspace.get();
+      args.workspace_bytes = workspace.bytes();
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + ", L = " + std::to_string(L) +
+                   (workspace.bytes() ? ", split-K" : ""));
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const auto first = dy.to_host<std::uint16_t>();
+      dy.poison();
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+    }
   }
 }
 
@@ -371,6 +380,11 @@ TEST(SsmmGpu, RejectsBadArguments) {
   EXPECT_THROW(gpu::ssmm(args), Error);
   args.epilogue = gpu::SsmmEpilogue::down_weighted;  // no slot weights
   EXPECT_THROW(gpu::ssmm(args), Error);
+  const gpu::DevicePackedMatrix plain(pack(random_normal_matrix(DType::bf16, 128, 128, 2), SparsityPattern::plain_2_4()));
+  args.epilogue = gpu::SsmmEpilogue::gate_up;  // up packed with another pattern than the gate
+  args.up = plain.view();
+  EXPECT_THROW(gpu::ssmm(args), Error);
+  args.up = gpu::PackedMatrixView{};
   const gpu::DevicePackedMatrix unsupported(pack(random_normal_matrix(DType::bf16, 128, 128, 1), SparsityPattern::parse("2:4:64")));
   args.epilogue = gpu::SsmmEpilogue::plain;
   args.weight = unsupported.view();
