@@ -2,8 +2,13 @@
 // Kernel benchmark. Per (M, K) and tokens per expert L: X has T = 4L rows (capped at 65536) of which
 // the expert's L distinct rows are routed to it (ascending, as routing lists them). Candidate: our
 // SSMM on the packed weight, gathering inside the kernel. Baselines on the same tokens: cuBLAS dense
-// GEMM on the dense weight with X_g = X[idx] given ("cublas"), and gather + GEMM ("cublas+gather").
+// GEMM on the dense weight with X_g = X[idx] given ("cublas"), and gather + GEMM ("cublas+gather");
+// when the build found cuSPARSELt (bench/cusparselt_gemm.h), its 2:4 product on Ŵ, compressed and
+// tuned once per case outside the timing ("cusparselt", "cusparselt+gather"): sparse weights with
+// dense, pre-gathered activations, the point between cuBLAS and our dual-side kernel.
 // Validation first: our output against cuBLAS on Ŵ over every element (2 bf16 units + 2^-10 max).
+// cuSPARSELt is checked the same way before it is timed; a shape it refuses or an output that fails
+// shows as n/a / INVALID in its columns only and never invalidates our kernel's case.
 #include "bench/bench_kernel.h"
 
 #include <cublas_v2.h>
@@ -14,9 +19,14 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
+#include <string>
+#include <tuple>
+#include <vector>
 
 #include "bench/bench_util.h"
+#include "bench/cusparselt_gemm.h"
 #include "core/parallel.h"
 #include "kernels/cuda_check.h"
 
@@ -31,21 +41,6 @@ namespace samoyeds::bench {
 
 namespace {
 
-// Deterministic pseudo-normal data generated on the device (sum of four hashed uniforms, ~N(0, scale)).
-__global__ void fill_random(std::uint16_t* out, std::int64_t n, std::uint64_t seed, float scale, bool bf16) {
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
-    for (int k = 0; k < 4; ++k) {
-      std::uint64_t h = (static_cast<std::uint64_t>(i) * 4 + k) ^ seed;
-      h ^= h >> 33; h *= 0xff51afd7ed558ccdull; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ull; h ^= h >> 33;
-      sum += static_cast<float>(h >> 40) * (1.0f / 16777216.0f) - 0.5f;
-    }
-    const float v = sum * 1.7320508f * scale;  // 4 uniforms on [-0.5, 0.5]: variance 1/3
-    out[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
-  }
-}
-
 // X_g[j, :] = X[idx[j], :] with 16-byte copies (K % 8 == 0).
 __global__ void gather_rows(const uint4* x, const std::int32_t* idx, uint4* x_g, std::int64_t L, std::int64_t K8) {
   for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < L * K8;
@@ -55,13 +50,6 @@ __global__ void gather_rows(const uint4* x, const std::int32_t* idx, uint4* x_g,
   }
 }
 
-struct Buffer {
-  void* ptr = nullptr;
-  explicit Buffer(std::size_t bytes) { SAMOYEDS_CUDA_CHECK(cudaMalloc(&ptr, std::max<std::size_t>(bytes, 16))); }
-  ~Buffer() { cudaFree(ptr); }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-};
 
 Matrix random_weight(DType dtype, std::int64_t M, std::int64_t K, std::uint64_t seed) {
   Matrix w(dtype, M, K);
@@ -120,6 +108,14 @@ Validation validate(const Buffer& ours, const Buffer& ref, DType dtype, std::int
   return v;
 }
 
+// The cuSPARSELt baseline of one case: timed only when the library takes the shape and its output
+// matches cuBLAS on Ŵ; otherwise `note` says why (printed in its table columns, no JSON record).
+struct SparseBaseline {
+  bool timed = false;
+  std::string note;
+  Timing t, t_gather;  // X_g given; gather + product
+};
+
 }  // namespace
 
 int run_kernel_bench(const KernelBenchOptions& o) {
@@ -136,8 +132,20 @@ int run_kernel_bench(const KernelBenchOptions& o) {
   std::printf("samoyeds bench kernel: %s, %s, pattern %s, path %s%s, commit %s, %s\n", device.c_str(),
               dtype_name(o.dtype), o.pattern.to_string().c_str(), gpu::path_name(path), o.split_k ? "" : " (no split-K)",
               run_commit.c_str(), date.c_str());
-  std::printf("%7s %7s %6s | %10s %10s %10s | %8s %8s %8s | %6s %6s\n", "M", "K", "L", "ours us", "cublas us",
+  // One handle for the whole run; without it (no cuSPARSELt in this build, or the library refuses the
+  // device) the baseline is off and its columns are left out.
+  std::unique_ptr<CusparseLt> csl_lib;
+  try {
+    csl_lib = std::make_unique<CusparseLt>();
+    std::printf("cuSPARSELt %s baseline: 2:4 on W-hat, compressed and algorithm-searched once per case\n",
+                csl_lib->version().c_str());
+  } catch (const Error& e) {
+    std::printf("cuSPARSELt baseline: off (%s)\n", e.message().c_str());
+  }
+  std::printf("%7s %7s %6s | %10s %10s %10s | %8s %8s %8s | %6s %6s", "M", "K", "L", "ours us", "cublas us",
               "+gather us", "ours TF", "ours GB/s", "dense TF", "x cub", "x c+g");
+  if (csl_lib) std::printf(" | %13s %6s %7s", "cuSPARSELt us", "x csl", "x csl+g");
+  std::printf("\n");
   std::map<std::string, std::vector<double>> speedups;
   bool all_valid = true;
   for (const auto& [M, K] : o.shapes) {
@@ -156,9 +164,7 @@ int run_kernel_bench(const KernelBenchOptions& o) {
       const std::int64_t T = std::max<std::int64_t>(L, std::min<std::int64_t>(4 * L, 65536));
       Buffer d_x(static_cast<std::size_t>(T * K) * 2), d_xg(static_cast<std::size_t>(L * K) * 2);
       Buffer d_y(static_cast<std::size_t>(L * M) * 2), d_ref(static_cast<std::size_t>(L * M) * 2);
-      fill_random<<<1024, 256>>>(static_cast<std::uint16_t*>(d_x.ptr), T * K, o.seed + static_cast<std::uint64_t>(L), 1.0f,
-                                 o.dtype == DType::bf16);
-      SAMOYEDS_CHECK_LAUNCH("fill_random");
+      fill_normal(d_x.ptr, T * K, o.seed + static_cast<std::uint64_t>(L), 1.0f, o.dtype == DType::bf16);
       const auto idx = routed_tokens(L, T, o.seed + static_cast<std::uint64_t>(L) * 31);
       Buffer d_idx(idx.size() * 4);
       SAMOYEDS_CUDA_CHECK(cudaMemcpy(d_idx.ptr, idx.data(), idx.size() * 4, cudaMemcpyHostToDevice));
@@ -202,20 +208,65 @@ int run_kernel_bench(const KernelBenchOptions& o) {
       const Timing t_dense = timer.time(dense, o.reps);
       const Timing t_dense_gather = timer.time(dense_gather, o.reps);
 
+      // cuSPARSELt on Ŵ, validated like ours against cuBLAS on Ŵ (the timed cuBLAS runs above wrote
+      // the dense W's product into d_ref, so the reference is made again).
+      SparseBaseline csl;
+      if (csl_lib) {
+        do_gather();
+        gemm(handle, o.dtype, d_w_hat.ptr, d_xg.ptr, d_ref.ptr, M, K, L);
+        try {
+          Buffer d_y_csl(static_cast<std::size_t>(L * M) * 2);  // [L, M] cuSPARSELt's output
+          const CusparseLtGemm sparse(*csl_lib, o.dtype, M, K, L, d_w_hat.ptr, d_xg.ptr, d_y_csl.ptr);
+          SAMOYEDS_CUDA_CHECK(cudaMemset(d_y_csl.ptr, 0xFF, static_cast<std::size_t>(L * M) * 2));
+          sparse.run(d_xg.ptr, d_y_csl.ptr);
+          SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
+          const Validation vc = validate(d_y_csl, d_ref, o.dtype, L * M);
+          if (!vc.ok) {
+            char text[160];
+            std::snprintf(text, sizeof(text), "INVALID: max |cusparselt - cublas(W-hat)| = %.4g of max %.4g; not timed",
+                          vc.max_err, vc.max_ref);
+            csl.note = text;
+          } else {
+            csl.t = timer.time([&] { sparse.run(d_xg.ptr, d_y_csl.ptr); }, o.reps);
+            csl.t_gather = timer.time([&] { do_gather(); sparse.run(d_xg.ptr, d_y_csl.ptr); }, o.reps);
+            csl.timed = true;
+          }
+        } catch (const Error& e) {
+          csl.note = "n/a (" + e.message() + ")";
+        }
+      }
+
       const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(L);
       const double act_bytes = static_cast<double>(L) * static_cast<double>(K + M) * 2.0;
       const double ours_bytes = packed_bytes + act_bytes + static_cast<double>(L) * 4.0;  // minimum that must move
       const double dense_bytes = static_cast<double>(M) * static_cast<double>(K) * 2.0 + act_bytes;
+      // 2:4 compressed Ŵ: M·K/2 values of 2 bytes, and 2 bits of position per value.
+      const double sparse_bytes = static_cast<double>(M) * static_cast<double>(K) * (1.0 + 1.0 / 8.0) + act_bytes;
       const double x_cub = t_dense.median_us / t_ours.median_us, x_gather = t_dense_gather.median_us / t_ours.median_us;
       speedups["cublas"].push_back(x_cub);
       speedups["cublas+gather"].push_back(x_gather);
-      std::printf("%7lld %7lld %6lld | %10.1f %10.1f %10.1f | %8.1f %8.0f %8.1f | %6.2f %6.2f\n", static_cast<long long>(M),
+      std::printf("%7lld %7lld %6lld | %10.1f %10.1f %10.1f | %8.1f %8.0f %8.1f | %6.2f %6.2f", static_cast<long long>(M),
                   static_cast<long long>(K), static_cast<long long>(L), t_ours.median_us, t_dense.median_us,
                   t_dense_gather.median_us, flops / t_ours.median_us * 1e-6, ours_bytes / t_ours.median_us * 1e-3,
                   flops / t_dense.median_us * 1e-6, x_cub, x_gather);
+      if (csl.timed) {
+        const double x_csl = csl.t.median_us / t_ours.median_us, x_csl_gather = csl.t_gather.median_us / t_ours.median_us;
+        speedups["cusparselt"].push_back(x_csl);
+        speedups["cusparselt+gather"].push_back(x_csl_gather);
+        std::printf(" | %13.1f %6.2f %7.2f", csl.t.median_us, x_csl, x_csl_gather);
+      } else if (csl_lib) {
+        std::printf(" | %s", csl.note.c_str());
+      }
+      std::printf("\n");
       std::fflush(stdout);
       if (jsonl) {
-        for (const auto& [name, timing] : {std::pair<const char*, Timing>{"cublas", t_dense}, {"cublas+gather", t_dense_gather}}) {
+        std::vector<std::tuple<const char*, Timing, double>> baselines = {{"cublas", t_dense, dense_bytes},
+                                                                          {"cublas+gather", t_dense_gather, dense_bytes}};
+        if (csl.timed) {
+          baselines.emplace_back("cusparselt", csl.t, sparse_bytes);
+          baselines.emplace_back("cusparselt+gather", csl.t_gather, sparse_bytes);
+        }
+        for (const auto& [name, timing, baseline_bytes] : baselines) {
           Record r;
           r.add("bench", "kernel").add("device", device).add("commit", run_commit).add("date", date)
               .add("dtype", dtype_name(o.dtype)).add("pattern", o.pattern.to_string()).add("epilogue", "plain")
@@ -224,7 +275,7 @@ int run_kernel_bench(const KernelBenchOptions& o) {
               .add("p10_us", t_ours.p10_us).add("p90_us", t_ours.p90_us).add("tflops", flops / t_ours.median_us * 1e-6)
               .add("gbps", ours_bytes / t_ours.median_us * 1e-3).add("baseline", name)
               .add("baseline_time_us", timing.median_us).add("baseline_tflops", flops / timing.median_us * 1e-6)
-              .add("baseline_gbps", dense_bytes / timing.median_us * 1e-3).add("speedup", timing.median_us / t_ours.median_us)
+              .add("baseline_gbps", baseline_bytes / timing.median_us * 1e-3).add("speedup", timing.median_us / t_ours.median_us)
               .add("max_abs_err", v.max_err).add("reps", static_cast<std::int64_t>(o.reps))
               .add("workspace_bytes", static_cast<std::int64_t>(workspace_bytes));
           std::fprintf(jsonl, "%s\n", r.json().c_str());
@@ -233,7 +284,7 @@ int run_kernel_bench(const KernelBenchOptions& o) {
     }
   }
   for (const auto& [name, values] : speedups)
-    std::printf("geomean speedup vs %-14s %.3fx over %zu cases\n", name.c_str(), geomean(values), values.size());
+    std::printf("geomean speedup vs %-17s %.3fx over %zu cases\n", name.c_str(), geomean(values), values.size());
   if (jsonl) std::fclose(jsonl);
   cublasDestroy(handle);
   if (!all_valid) std::printf("some cases FAILED validation; their timings are not reported\n");

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // `samoyeds bench kernel`: our SSMM against cuBLAS dense on the same routed tokens (with and without
-// the gather copy dense needs), after validating our output against cuBLAS on the effective weight Ŵ.
+// the gather copy dense needs) and cuSPARSELt 2:4 on Ŵ (when the build found it), after validating
+// every output against cuBLAS on the effective weight Ŵ.
 #pragma once
 
 #include <cstdint>

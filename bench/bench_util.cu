@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "bench/bench_util.h"
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -16,6 +19,30 @@
 #endif
 
 namespace samoyeds::bench {
+
+namespace {
+__global__ void fill_normal_kernel(std::uint16_t* out, std::int64_t n, std::uint64_t seed, float scale, bool bf16) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    float sum = 0.0f;
+    for (int k = 0; k < 4; ++k) {
+      std::uint64_t h = (static_cast<std::uint64_t>(i) * 4 + k) ^ (seed * 0x9E3779B97F4A7C15ull);
+      h ^= h >> 33; h *= 0xff51afd7ed558ccdull; h ^= h >> 33; h *= 0xc4ceb9fe1a85ec53ull; h ^= h >> 33;
+      sum += static_cast<float>(h >> 40) * (1.0f / 16777216.0f) - 0.5f;
+    }
+    const float v = sum * 1.7320508f * scale;  // 4 uniforms on [-0.5, 0.5]: variance 1/3
+    out[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
+  }
+}
+}  // namespace
+
+void fill_normal(void* out, std::int64_t n, std::uint64_t seed, float scale, bool bf16, cudaStream_t stream) {
+  fill_normal_kernel<<<1024, 256, 0, stream>>>(static_cast<std::uint16_t*>(out), n, seed, scale, bf16);
+  SAMOYEDS_CHECK_LAUNCH("fill_normal_kernel");
+}
+
+Buffer::Buffer(std::size_t bytes) { SAMOYEDS_CUDA_CHECK(cudaMalloc(&ptr, std::max<std::size_t>(bytes, 256))); }
+Buffer::~Buffer() { cudaFree(ptr); }
 
 Timer::Timer() {
   SAMOYEDS_CUDA_CHECK(cudaEventCreate(&start_));
@@ -33,15 +60,15 @@ Timer::~Timer() {
   cudaFree(flush_);
 }
 
-Timing Timer::time(const std::function<void()>& work, int reps, int warmup) {
+Timing Timer::time(const std::function<void()>& work, int reps, int warmup, cudaStream_t stream) {
   for (int i = 0; i < warmup; ++i) work();
   SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<double> us;
   for (int i = 0; i < reps; ++i) {
-    SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_));
-    SAMOYEDS_CUDA_CHECK(cudaEventRecord(start_));
+    SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_, stream));
+    SAMOYEDS_CUDA_CHECK(cudaEventRecord(start_, stream));
     work();
-    SAMOYEDS_CUDA_CHECK(cudaEventRecord(stop_));
+    SAMOYEDS_CUDA_CHECK(cudaEventRecord(stop_, stream));
     SAMOYEDS_CUDA_CHECK(cudaEventSynchronize(stop_));
     float ms = 0;
     SAMOYEDS_CUDA_CHECK(cudaEventElapsedTime(&ms, start_, stop_));

@@ -21,8 +21,9 @@ class Timer {
   Timer();
   ~Timer();
   // Runs `work` `warmup` times, then `reps` times each after an L2 flush (not timed), timing the
-  // work alone with events; returns the median and the 10th/90th percentiles.
-  Timing time(const std::function<void()>& work, int reps, int warmup = 3);
+  // work alone with events on `stream` (where `work` must queue); returns the median and the
+  // 10th/90th percentiles.
+  Timing time(const std::function<void()>& work, int reps, int warmup = 3, cudaStream_t stream = nullptr);
 
  private:
   cudaEvent_t start_, stop_;
@@ -49,5 +50,18 @@ class Record {
 };
 
 double geomean(const std::vector<double>& values);
+
+// Deterministic pseudo-normal data N(0, scale^2), bf16 (else fp16), written on the device (a sum of
+// four hashed uniforms): random, never zero-filled, and fast for the largest shapes.
+void fill_normal(void* out, std::int64_t n, std::uint64_t seed, float scale, bool bf16, cudaStream_t stream = nullptr);
+
+// Device memory for one benchmark case (at least 256 bytes, so empty cases still get a valid pointer).
+struct Buffer {
+  void* ptr = nullptr;
+  explicit Buffer(std::size_t bytes);
+  ~Buffer();
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+};
 
 }  // namespace samoyeds::bench

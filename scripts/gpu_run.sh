@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU machine (device tool), from the repository root, carrying .carry (scripts/gpu_prepare.sh):
-#   scripts/gpu_run.sh [kernel ...]      (names of `samoyeds bench` runs to make after the tests)
+#   scripts/gpu_run.sh [BENCH ...]   BENCH: `samoyeds bench` arguments as one word each, e.g.
+#                                    kernel "moe --model mixtral-8x7b,deepseek-moe-16b"
 # Builds with nvcc for sm_90a and sm_80, runs the GPU tests and the CPU tests, the demo and, as the
 # benchmarks land, `samoyeds bench`. Every log goes to $OUT (default ./gpu-out); a summary prints last.
 set -uo pipefail
@@ -31,12 +32,14 @@ step gpu-tests ctest --test-dir build-gpu -L gpu --output-on-failure
 step cpu-tests ctest --test-dir build-gpu -L cpu --output-on-failure -j 16
 # Memory errors on small cases of every kernel path (the sanitizer is slow, so small shapes only).
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tests/samoyeds_tests_gpu \
-  --gtest_filter='SsmmGpu.*:*100x200*:*1x64*:*300x192*:*130x72*:*openmoe*'
+  --gtest_filter='SsmmGpu.*:*100x200*:*1x64*:*300x192*:*130x72*:*bf16_openmoe*:MoeLayerGpuBehaviour.*'
 tail -n 3 "$OUT/memcheck.log"
 step demo ./build-gpu/samoyeds demo
-for bench in "$@"; do
-  step "bench-$bench" ./build-gpu/samoyeds bench "$bench" --out "$OUT/bench-$bench.jsonl"
-  cat "$OUT/bench-$bench.log"
+for spec in "$@"; do  # "kernel" or "moe --model mixtral-8x7b --tokens 1,16": the first word names the logs
+  read -r -a words <<<"$spec"
+  name=${words[0]}
+  step "bench-$name" ./build-gpu/samoyeds bench "${words[@]}" --out "$OUT/bench-$name.jsonl"
+  cat "$OUT/bench-$name.log"
 done
 grep -h -E "tests passed|tests failed" "$OUT"/gpu-tests.log "$OUT"/cpu-tests.log 2>/dev/null
 cat "$OUT/summary.txt"

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// `samoyeds demo`: the main job. Runs one MoE layer with packed (dual-side sparse) experts and checks
-// it against a dense computation on the effective weights Ŵ. The GPU comparison is wired in by the
-// GPU MoE layer; until then, and on machines without a suitable GPU, the CPU reference runs.
+// `samoyeds demo`: the main job. On a GPU with sparse tensor cores it compares the sparse MoE layer
+// with the dense cuBLAS layer at real model sizes (bench/bench_moe.cu: validated, then timed); without
+// one it runs a scaled-down layer on the CPU reference and checks it against a dense computation on Ŵ.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +10,9 @@
 #include "cli.h"
 #include "samoyeds/device.h"
 #include "samoyeds/reference.h"
+#if SAMOYEDS_WITH_CUDA
+#include "bench/bench_moe.h"
+#endif
 
 namespace samoyeds::cli {
 
@@ -19,26 +22,54 @@ double elapsed_ms(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
 }
 
-void print_device_status() {
-  const auto devices = cuda_devices();
-  const DeviceInfo* suitable = nullptr;
+// The first device with sparse tensor cores, or null (and a line saying why the CPU path runs).
+const DeviceInfo* suitable_gpu(const std::vector<DeviceInfo>& devices) {
   for (const DeviceInfo& d : devices)
-    if (d.has_sparse_tensor_cores()) suitable = &d;
-  if (suitable) {
-    std::printf("GPU: %s (sm_%d%d, %d SMs). The GPU MoE layer is not part of this version yet, so the demo\n"
-                "runs the CPU reference implementation.\n\n",
-                suitable->name.c_str(), suitable->sm_major, suitable->sm_minor, suitable->num_sms);
-  } else {
-    std::printf("No suitable GPU: %s.\nThe accelerated path needs an NVIDIA GPU with sparse tensor cores (sm_80 or newer;\n"
-                "H100/H200 for the fastest path). Running the CPU reference implementation instead.\n\n",
-                devices.empty() ? cuda_status().c_str() : "the GPUs found are older than sm_80");
-  }
+    if (d.has_sparse_tensor_cores()) return &d;
+  std::printf("No suitable GPU: %s.\nThe accelerated path needs an NVIDIA GPU with sparse tensor cores (sm_80 or newer;\n"
+              "H100/H200 for the fastest path). Running the CPU reference implementation instead.\n\n",
+              devices.empty() ? cuda_status().c_str() : "the GPUs found are older than sm_80");
+  return nullptr;
 }
 
+#if SAMOYEDS_WITH_CUDA
+// The GPU main job: real-size Mixtral-8x7B and DeepSeek-MoE layers, sparse vs dense, validated first.
+int run_gpu_demo(const Args& args, const DeviceInfo& gpu) {
+  std::printf("GPU: %s (sm_%d%d, %d SMs). Whole MoE layers at their real sizes, routing included: the sparse\n"
+              "layer (packed experts, %s) against the dense cuBLAS layer with the same routing, each output\n"
+              "checked against the dense layer on the effective weights before it is timed.\n\n",
+              gpu.name.c_str(), gpu.sm_major, gpu.sm_minor, gpu.num_sms, args.get("pattern").c_str());
+  bench::MoeBenchOptions o;
+  o.models = {"mixtral-8x7b", "deepseek-moe-16b"};
+  if (args.has("model")) o.models = {find_model(args.get("model")).name};
+  o.tokens = {1, 16, 128, 1024, 4096};
+  if (args.has("tokens")) o.tokens = {args.get_int("tokens")};
+  for (auto T : o.tokens)
+    if (T < 1) throw UsageError{"--tokens must be at least 1 on the GPU"};
+  o.pattern = SparsityPattern::parse(args.get("pattern"));
+  o.reps = 10;
+  o.seed = static_cast<std::uint64_t>(args.get_int("seed"));
+  const int status = bench::run_moe_bench(o);
+  std::printf("\n%s. `samoyeds bench moe` runs more models and sizes; `samoyeds demo --cpu` the CPU reference.\n",
+              status == 0 ? "All outputs matched the dense layer" : "Some outputs did NOT match (see above)");
+  return status;
+}
+#endif
+
 int run_demo(const Args& args) {
-  print_device_status();
-  const ModelConfig& base = find_model(args.get("model"));
-  const std::int64_t H = args.get_int("hidden"), I = args.get_int("intermediate"), T = args.get_int("tokens");
+  const auto devices = cuda_devices();
+  if (!args.flag("cpu")) {
+    if (const DeviceInfo* gpu = suitable_gpu(devices)) {
+#if SAMOYEDS_WITH_CUDA
+      return run_gpu_demo(args, *gpu);
+#endif
+    }
+  } else {
+    std::printf("--cpu: running the CPU reference implementation.\n\n");
+  }
+  const ModelConfig& base = find_model(args.has("model") ? args.get("model") : "mixtral-8x7b");
+  const std::int64_t H = args.get_int("hidden"), I = args.get_int("intermediate");
+  const std::int64_t T = args.has("tokens") ? args.get_int("tokens") : 64;
   if (H < 1 || I < 1) throw UsageError{"--hidden and --intermediate must be positive"};
   if (T < 0) throw UsageError{"--tokens must be 0 or more"};
   const ModelConfig config = scaled_config(base, H, I);
@@ -121,13 +152,17 @@ Command demo_command() {
   return Command{
       "demo",
       "run one MoE layer with packed experts and check it against dense (the main job)",
-      "Builds one MoE layer with seeded synthetic weights, prunes and packs its experts into the Samoyeds\n"
-      "format, runs it on random tokens and checks the result against a dense per-token computation on the\n"
-      "effective weights. Without a suitable GPU it runs the CPU reference implementation.",
-      {{"model", "NAME", "model family structure to use (samoyeds models)", "mixtral-8x7b"},
-       {"hidden", "H", "hidden size of the scaled-down layer", "512"},
-       {"intermediate", "I", "expert intermediate size of the scaled-down layer", "1792"},
-       {"tokens", "T", "number of tokens", "64"},
+      "Builds MoE layers with seeded synthetic weights, prunes and packs their experts into the Samoyeds\n"
+      "format and runs them on random tokens. On a GPU with sparse tensor cores: the real Mixtral-8x7B and\n"
+      "DeepSeek-MoE layers, sparse vs the dense cuBLAS layer, validated then timed (a table). Otherwise (or\n"
+      "with --cpu): one scaled-down layer on the CPU reference, checked against a dense per-token\n"
+      "computation on the effective weights.",
+      {{"model", "NAME", "model (GPU: one real-size model instead of the two; CPU: the structure to scale; "
+        "default mixtral-8x7b)", ""},
+       {"hidden", "H", "CPU: hidden size of the scaled-down layer", "512"},
+       {"intermediate", "I", "CPU: expert intermediate size of the scaled-down layer", "1792"},
+       {"tokens", "T", "number of tokens (GPU default: 1, 16, 128, 1024, 4096; CPU default: 64)", ""},
+       {"cpu", "", "run the CPU reference even when a GPU is present", ""},
        {"pattern", "N:M:V", "sparsity pattern", "1:2:128"},
        {"seed", "S", "random seed of weights and tokens", "2025"}},
       run_demo};

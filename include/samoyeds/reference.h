@@ -41,6 +41,11 @@ float silu(float x);
 Matrix moe_layer(const ModelConfig& config, const PackedMoeWeights& weights, const Matrix& x,
                  Routing* routing_out = nullptr);
 
+// The same layer on a given routing (e.g. the GPU's own, so that a near-tie that the two routers
+// break differently does not fail a comparison of the expert path). `routing` must be valid for x.
+Matrix moe_layer_routed(const ModelConfig& config, const PackedMoeWeights& weights, const Matrix& x,
+                        const Routing& routing);
+
 // The same layer as a straightforward per-token loop on dense weights (pass unpack_moe_weights(...)
 // to get the packed layer's meaning): identical routing and rounding points, plain dot products.
 Matrix moe_layer_dense(const ModelConfig& config, const DenseMoeWeights& weights, const Matrix& x,

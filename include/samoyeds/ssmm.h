@@ -11,26 +11,32 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "samoyeds/format.h"
 
 namespace samoyeds::gpu {
 
-// A packed matrix whose arrays live in GPU memory (not owned).
+// A packed matrix whose arrays live in GPU memory (not owned), or a stack of `num_stacked` matrices of
+// one shape and pattern (the experts of a layer): each array then holds the matrices back to back,
+// matrix e starting e * (one matrix's element count) after matrix 0.
 struct PackedMatrixView {
   SparsityPattern pattern;
   DType dtype = DType::bf16;
   std::int64_t rows = 0, cols = 0;
-  const std::uint16_t* values = nullptr;    // [compressed_rows_padded, cols_padded/2]
-  const std::uint32_t* metadata = nullptr;  // [compressed_rows_padded/16, cols_padded/32, 16]
-  const std::uint32_t* row_select = nullptr;  // [compressed_rows_padded/32, num_segments, select_bits] or null (plain 2:4)
+  const std::uint16_t* values = nullptr;    // [num_stacked, compressed_rows_padded, cols_padded/2]
+  const std::uint32_t* metadata = nullptr;  // [num_stacked, compressed_rows_padded/16, cols_padded/32, 16]
+  const std::uint32_t* row_select = nullptr;  // [num_stacked, compressed_rows_padded/32, num_segments, select_bits] or null (plain 2:4)
+  int num_stacked = 1;
 };
 
-// Owns the GPU copy of a packed matrix.
+// Owns the GPU copy of a packed matrix or of a stack of them.
 class DevicePackedMatrix {
  public:
   DevicePackedMatrix() = default;
   explicit DevicePackedMatrix(const PackedMatrix& host);  // validates, allocates and copies
+  // A stack (view().num_stacked = stack.size() >= 1); every matrix must share dtype, shape and pattern.
+  explicit DevicePackedMatrix(const std::vector<const PackedMatrix*>& stack);
   ~DevicePackedMatrix();
   DevicePackedMatrix(DevicePackedMatrix&& other) noexcept;
   DevicePackedMatrix& operator=(DevicePackedMatrix&& other) noexcept;
@@ -71,6 +77,13 @@ struct SsmmArgs {
   // With less, the call still runs, unsplit. Device memory, 16-byte aligned; not read across calls.
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
+  // Grouped launch: every expert of a layer in one call. weight/up/gate_linear are stacks of E
+  // matrices (num_stacked = E), and expert e computes the slots [expert_offsets[e], expert_offsets[e+1])
+  // of the token list (or of X's rows without one), offsets clamped to [0, num_tokens). num_tokens is
+  // the slot capacity (T * top_k); y, slot_weight and token_idx are indexed by slot. The offsets stay
+  // on the device (no host synchronisation); empty experts cost nothing. Slots past offsets[E] are not
+  // written. Offsets must be non-decreasing (routing builds them so); others are memory-safe but wrong.
+  const std::int32_t* expert_offsets = nullptr;  // [E + 1] int32 device, or null: one matrix
 };
 
 // How a call splits its K loop across CTAs: the pure decision, host-tested (docs/kernels/ssmm.md).

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// DevicePackedMatrix: one allocation holding values, metadata and row-select words of a packed matrix.
+// DevicePackedMatrix: one allocation holding values, metadata and row-select words of a packed matrix
+// or of a stack of them (each array holds all matrices back to back: the kernels index by stride).
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -13,31 +14,53 @@ namespace {
 std::size_t align_up(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 }  // namespace
 
-DevicePackedMatrix::DevicePackedMatrix(const PackedMatrix& host) {
-  host.validate();
-  const std::size_t values_bytes = host.values.size() * sizeof(std::uint16_t);
-  const std::size_t metadata_bytes = host.metadata.size() * sizeof(std::uint32_t);
-  const std::size_t select_bytes = host.row_select.size() * sizeof(std::uint32_t);
-  const std::size_t metadata_at = align_up(values_bytes), select_at = metadata_at + align_up(metadata_bytes);
-  const std::size_t total = select_at + align_up(select_bytes);
+DevicePackedMatrix::DevicePackedMatrix(const PackedMatrix& host) : DevicePackedMatrix(std::vector{&host}) {}
+
+DevicePackedMatrix::DevicePackedMatrix(const std::vector<const PackedMatrix*>& stack) {
+  SAMOYEDS_CHECK(!stack.empty(), "DevicePackedMatrix: a stack needs at least one matrix");
+  SAMOYEDS_CHECK(stack.size() <= 65535, "DevicePackedMatrix: ", stack.size(), " matrices in one stack; at most 65535");
+  const PackedMatrix& first = *stack.front();
+  for (std::size_t e = 0; e < stack.size(); ++e) {
+    SAMOYEDS_CHECK(stack[e] != nullptr, "DevicePackedMatrix: matrix ", e, " of the stack is null");
+    const PackedMatrix& m = *stack[e];
+    m.validate();
+    SAMOYEDS_CHECK(m.dtype == first.dtype && m.rows == first.rows && m.cols == first.cols && m.pattern == first.pattern,
+                   "DevicePackedMatrix: matrix ", e, " of the stack is ", dtype_name(m.dtype), " [", m.rows, ", ", m.cols,
+                   "] ", m.pattern.to_string(), " but matrix 0 is ", dtype_name(first.dtype), " [", first.rows, ", ",
+                   first.cols, "] ", first.pattern.to_string(), "; a stack holds matrices of one shape and pattern");
+  }
+  const std::size_t count = stack.size();
+  // Per matrix; the vectors of one pattern and shape have equal sizes (validate() checked them).
+  const std::size_t values_bytes = first.values.size() * sizeof(std::uint16_t);
+  const std::size_t metadata_bytes = first.metadata.size() * sizeof(std::uint32_t);
+  const std::size_t select_bytes = first.row_select.size() * sizeof(std::uint32_t);
+  const std::size_t metadata_at = align_up(values_bytes * count);
+  const std::size_t select_at = metadata_at + align_up(metadata_bytes * count);
+  const std::size_t total = select_at + align_up(select_bytes * count);
   SAMOYEDS_CUDA_CHECK(cudaMalloc(&allocation_, total));
   auto* base = static_cast<std::uint8_t*>(allocation_);
   try {
-    SAMOYEDS_CUDA_CHECK(cudaMemcpy(base, host.values.data(), values_bytes, cudaMemcpyHostToDevice));
-    SAMOYEDS_CUDA_CHECK(cudaMemcpy(base + metadata_at, host.metadata.data(), metadata_bytes, cudaMemcpyHostToDevice));
-    if (select_bytes)
-      SAMOYEDS_CUDA_CHECK(cudaMemcpy(base + select_at, host.row_select.data(), select_bytes, cudaMemcpyHostToDevice));
+    for (std::size_t e = 0; e < count; ++e) {
+      const PackedMatrix& m = *stack[e];
+      SAMOYEDS_CUDA_CHECK(cudaMemcpy(base + e * values_bytes, m.values.data(), values_bytes, cudaMemcpyHostToDevice));
+      SAMOYEDS_CUDA_CHECK(cudaMemcpy(base + metadata_at + e * metadata_bytes, m.metadata.data(), metadata_bytes,
+                                     cudaMemcpyHostToDevice));
+      if (select_bytes)
+        SAMOYEDS_CUDA_CHECK(cudaMemcpy(base + select_at + e * select_bytes, m.row_select.data(), select_bytes,
+                                       cudaMemcpyHostToDevice));
+    }
   } catch (...) {
     release();
     throw;
   }
-  view_.pattern = host.pattern;
-  view_.dtype = host.dtype;
-  view_.rows = host.rows;
-  view_.cols = host.cols;
+  view_.pattern = first.pattern;
+  view_.dtype = first.dtype;
+  view_.rows = first.rows;
+  view_.cols = first.cols;
   view_.values = reinterpret_cast<const std::uint16_t*>(base);
   view_.metadata = reinterpret_cast<const std::uint32_t*>(base + metadata_at);
   view_.row_select = select_bytes ? reinterpret_cast<const std::uint32_t*>(base + select_at) : nullptr;
+  view_.num_stacked = static_cast<int>(count);
 }
 
 void DevicePackedMatrix::release() {

@@ -33,6 +33,11 @@ Params make_params(const gpu::SsmmArgs& a) {
   p.y = a.y;
   p.y_f32 = a.y_dtype == DType::f32;
   p.splits = 1;  // the sm90 launcher plans split-K
+  p.expert_offsets = a.expert_offsets;
+  p.num_experts = a.weight.num_stacked;
+  p.values_stride = geometry.num_values();
+  p.metadata_stride = geometry.num_metadata_words();
+  p.select_stride = geometry.num_select_words();
   return p;
 }
 
@@ -68,10 +73,14 @@ SsmmPath resolve_path(SsmmPath path) {
 }
 
 namespace {
-// `automatic` falls back to the portable path for calls the sm90 kernel does not take (e.g. V = 64).
+// `automatic` falls back to the portable path for patterns the sm90 kernel does not take (V not a
+// multiple of its 128-column k-tile; can_implement says the same). It looks at the pattern only, so
+// workspace queries work before any buffer exists.
 SsmmPath choose_path(const SsmmArgs& args, SsmmPath path) {
   const SsmmPath resolved = resolve_path(path);
-  if (path == SsmmPath::automatic && resolved == SsmmPath::sm90 && !can_implement(args, SsmmPath::sm90).empty())
+  const SparsityPattern& pattern = args.weight.pattern;
+  const bool sm90_takes = !pattern.has_row_selection() || pattern.v % 128 == 0;
+  if (path == SsmmPath::automatic && resolved == SsmmPath::sm90 && !sm90_takes)
     return SsmmPath::sm80;
   return resolved;
 }

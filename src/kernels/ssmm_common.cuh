@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "samoyeds/ssmm.h"
@@ -37,7 +38,92 @@ struct Params {
   int splits;
   std::int64_t k_tiles_per_split;
   float* workspace;
+  // Grouped launch (all experts of a layer): matrix e of each stack starts e * *_stride elements after
+  // matrix 0, and expert e's slots are [expert_offsets[e], expert_offsets[e + 1]) clamped to [0, L).
+  // gridDim.y covers an upper bound of the token tiles (grid_token_tiles); CTAs past the real count exit.
+  const std::int32_t* expert_offsets;  // [E + 1] int32, or null: one matrix, slots [0, L)
+  int num_experts;
+  std::int64_t values_stride, metadata_stride, select_stride;
 };
+
+// Token tiles gridDim.y must cover: sum over experts of ceil(L_e / bn) <= floor(L / bn) + min(E, L),
+// since the L_e add up to at most L and only non-empty experts round up.
+inline std::int64_t grid_token_tiles(const Params& p, int bn) {
+  if (!p.expert_offsets) return (p.L + bn - 1) / bn;
+  return p.L / bn + std::min<std::int64_t>(p.num_experts, p.L);
+}
+
+// One CTA's token tile: slots [begin, min(begin + kBN, end)) of expert `expert`.
+struct TileSlots {
+  std::int64_t begin;
+  std::int64_t end;  // one past the expert's last slot
+  int expert;
+};
+
+// Maps token tile `tile` (blockIdx.y) to its expert and slots; false when the tile is past the last
+// expert's (the whole CTA then exits). Grouped: warp 0 scans the experts' tile counts 32 at a time
+// (tiles ordered by expert, then by slot) and publishes the hit through `s_hit` (3 ints of shared
+// memory). Every thread of the CTA must call it (it synchronises).
+template <int kBN>
+__device__ __forceinline__ bool find_tile(const Params& p, int tile, TileSlots& out, int* s_hit) {
+  if (!p.expert_offsets) {
+    out = {static_cast<std::int64_t>(tile) * kBN, p.L, 0};
+    return true;
+  }
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    if (lane == 0) s_hit[0] = -1;
+    __syncwarp();
+    const int L = static_cast<int>(p.L);
+    int tiles_before = 0;  // tiles of the experts already scanned (warp-uniform)
+    for (int e0 = 0; e0 < p.num_experts && tiles_before <= tile; e0 += 32) {
+      const int e = e0 + lane;
+      int begin = 0, end = 0;
+      if (e < p.num_experts) {
+        begin = min(max(p.expert_offsets[e], 0), L);
+        end = min(max(p.expert_offsets[e + 1], begin), L);
+      }
+      const int tiles = (end - begin + kBN - 1) / kBN;
+      int inclusive = tiles;
+#pragma unroll
+      for (int d = 1; d < 32; d *= 2) {
+        const int up = __shfl_up_sync(0xffffffffu, inclusive, d);
+        if (lane >= d) inclusive += up;
+      }
+      const int first = tiles_before + inclusive - tiles;
+      if (tile >= first && tile < first + tiles) {
+        s_hit[0] = e;
+        s_hit[1] = begin + (tile - first) * kBN;
+        s_hit[2] = end;
+      }
+      tiles_before += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+  }
+  __syncthreads();
+  if (s_hit[0] < 0) return false;
+  out = {s_hit[1], s_hit[2], s_hit[0]};
+  return true;
+}
+
+// The arrays of expert `expert`'s matrices (matrix 0 of the stack for a single product).
+template <int kNumMats>
+struct MatrixArrays {
+  const std::uint16_t* values[kNumMats];
+  const std::uint32_t* metadata[kNumMats];
+  const std::uint32_t* row_select[kNumMats];
+};
+
+template <int kNumMats>
+__device__ __forceinline__ MatrixArrays<kNumMats> matrix_arrays(const Params& p, int expert) {
+  MatrixArrays<kNumMats> a;
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) {
+    a.values[m] = p.values[m] + expert * p.values_stride;
+    a.metadata[m] = p.metadata[m] + expert * p.metadata_stride;
+    a.row_select[m] = p.row_select[m] ? p.row_select[m] + expert * p.select_stride : nullptr;
+  }
+  return a;
+}
 
 Params make_params(const gpu::SsmmArgs& args);
 
@@ -46,8 +132,9 @@ Params make_params(const gpu::SsmmArgs& args);
 constexpr std::int32_t kNoToken = -1;
 constexpr std::int32_t kBadToken = -2;
 
-__device__ __forceinline__ std::int32_t token_of_slot(const Params& p, std::int64_t j) {
-  if (j >= p.L) return kNoToken;
+// slot_end: one past the last slot of the CTA's expert (p.L for a single product).
+__device__ __forceinline__ std::int32_t token_of_slot(const Params& p, std::int64_t j, std::int64_t slot_end) {
+  if (j >= slot_end) return kNoToken;
   const std::int32_t tok = p.token_idx ? p.token_idx[j] : static_cast<std::int32_t>(j);
   return (tok < 0 || tok >= p.num_x_rows) ? kBadToken : tok;
 }

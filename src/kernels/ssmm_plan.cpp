@@ -67,6 +67,14 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
       if (!(a.gate_linear.pattern == a.weight.pattern)) return "gate_linear must be packed with the gate's pattern";
     }
   }
+  const int num_experts = a.weight.num_stacked;
+  if (num_experts < 1) return "weight.num_stacked is " + std::to_string(num_experts) + "; it must be >= 1";
+  if (!a.expert_offsets && num_experts != 1)
+    return "weight is a stack of " + std::to_string(num_experts) +
+           " matrices: pass expert_offsets [E + 1] for a grouped launch (or a single matrix's view)";
+  if (a.epilogue == SsmmEpilogue::gate_up &&
+      (a.up.num_stacked != num_experts || (a.gate_linear.values && a.gate_linear.num_stacked != num_experts)))
+    return "gate, up (and gate_linear) must be stacks of the same number of experts";
   if (K % 8 != 0)
     return "K = " + std::to_string(K) + " is not a multiple of 8: X rows must start 16-byte aligned; pad K (zero columns)";
   if (a.num_x_rows < 0 || a.num_tokens < 0) return "negative token counts";
@@ -116,6 +124,9 @@ void ssmm(const SsmmArgs&, void*, SsmmPath) {
 }
 DevicePackedMatrix::DevicePackedMatrix(const PackedMatrix&) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: cannot upload a packed matrix");
+}
+DevicePackedMatrix::DevicePackedMatrix(const std::vector<const PackedMatrix*>&) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: cannot upload packed matrices");
 }
 DevicePackedMatrix::~DevicePackedMatrix() = default;
 DevicePackedMatrix::DevicePackedMatrix(DevicePackedMatrix&&) noexcept = default;

@@ -9,6 +9,7 @@
 // MMA always accumulates into set 0, which belongs to the row selected in the current segment; at a
 // segment boundary a thread swaps set 0 and set 1 of a row whose selection flips. After the last
 // segment, set 0 belongs to logical row 2r + sel and set 1 to 2r + 1 - sel.
+// Grouped launch: blockIdx.y walks the token tiles of all experts (find_tile, ssmm_common.cuh).
 // Warps: 2 (rows) x kWarpsN (tokens); one weight matrix: 4 warps, warp tile 32 x 32 (2 x 4 MMA tiles);
 // gate/up (2-3 matrices): 8 warps, warp tile 32 x 16, so the accumulators stay in registers.
 // Budget: smem 3 x (8 KB B + 4 KB per matrix) + 256 B token ids (up to 60.25 KB for OpenMoE's three
@@ -54,11 +55,15 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
   const int warp_m = warp / kWarpsN, warp_n = warp % kWarpsN;
   const int g = lane / 4, t = lane % 4;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;  // first compressed row of the CTA
-  const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;  // first token slot of the CTA
+  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * stage_bytes(kNumMats));  // [kBN]
+  TileSlots tile;
+  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
+  const std::int64_t tok0 = tile.begin;  // first token slot of the CTA
+  const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
+  __syncthreads();  // find_tile's result is read before s_tok is overwritten
 
   // Token ids of the CTA's 64 slots (kNoToken / kBadToken: see ssmm_common.cuh).
-  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * stage_bytes(kNumMats));
-  for (int i = threadIdx.x; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i);
+  for (int i = threadIdx.x; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
   __syncthreads();
 
   const std::int64_t values_per_row = p.K_padded / 2;
@@ -70,7 +75,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
 #pragma unroll
       for (int i = threadIdx.x; i < kBM * 4; i += kThreads) {
         const int r = i / 4, c = i % 4;
-        const std::uint16_t* src = p.values[m] + (row0 + r) * values_per_row + kt * (kBK / 2) + c * 8;
+        const std::uint16_t* src = mats.values[m] + (row0 + r) * values_per_row + kt * (kBK / 2) + c * 8;
         ptx::cp_async_16(a_tile + r * 64 + ((c ^ ((r >> 1) & 3)) * 16), src, 16);
       }
     }
@@ -121,7 +126,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
-        const std::uint32_t word = p.row_select[m][(warp_row0 / 32) * p.num_segments + segment];
+        const std::uint32_t word = mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment];
         std::uint32_t next = 0;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -155,7 +160,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
           const std::int64_t tile16 = (warp_row0 + mt * 16) / 16;
-          meta[m][mt][ks] = __ldg(p.metadata[m] + (tile16 * ksteps_per_row + kt * 2 + ks) * 16 + g * 2 + (lane & 1));
+          meta[m][mt][ks] = __ldg(mats.metadata[m] + (tile16 * ksteps_per_row + kt * 2 + ks) * 16 + g * 2 + (lane & 1));
         }
 
     const std::uint8_t* base = smem + (kt % kStages) * stage_bytes(kNumMats);
@@ -222,8 +227,10 @@ void launch(const Params& p, cudaStream_t stream) {
   constexpr int bytes = smem_bytes(kNumMats);
   auto* kernel = ssmm_sm80_kernel<kBf16, kNumMats, kEpi>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kBM), static_cast<unsigned>((p.L + kBN - 1) / kBN));
-  SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x 64 tokens");
+  const std::int64_t token_tiles = grid_token_tiles(p, kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles,
+                 " tiles of 64; the grid allows 65535: split the call");
+  const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kBM), static_cast<unsigned>(token_tiles));
   kernel<<<grid, WarpLayout<kNumMats>::kThreads, bytes, stream>>>(p);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm80_kernel");
 }

@@ -18,6 +18,9 @@
 // Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
 // whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
 // split order and applies the epilogue, so results stay bitwise reproducible.
+// Grouped launch (all experts of a layer): blockIdx.y walks the token tiles of every expert in expert
+// order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
+// from the expert's range; CTAs past the last tile exit at once.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB.
 #include <algorithm>
@@ -80,11 +83,15 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
   const int tid = threadIdx.x, lane = tid % 32, warp_in_group = (tid % 128) / 32, group = tid / 128;
   const int g = lane / 4, t = lane % 4;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
-  const std::int64_t tok0 = static_cast<std::int64_t>(blockIdx.y) * kBN;
+  TileSlots tile;
+  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
+  const std::int64_t tok0 = tile.begin;
+  const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
   const int kt_begin = static_cast<int>(blockIdx.z * p.k_tiles_per_split);
   const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
-  for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i);
+  __syncthreads();  // find_tile's result is read before s_tok is overwritten
+  for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
   __syncthreads();
 
   const std::int64_t values_per_row = p.K_padded / 2;
@@ -99,7 +106,7 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
         const int r = i / 8, c = i % 8;
         const std::int64_t row = row0 + r, value_col = static_cast<std::int64_t>(kt) * 64 + c * 8;
         const bool valid = row < p.compressed_rows_padded && value_col < values_per_row;
-        const std::uint16_t* src = valid ? p.values[m] + row * values_per_row + value_col : p.values[m];
+        const std::uint16_t* src = valid ? mats.values[m] + row * values_per_row + value_col : mats.values[m];
         ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
       }
     }
@@ -111,7 +118,7 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
         const int tile = i / 16, c = i % 16;  // 16 chunks of 16 B = 4 k-steps x 64 B
         const std::int64_t tile16 = row0 / 16 + tile, kstep = static_cast<std::int64_t>(kt) * 4 + c / 4;
         const bool valid = tile16 * 16 < p.compressed_rows_padded && kstep < ksteps_per_row;
-        const std::uint32_t* src = valid ? p.metadata[m] + (tile16 * ksteps_per_row + kstep) * 16 + (c % 4) * 4 : p.metadata[m];
+        const std::uint32_t* src = valid ? mats.metadata[m] + (tile16 * ksteps_per_row + kstep) * 16 + (c % 4) * 4 : mats.metadata[m];
         ptx::cp_async_16(meta_tile + tile * 256 + c * 16, src, valid ? 16 : 0);
       }
     }
@@ -144,7 +151,7 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
     const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
-      const std::uint32_t word = warp_rows_exist ? p.row_select[m][(warp_row0 / 32) * p.num_segments + segment] : 0u;
+      const std::uint32_t word = warp_rows_exist ? mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment] : 0u;
       const int shift = static_cast<int>(warp_row0 % 32) + g;
       const std::uint32_t next = ((word >> shift) & 1u) | (((word >> (shift + 8)) & 1u) << 1);
       const std::uint32_t flips = next ^ sel[m];
@@ -251,9 +258,16 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 template <bool kBf16, int kNumMats, Epi kEpi>
 __global__ void ssmm_sm90_reduce(const Params p) {
   const std::int64_t n = p.L * p.rows;
+  // Grouped: slots past the last expert's were never computed (their partials are not written).
+  std::int64_t slot_end = p.L;
+  if (p.expert_offsets) {
+    const std::int64_t used = p.expert_offsets[p.num_experts];
+    slot_end = used < 0 ? 0 : (used < p.L ? used : p.L);
+  }
   for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t slot = e / p.rows;
+    if (slot >= slot_end) break;  // e only grows
     float v[kNumMats];
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
@@ -261,7 +275,7 @@ __global__ void ssmm_sm90_reduce(const Params p) {
       for (int s = 0; s < p.splits; ++s) sum += p.workspace[(static_cast<std::int64_t>(s) * kNumMats + m) * n + e];
       v[m] = sum;
     }
-    store<kBf16>(p.y, e, epilogue_value<kEpi, kNumMats>(v, p, slot, token_of_slot(p, slot)), p.y_f32);
+    store<kBf16>(p.y, e, epilogue_value<kEpi, kNumMats>(v, p, slot, token_of_slot(p, slot, slot_end)), p.y_f32);
   }
 }
 
@@ -279,16 +293,27 @@ int num_mats_of(const gpu::SsmmArgs& a) {
   return a.epilogue == gpu::SsmmEpilogue::gate_up ? (a.gate_linear.values ? 3 : 2) : 1;
 }
 
-// The tile width a call uses: narrow tiles when every expert's tokens fit in 32.
+// Token slots per expert a call expects: all of them for one matrix, the mean over the experts that
+// can be non-empty for a grouped call (the real counts stay on the device).
+std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
+  if (!a.expert_offsets) return a.num_tokens;
+  const std::int64_t busy = std::max<std::int64_t>(1, std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens));
+  return (a.num_tokens + busy - 1) / busy;
+}
+
+// The tile width a call uses: narrow tiles when an expert's tokens fit in 32.
 int tile_tokens(const gpu::SsmmArgs& a) {
-  if (a.num_tokens <= 32) return 32;
+  if (tokens_per_expert(a) <= 32) return 32;
   return num_mats_of(a) == 1 ? 128 : (num_mats_of(a) == 2 ? 64 : 32);
 }
 
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
-  const std::int64_t token_tiles = (a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a);
+  // Grouped: at least one tile per busy expert (the real tile count is only known on the device).
+  const std::int64_t busy_experts = a.expert_offsets ? std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : 1;
+  const std::int64_t token_tiles =
+      std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts);
   const std::int64_t num_kt = (g.cols_padded + 127) / 128;
   const std::int64_t segment_kt = a.weight.pattern.has_row_selection() ? a.weight.pattern.v / 128 : 1;
   // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within a
@@ -307,9 +332,11 @@ void launch(const Params& p, cudaStream_t stream) {
   static_assert(Config::kBK == 128, "an A tile row is one 128-byte swizzle row: 64 values = 128 columns");
   auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, kSmallN>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
+                 "; the grid allows 65535: split the call");
   const dim3 grid(static_cast<unsigned>((p.compressed_rows_padded + Config::kBM - 1) / Config::kBM),
-                  static_cast<unsigned>((p.L + Config::kBN - 1) / Config::kBN), static_cast<unsigned>(p.splits));
-  SAMOYEDS_CHECK(grid.y <= 65535u, "ssmm: ", p.L, " tokens exceed the grid limit of 65535 x ", Config::kBN, " tokens");
+                  static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {

@@ -41,8 +41,23 @@ void copy_rows(const Matrix& from, Matrix& to, std::int64_t first_row) {
 Matrix moe_layer(const ModelConfig& config, const PackedMoeWeights& weights, const Matrix& x, Routing* routing_out) {
   check_moe_weights(config, weights);
   check_input(config, weights.router, x);
-  const DType dtype = x.dtype();
   Routing routing = route_tokens(config, weights.router, x);
+  Matrix y = moe_layer_routed(config, weights, x, routing);
+  if (routing_out) *routing_out = std::move(routing);
+  return y;
+}
+
+Matrix moe_layer_routed(const ModelConfig& config, const PackedMoeWeights& weights, const Matrix& x,
+                        const Routing& routing) {
+  check_moe_weights(config, weights);
+  check_input(config, weights.router, x);
+  routing.validate();
+  SAMOYEDS_CHECK(routing.num_tokens == x.rows() && routing.num_experts == config.num_experts &&
+                     routing.top_k == config.top_k,
+                 "moe_layer_routed: the routing is for T = ", routing.num_tokens, ", E = ", routing.num_experts,
+                 ", top_k = ", routing.top_k, " but x has ", x.rows(), " tokens and ", config.display_name, " has E = ",
+                 config.num_experts, ", top_k = ", config.top_k);
+  const DType dtype = x.dtype();
 
   Matrix slot_rows(dtype, routing.num_slots(), config.hidden_size);  // [slots, H]
   for (int e = 0; e < config.num_experts; ++e) {
@@ -64,9 +79,7 @@ Matrix moe_layer(const ModelConfig& config, const PackedMoeWeights& weights, con
                                   shared.gate_linear ? &*shared.gate_linear : nullptr);
     shared_rows = ssmm_down_weighted(shared.down, a, shared_weights(config, weights.shared_gate, x), dtype);
   }
-  Matrix y = combine(slot_rows, routing, weights.shared ? &shared_rows : nullptr, dtype);
-  if (routing_out) *routing_out = std::move(routing);
-  return y;
+  return combine(slot_rows, routing, weights.shared ? &shared_rows : nullptr, dtype);
 }
 
 namespace {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "common/test_util.h"
 #include "samoyeds/reference.h"
@@ -48,7 +49,15 @@ TEST_P(ReferenceMoeFamilies, PackedLayerEqualsPerTokenLoopOnEffectiveWeights) {
     const auto [err, scale] = max_errors(y, y_dense);
     EXPECT_LE(err, 2e-2 * std::max(scale, 1e-3)) << "max |y| = " << scale;
     if (T > 0) EXPECT_GT(scale, 0.0) << "an all-zero output hides unwritten rows";
+    // Given the same routing, moe_layer_routed is moe_layer bit for bit.
+    const Matrix y_routed = reference::moe_layer_routed(config, packed, x, routing);
+    EXPECT_EQ(std::memcmp(y_routed.data(), y.data(), y.bytes()), 0);
   }
+  const Matrix x = random_normal_matrix(DType::bf16, 4, config.hidden_size, seed);
+  Routing routing;
+  reference::moe_layer(config, packed, x, &routing);
+  const Matrix fewer = random_normal_matrix(DType::bf16, 3, config.hidden_size, seed);
+  EXPECT_THROW(reference::moe_layer_routed(config, packed, fewer, routing), Error) << "routing for 4 tokens, x has 3";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllModels, ReferenceMoeFamilies,

@@ -300,18 +300,19 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
   const gpu::DevicePackedMatrix dw(w);
   const Matrix x = random_normal_matrix(DType::bf16, 300, 2048, 4);
   DeviceBuffer dx(x.data(), x.bytes());
-  DeviceBuffer dy(300 * 1408 * 2);
   gpu::SsmmArgs args;
   args.weight = dw.view();
   args.x = dx.get();
   args.num_x_rows = 300;
   args.num_tokens = 300;
-  args.y = dy.get();
   for (gpu::SsmmPath path : paths_for(args)) {
     // Unsplit, and with split-K where the call splits (its reduce sums across CTAs in a fixed order).
     for (std::int64_t L : {std::int64_t{300}, std::int64_t{8}}) {
       args.num_x_rows = L;
       args.num_tokens = L;
+      DeviceBuffer dy(static_cast<std::size_t>(L) * 1408 * 2);  // [L, 1408] bf16
+      dy.poison();
+      args.y = dy.get();
       DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, path));
       args.workspace = workspace.get();
       args.workspace_bytes = workspace.bytes();
@@ -320,6 +321,7 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
       gpu::ssmm(args, nullptr, path);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       const auto first = dy.to_host<std::uint16_t>();
+      ASSERT_EQ(std::count(first.begin(), first.end(), std::uint16_t{0xFFFF}), 0) << "output left unwritten";
       dy.poison();
       gpu::ssmm(args, nullptr, path);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -389,6 +391,145 @@ TEST(SsmmGpu, RejectsBadArguments) {
   args.epilogue = gpu::SsmmEpilogue::plain;
   args.weight = unsupported.view();
   EXPECT_THROW(gpu::ssmm(args), Error);
+}
+
+
+// --- grouped launch: all experts of a layer in one call -----------------------------------------------
+
+struct GroupedCase {
+  gpu::SsmmEpilogue epilogue;
+  bool integers;                     // exact tier (plain, fp32 output) or realistic tier
+  Problem prob;
+  std::vector<std::int64_t> sizes;   // slots per expert; the call's capacity adds 5 unused slots
+  bool list;                         // token list (routed) or X rows = slots (the down projection)
+};
+
+class SsmmGrouped : public ::testing::TestWithParam<GroupedCase> {};
+
+// Expert e's slots must equal the single-matrix reference on its own token list; slots past the last
+// expert's must stay untouched (poison), whatever the path and the split-K choice.
+TEST_P(SsmmGrouped, EveryExpertMatchesItsOwnProduct) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const GroupedCase gc = GetParam();
+  const int E = static_cast<int>(gc.sizes.size());
+  const std::uint64_t seed = 71 + static_cast<std::uint64_t>(gc.prob.M + E);
+  SCOPED_TRACE(seed_trace(seed) + ", " + label(gc.prob) + ", " + gpu::epilogue_name(gc.epilogue));
+  const DType dtype = DType::bf16;
+  const bool gate_up = gc.epilogue == gpu::SsmmEpilogue::gate_up;
+  std::vector<const PackedMatrix*> gates, ups;
+  for (int e = 0; e < E; ++e) {
+    gates.push_back(&cached_weight(gc.prob, dtype, gc.integers, seed + 2 * e));
+    ups.push_back(&cached_weight(gc.prob, dtype, gc.integers, seed + 2 * e + 1));
+  }
+  const gpu::DevicePackedMatrix d_gates(gates), d_ups(ups);
+  std::vector<std::int32_t> offsets = {0};
+  for (auto n : gc.sizes) offsets.push_back(offsets.back() + static_cast<std::int32_t>(n));
+  const std::int64_t used = offsets.back(), S = used + 5;
+  const std::int64_t T = gc.list ? 97 : S;
+  const Matrix x = gc.integers ? random_int_matrix(dtype, T, gc.prob.K, seed + 100)
+                               : random_normal_matrix(dtype, T, gc.prob.K, seed + 100);
+  const auto idx = random_token_list(S, T, seed + 101);
+  std::vector<float> slot_weight(static_cast<std::size_t>(S));
+  for (std::size_t j = 0; j < slot_weight.size(); ++j) slot_weight[j] = 0.25f + 0.01f * static_cast<float>(j % 50);
+  DeviceBuffer dx(x.data(), x.bytes()), didx(idx), doffsets(offsets), dweight(slot_weight);
+  const DType y_dtype = gc.integers ? DType::f32 : dtype;
+  DeviceBuffer dy(static_cast<std::size_t>(S * gc.prob.M) * dtype_size(y_dtype));
+  gpu::SsmmArgs args;
+  args.epilogue = gc.epilogue;
+  args.weight = d_gates.view();
+  if (gate_up) args.up = d_ups.view();
+  args.x = dx.get();
+  args.num_x_rows = T;
+  args.token_idx = gc.list ? didx.as<std::int32_t>() : nullptr;
+  args.num_tokens = S;
+  args.slot_weight = dweight.as<float>();
+  args.y = dy.get();
+  args.y_dtype = y_dtype;
+  args.expert_offsets = doffsets.as<std::int32_t>();
+
+  // Reference per expert on its slots (all of them: the experts are small).
+  Matrix ref(y_dtype == DType::f32 ? DType::f32 : dtype, used, gc.prob.M);
+  std::vector<std::int64_t> slots;
+  for (int e = 0; e < E; ++e) {
+    std::vector<std::int32_t> tokens;
+    std::vector<float> weights;
+    for (std::int32_t j = offsets[e]; j < offsets[e + 1]; ++j) {
+      tokens.push_back(gc.list ? idx[static_cast<std::size_t>(j)] : j);
+      weights.push_back(slot_weight[static_cast<std::size_t>(j)]);
+    }
+    if (tokens.empty()) continue;
+    Matrix part;
+    if (gate_up) {
+      part = reference::ssmm_gate_up(*gates[e], *ups[e], x, Tokens::list(tokens), y_dtype);
+    } else if (gc.epilogue == gpu::SsmmEpilogue::down_weighted) {
+      Matrix rows(dtype, static_cast<std::int64_t>(tokens.size()), gc.prob.K);
+      for (std::size_t r = 0; r < tokens.size(); ++r)
+        for (std::int64_t c = 0; c < gc.prob.K; ++c) rows.set(static_cast<std::int64_t>(r), c, x.get(tokens[r], c));
+      part = reference::ssmm_down_weighted(*gates[e], rows, weights, y_dtype);
+    } else {
+      part = reference::ssmm(*gates[e], x, Tokens::list(tokens), y_dtype);
+    }
+    for (std::int64_t r = 0; r < part.rows(); ++r)
+      for (std::int64_t c = 0; c < gc.prob.M; ++c) ref.set(offsets[e] + r, c, part.get(r, c));
+  }
+  for (std::int64_t j = 0; j < used; ++j) slots.push_back(j);
+
+  for (gpu::SsmmPath path : paths_for(args)) {
+    const std::size_t workspace_bytes = gpu::ssmm_workspace_bytes(args, path);
+    DeviceBuffer workspace(workspace_bytes);
+    for (bool split : {false, true}) {
+      if (split && workspace_bytes == 0) continue;
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (split ? ", split-K" : ""));
+      args.workspace = split ? workspace.get() : nullptr;
+      args.workspace_bytes = split ? workspace_bytes : 0;
+      dy.poison();
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Check c = compare(dy, y_dtype, gc.prob.M, slots, ref, gc.integers);
+      EXPECT_EQ(c.bad + c.non_finite, 0);
+      // The capacity's unused tail is never written.
+      const auto bytes = dy.to_host<std::uint8_t>();
+      const std::size_t tail_at = static_cast<std::size_t>(used * gc.prob.M) * dtype_size(y_dtype);
+      EXPECT_TRUE(std::all_of(bytes.begin() + static_cast<std::ptrdiff_t>(tail_at), bytes.end(),
+                              [](std::uint8_t b) { return b == 0xFF; }))
+          << "slots past expert_offsets[E] were written";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layers, SsmmGrouped,
+    ::testing::Values(
+        // Exact: uneven experts with empty ones in between, 1-token experts, a tile-crossing expert.
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {1408, 2048, "1:2:128"}, {3, 0, 70, 1, 0, 33}, true},
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {300, 192, "2:4"}, {0, 0, 129, 0}, true},
+        // Decode-like: two busy experts of one token each (split-K territory).
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {1024, 4096, "1:2:128"}, {0, 1, 0, 1}, true},
+        GroupedCase{gpu::SsmmEpilogue::gate_up, false, {1408, 2048, "1:2:128"}, {5, 0, 200, 1, 17, 0, 0, 64}, true},
+        GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {2048, 1408, "1:2:128"}, {5, 0, 200, 1, 17, 0, 0, 64}, false},
+        GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {1024, 4096, "1:2:128"}, {1, 0, 0, 1}, false}),
+    [](const ::testing::TestParamInfo<GroupedCase>& info) {
+      const auto& c = info.param;
+      std::string name = std::string(gpu::epilogue_name(c.epilogue)) + "_" + std::to_string(c.prob.M) + "x" +
+                         std::to_string(c.prob.K) + "_" + c.prob.pattern + "_E" + std::to_string(c.sizes.size()) + "_" +
+                         std::to_string(info.index);
+      for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
+      return name;
+    });
+
+TEST(SsmmGpu, GroupedRejectsStackWithoutOffsets) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const PackedMatrix& w = cached_weight(Problem{128, 128, "1:2:128"}, DType::bf16, false, 8);
+  const gpu::DevicePackedMatrix stack(std::vector<const PackedMatrix*>{&w, &w});
+  DeviceBuffer dx(8 * 128 * 2), dy(8 * 128 * 2);
+  gpu::SsmmArgs args;
+  args.weight = stack.view();
+  args.x = dx.get();
+  args.num_x_rows = args.num_tokens = 8;
+  args.y = dy.get();
+  EXPECT_THROW(gpu::ssmm(args), Error);  // a stack needs expert_offsets
+  const PackedMatrix other = pack(random_normal_matrix(DType::bf16, 64, 128, 3), SparsityPattern::parse("1:2:128"));
+  EXPECT_THROW(gpu::DevicePackedMatrix(std::vector<const PackedMatrix*>{&w, &other}), Error);  // shapes differ
 }
 
 }  // namespace

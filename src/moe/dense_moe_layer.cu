@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+// gpu::DenseMoeLayer: the baseline with the sparse layer's routing and combine and cuBLAS for the
+// expert products, as a dense MoE engine without grouped kernels runs them: gather the routed rows,
+// one GEMM per non-empty expert for gate|up (stacked [n*I, H]), SiLU·mul, one GEMM per expert for
+// down, then the combine applies the routing weights. cuBLAS needs each expert's row count on the
+// host, so forward() reads the expert offsets back once (one synchronisation per call).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cuda_check.h"
+#include "kernels/moe_routing.h"
+#include "moe/moe_router.h"
+#include "samoyeds/moe_layer.h"
+
+namespace samoyeds::gpu {
+
+namespace {
+
+// x_g[s, :] = x[slot_token[s], :] for s < *num_used (16-byte copies; H % 8 == 0).
+__global__ void gather_rows(const uint4* x, const std::int32_t* slot_token, const std::int32_t* num_used, uint4* x_g,
+                            std::int64_t row_chunks, std::int64_t num_slots) {
+  const std::int64_t used = min(static_cast<std::int64_t>(*num_used), num_slots);
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < used * row_chunks;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t s = i / row_chunks, c = i % row_chunks;
+    x_g[i] = x[static_cast<std::int64_t>(slot_token[s]) * row_chunks + c];
+  }
+}
+
+template <class T>
+__device__ __forceinline__ float widen(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v); else return __half2float(v);
+}
+template <class T>
+__device__ __forceinline__ T narrow(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v); else return __float2half_rn(v);
+}
+
+// a[r, i] = SiLU(gu[r, i]) * gu[r, I + i] (* gu[r, 2I + i]) for r < rows; gu [rows, n*I], a [rows, I].
+template <class T>
+__global__ void silu_mul(const T* gu, T* a, const std::int32_t* num_rows_dev, std::int64_t num_rows, std::int64_t I,
+                         int num_mats) {
+  const std::int64_t rows = num_rows_dev ? min(static_cast<std::int64_t>(*num_rows_dev), num_rows) : num_rows;
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < rows * I;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = e / I, i = e % I;
+    const T* row = gu + r * num_mats * I;
+    const float g = widen(row[i]);
+    float v = g / (1.0f + __expf(-g)) * widen(row[I + i]);
+    if (num_mats == 3) v *= widen(row[2 * I + i]);
+    a[e] = narrow<T>(v);
+  }
+}
+
+// rows[t, :] = round(scale[t] * rows[t, :]) (Qwen2-MoE's sigmoid-gated shared expert).
+template <class T>
+__global__ void scale_rows(T* rows, const float* scale, std::int64_t num_rows, std::int64_t width) {
+  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < num_rows * width;
+       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    rows[e] = narrow<T>(scale[e / width] * widen(rows[e]));
+}
+
+unsigned grid_for(std::int64_t n) { return static_cast<unsigned>(std::clamp<std::int64_t>((n + 255) / 256, 1, 8192)); }
+
+// One expert MLP (or a stack of E) dense on the device: gate|up(|gate_linear) stacked per expert.
+struct DenseStack {
+  void* gate_up = nullptr;  // [E, n * I, H] dtype, n = 2 or 3
+  void* down = nullptr;     // [E, H, I] dtype
+  int num_mats = 2;
+  std::int64_t width = 0;   // I
+  DenseStack() = default;
+  DenseStack(const DenseStack&) = delete;
+  DenseStack& operator=(const DenseStack&) = delete;
+  ~DenseStack() {
+    cudaFree(gate_up);
+    cudaFree(down);
+  }
+  void upload(const std::vector<const DenseExpert*>& experts) {
+    const DenseExpert& first = *experts.front();
+    num_mats = first.gate_linear.empty() ? 2 : 3;
+    width = first.gate.rows();
+    const std::size_t matrix_bytes = first.gate.bytes();  // [I, H] == [H, I] in bytes
+    SAMOYEDS_CUDA_CHECK(cudaMalloc(&gate_up, matrix_bytes * num_mats * experts.size()));
+    SAMOYEDS_CUDA_CHECK(cudaMalloc(&down, matrix_bytes * experts.size()));
+    auto* gu = static_cast<std::uint8_t*>(gate_up);
+    for (std::size_t e = 0; e < experts.size(); ++e) {
+      const Matrix* parts[3] = {&experts[e]->gate, &experts[e]->up, &experts[e]->gate_linear};
+      for (int m = 0; m < num_mats; ++m)
+        SAMOYEDS_CUDA_CHECK(cudaMemcpy(gu + (e * num_mats + m) * matrix_bytes, parts[m]->data(), matrix_bytes,
+                                       cudaMemcpyHostToDevice));
+      SAMOYEDS_CUDA_CHECK(cudaMemcpy(static_cast<std::uint8_t*>(down) + e * matrix_bytes, experts[e]->down.data(),
+                                     matrix_bytes, cudaMemcpyHostToDevice));
+    }
+  }
+  std::size_t bytes(std::int64_t H, std::size_t count) const {
+    return static_cast<std::size_t>((num_mats + 1) * width * H) * 2 * count;
+  }
+};
+
+
+}  // namespace
+
+struct DenseMoeLayer::Impl {
+  ModelConfig config;
+  DType dtype;
+  moe::MoeRouter router;
+  DenseStack routed;
+  std::optional<DenseStack> shared;
+  moe::OwnedBuffer workspace;
+  std::int32_t* host_offsets = nullptr;  // [E + 1] pinned
+  moe::RoutingBuffers last;
+  cudaStream_t last_stream = nullptr;
+  bool has_forward = false;
+
+  Impl(const ModelConfig& c, const DenseMoeWeights& w)
+      : config(c), dtype(w.router.dtype()), router(c, w.router, w.shared_gate) {
+    std::vector<const DenseExpert*> experts;
+    for (const DenseExpert& e : w.experts) experts.push_back(&e);
+    routed.upload(experts);
+    if (w.shared) shared.emplace().upload({&*w.shared});
+    SAMOYEDS_CUDA_CHECK(cudaMallocHost(&host_offsets, sizeof(std::int32_t) * (c.num_experts + 1)));
+  }
+  ~Impl() { cudaFreeHost(host_offsets); }
+
+  struct Layout {
+    moe::RoutingBuffers routing;
+    void *x_g, *gu, *a, *slot_rows, *shared_gu, *shared_a, *shared_rows;
+    std::size_t total;
+  };
+  Layout layout(void* base, std::int64_t T) const {
+    moe::WorkspaceCarver carver(base);
+    const std::int64_t S = T * config.top_k, H = config.hidden_size, I = config.intermediate_size;
+    Layout l{};
+    l.routing = router.carve(carver, T);
+    l.x_g = carver.take_bytes(static_cast<std::size_t>(S * H) * 2);                    // [S, H]
+    l.gu = carver.take_bytes(static_cast<std::size_t>(S * routed.num_mats * I) * 2);  // [S, n * I]
+    l.a = carver.take_bytes(static_cast<std::size_t>(S * I) * 2);                     // [S, I]
+    l.slot_rows = carver.take_bytes(static_cast<std::size_t>(S * H) * 2);             // [S, H]
+    if (shared) {
+      const std::int64_t Is = config.shared_intermediate_size;
+      l.shared_gu = carver.take_bytes(static_cast<std::size_t>(T * shared->num_mats * Is) * 2);  // [T, n * I_shared]
+      l.shared_a = carver.take_bytes(static_cast<std::size_t>(T * Is) * 2);                     // [T, I_shared]
+      l.shared_rows = carver.take_bytes(static_cast<std::size_t>(T * H) * 2);                   // [T, H]
+    }
+    l.total = carver.used();
+    return l;
+  }
+
+  template <class T>
+  void launch_silu_mul(const void* gu, void* a, const std::int32_t* rows_dev, std::int64_t rows, std::int64_t I,
+                       int num_mats, cudaStream_t stream) {
+    silu_mul<T><<<grid_for(rows * I), 256, 0, stream>>>(static_cast<const T*>(gu), static_cast<T*>(a), rows_dev, rows, I,
+                                                        num_mats);
+    SAMOYEDS_CHECK_LAUNCH("silu_mul");
+  }
+  void silu(const void* gu, void* a, const std::int32_t* rows_dev, std::int64_t rows, std::int64_t I, int num_mats,
+            cudaStream_t stream) {
+    if (dtype == DType::bf16) launch_silu_mul<__nv_bfloat16>(gu, a, rows_dev, rows, I, num_mats, stream);
+    else launch_silu_mul<__half>(gu, a, rows_dev, rows, I, num_mats, stream);
+  }
+};
+
+DenseMoeLayer::DenseMoeLayer(const ModelConfig& config, const DenseMoeWeights& weights) {
+  check_moe_weights(config, weights);
+  SAMOYEDS_CHECK(config.hidden_size % 8 == 0, "DenseMoeLayer: H = ", config.hidden_size, " must be a multiple of 8");
+  impl_ = std::make_unique<Impl>(config, weights);
+}
+DenseMoeLayer::~DenseMoeLayer() = default;
+DenseMoeLayer::DenseMoeLayer(DenseMoeLayer&&) noexcept = default;
+DenseMoeLayer& DenseMoeLayer::operator=(DenseMoeLayer&&) noexcept = default;
+
+std::size_t DenseMoeLayer::weight_bytes() const {
+  const std::int64_t H = impl_->config.hidden_size;
+  return impl_->routed.bytes(H, static_cast<std::size_t>(impl_->config.num_experts)) +
+         (impl_->shared ? impl_->shared->bytes(H, 1) : 0);
+}
+
+std::size_t DenseMoeLayer::workspace_bytes(std::int64_t num_tokens) const {
+  SAMOYEDS_CHECK(num_tokens >= 0 && num_tokens <= (std::int64_t{1} << 30) / impl_->config.top_k,
+                 "DenseMoeLayer: num_tokens ", num_tokens, " out of range");
+  return impl_->layout(nullptr, num_tokens).total;
+}
+
+void DenseMoeLayer::reserve(std::int64_t num_tokens) { impl_->workspace.ensure(workspace_bytes(num_tokens)); }
+
+void DenseMoeLayer::forward(const void* x, void* y, std::int64_t T, void* stream_ptr) {
+  Impl& m = *impl_;
+  reserve(T);
+  SAMOYEDS_CHECK(T == 0 || (x && y), "DenseMoeLayer::forward: x and y must be device pointers");
+  auto stream = static_cast<cudaStream_t>(stream_ptr);
+  const Impl::Layout l = m.layout(m.workspace.ptr(), T);
+  m.last = l.routing;
+  m.last_stream = stream;
+  m.has_forward = true;
+  m.router.route(x, l.routing, stream);
+  if (T == 0) return;
+
+  const ModelConfig& c = m.config;
+  const std::int64_t S = T * c.top_k, H = c.hidden_size, I = c.intermediate_size;
+  const int E = c.num_experts;
+  cublasHandle_t cublas = m.router.cublas();
+  SAMOYEDS_CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  SAMOYEDS_CUDA_CHECK(cudaMemcpyAsync(m.host_offsets, l.routing.expert_offsets, sizeof(std::int32_t) * (E + 1),
+                                      cudaMemcpyDeviceToHost, stream));
+  gather_rows<<<grid_for(S * H / 8), 256, 0, stream>>>(static_cast<const uint4*>(x), l.routing.slot_token,
+                                                      l.routing.expert_offsets + E, static_cast<uint4*>(l.x_g), H / 8, S);
+  SAMOYEDS_CHECK_LAUNCH("gather_rows");
+  SAMOYEDS_CUDA_CHECK(cudaStreamSynchronize(stream));  // the expert sizes, for the per-expert GEMMs
+
+  const int n = m.routed.num_mats;
+  const std::size_t w_bytes = static_cast<std::size_t>(I * H) * 2;
+  auto at = [](void* base, std::int64_t elements) { return static_cast<std::uint8_t*>(base) + elements * 2; };
+  for (int e = 0; e < E; ++e) {
+    const std::int64_t begin = m.host_offsets[e], L = m.host_offsets[e + 1] - begin;
+    if (L <= 0) continue;
+    moe::gemm_xwt(cublas, m.dtype, static_cast<std::uint8_t*>(m.routed.gate_up) + e * n * w_bytes, at(l.x_g, begin * H),
+                  at(l.gu, begin * n * I), m.dtype, n * I, L, H);
+  }
+  m.silu(l.gu, l.a, l.routing.expert_offsets + E, S, I, n, stream);
+  for (int e = 0; e < E; ++e) {
+    const std::int64_t begin = m.host_offsets[e], L = m.host_offsets[e + 1] - begin;
+    if (L <= 0) continue;
+    moe::gemm_xwt(cublas, m.dtype, static_cast<std::uint8_t*>(m.routed.down) + e * w_bytes, at(l.a, begin * I),
+                  at(l.slot_rows, begin * H), m.dtype, H, L, I);
+  }
+  if (m.shared) {
+    const std::int64_t Is = m.shared->width;
+    const int ns = m.shared->num_mats;
+    moe::gemm_xwt(cublas, m.dtype, m.shared->gate_up, x, l.shared_gu, m.dtype, ns * Is, T, H);
+    m.silu(l.shared_gu, l.shared_a, nullptr, T, Is, ns, stream);
+    moe::gemm_xwt(cublas, m.dtype, m.shared->down, l.shared_a, l.shared_rows, m.dtype, H, T, Is);
+    if (l.routing.shared_weight) {
+      if (m.dtype == DType::bf16)
+        scale_rows<<<grid_for(T * H), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(l.shared_rows), l.routing.shared_weight, T, H);
+      else
+        scale_rows<<<grid_for(T * H), 256, 0, stream>>>(static_cast<__half*>(l.shared_rows), l.routing.shared_weight, T, H);
+      SAMOYEDS_CHECK_LAUNCH("scale_rows");
+    }
+  }
+  kernels::combine(l.slot_rows, l.routing.token_slot, l.routing.slot_weight, m.shared ? l.shared_rows : nullptr, y, T,
+                   c.top_k, H, m.dtype, stream);
+}
+
+Routing DenseMoeLayer::last_routing() const {
+  SAMOYEDS_CHECK(impl_->has_forward, "DenseMoeLayer::last_routing: call forward first");
+  return impl_->router.download(impl_->last, impl_->last_stream);
+}
+
+}  // namespace samoyeds::gpu
