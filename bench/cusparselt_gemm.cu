@@ -147,6 +147,9 @@ CusparseLtGemm::CusparseLtGemm(const CusparseLt& lib, DType dtype, std::int64_t 
   {
     int* d_invalid = nullptr;  // [1] int, written by the check
     SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_invalid, sizeof(int)));
+    // Measured (cuSPARSELt 0.8, H100): the check may leave the flag untouched for a valid matrix, so
+    // it starts at 0 ("valid") and an invalid matrix sets it.
+    SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(d_invalid, 0, sizeof(int), stream));
     int invalid = 1;
     const cusparseStatus_t status = cusparseLtSpMMAPruneCheck(s.handle, &s.matmul, w_hat, d_invalid, stream);
     const cudaError_t copied = status == CUSPARSE_STATUS_SUCCESS

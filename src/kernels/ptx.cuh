@@ -17,6 +17,11 @@ __device__ __forceinline__ void cp_async_16(void* dst_smem, const void* src_glob
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst_smem)), "l"(src_global),
                "r"(src_bytes));
 }
+// 4-byte copy (through L1: .cg takes 16 bytes only); src_bytes = 0 zero-fills.
+__device__ __forceinline__ void cp_async_4(void* dst_smem, const void* src_global, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_address(dst_smem)), "l"(src_global),
+               "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {

@@ -8,8 +8,8 @@
 // with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte atoms), the
 // layout wgmma descriptors read; B is split into two 64-column halves. Per k-tile and matrix a
 // warpgroup issues four wgmma.sp (k32 each): A descriptor +32 B per step, B +64 B (+half offset).
-// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) travel through the same
-// pipeline (2 KB per matrix and stage); each thread reads its four words from shared memory before
+// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) and, at a segment's first
+// k-tile, the row-select words travel through the same pipeline (2 KB + 16 B per matrix and stage); each thread reads its four words from shared memory before
 // the wgmma fence (registers defined while wgmmas are in flight would serialize them: ptxas C7513).
 // The next stage's copies are issued while the wgmmas run.
 // Row selection (1:2:V, V a multiple of 128) keeps two accumulator sets per compressed row; the
@@ -22,7 +22,8 @@
 // order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
 // from the expert's range; CTAs past the last tile exit at once.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB.
+// accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of
+// row-select words) <= 200 KB.
 #include <algorithm>
 
 #include "kernels/cuda_check.h"
@@ -62,9 +63,12 @@ struct Sm90Config {
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
   static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
-  static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;
+  static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   static constexpr int kStages = std::min(8, (200 * 1024) / kStageBytes);
-  static constexpr int kSmemBytes = kStages * kStageBytes + kBN * 4 + 1024;  // + token ids + alignment slack
+  // Row-select words of each stage (kNumMats x 4 words: 128 rows / 32), kept apart so that stages stay
+  // 1024-byte aligned for the swizzle.
+  static constexpr int kSelectBytes = 64;
+  static constexpr int kSmemBytes = kStages * (kStageBytes + kSelectBytes) + kBN * 4 + 1024;  // + token ids + alignment slack
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
@@ -78,7 +82,8 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
   extern __shared__ std::uint8_t smem_raw[];
   // The 128-byte swizzle works on absolute address bits: stages start on 1024-byte boundaries.
   std::uint8_t* smem = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
-  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + kStages * Config::kStageBytes);
+  std::uint8_t* s_select = smem + kStages * Config::kStageBytes;  // [kStages][kNumMats * 4] words
+  auto* s_tok = reinterpret_cast<std::int32_t*>(s_select + kStages * Config::kSelectBytes);
 
   const int tid = threadIdx.x, lane = tid % 32, warp_in_group = (tid % 128) / 32, group = tid / 128;
   const int g = lane / 4, t = lane % 4;
@@ -123,6 +128,16 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
       }
     }
     std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
+    // Row-select words of a segment's first k-tile ride in the stage too: read from global memory at
+    // the segment start they stalled every k-tile (V = 128) for an L2 round trip.
+    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0 && tid < kNumMats * 4) {
+      const int m = tid / 4, word = tid % 4;
+      const std::int64_t row32 = row0 / 32 + word;
+      const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
+      const bool valid = row32 * 32 < p.compressed_rows_padded;
+      const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment : mats.row_select[m];
+      ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
+    }
 #pragma unroll
     for (int i = tid; i < kBN * 16; i += kThreads) {
       const int n = i / 16, c = i % 16, half = c / 8, cc = c % 8;
@@ -147,11 +162,12 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 
   const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
-  auto update_selection = [&](int kt) {  // called with no wgmma in flight
-    const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
+  // Called with no wgmma in flight, at a segment's first k-tile, whose stage holds the select words.
+  auto update_selection = [&](int stage) {
+    const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
-      const std::uint32_t word = warp_rows_exist ? mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment] : 0u;
+      const std::uint32_t word = warp_rows_exist ? words[m * 4 + static_cast<int>((warp_row0 - row0) / 32)] : 0u;
       const int shift = static_cast<int>(warp_row0 % 32) + g;
       const std::uint32_t next = ((word >> shift) & 1u) | (((word >> (shift + 8)) & 1u) << 1);
       const std::uint32_t flips = next ^ sel[m];
@@ -182,9 +198,9 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
     ptx::cp_async_wait<kStages - 2>();
     fence_async_proxy();  // cp.async wrote the tiles through the generic proxy; wgmma reads through the async one
     __syncthreads();
-    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0) update_selection(kt);
-
     const std::uint8_t* base = smem + (i % kStages) * Config::kStageBytes;
+    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0) update_selection(i % kStages);
+
     const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
     std::uint32_t meta[kNumMats][4];
 #pragma unroll
