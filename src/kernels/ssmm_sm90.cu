@@ -1,20 +1,21 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM, Hopper path (sm_90a): warpgroup-level wgmma.mma_async.sp.m64nNk32 with fp32 accumulation.
 //
-// Algorithm. A CTA (2 warpgroups, 256 threads) computes 128 compressed rows x kBN tokens; each
-// warpgroup owns 64 rows (one wgmma M). K is walked in 128-column k-tiles (64 stored values = one
-// 128-byte row per A tile row) through a cp.async pipeline of kStages stages; the B tile gathers the
-// kBN token rows X[token_idx[j], k0:k0+128] (zero-filled past L or K). Both tiles are stored K-major
-// with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8), 1024-byte atoms), the
-// layout wgmma descriptors read; B is split into two 64-column halves. Per k-tile and matrix a
-// warpgroup issues four wgmma.sp (k32 each): A descriptor +32 B per step, B +64 B (+half offset).
-// Metadata words (docs/format.md §3.2: the wgmma sp-meta register layout) and, at a segment's first
-// k-tile, the row-select words travel through the same pipeline (2 KB + 16 B per matrix and stage); each thread reads its four words from shared memory before
-// the wgmma fence (registers defined while wgmmas are in flight would serialize them: ptxas C7513).
-// The next stage's copies are issued while the wgmmas run.
-// Row selection (1:2:V, V a multiple of 128) keeps two accumulator sets per compressed row; the
-// wgmmas accumulate into set 0, and at a segment start (all wgmmas drained) a thread swaps set 0
-// and set 1 of its rows whose selection flips.
+// Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
+// tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
+// stages with cp.async (A values, metadata words, row-select words, and the B tile gathered from
+// X[token_idx[j], k0:k0+128], zero-filled past L or K) and signal each stage's `full` mbarrier with
+// cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own copies. Warpgroups 1 and 2
+// are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
+// issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
+// offset), then release the stage through its `empty` mbarrier once those wgmmas have finished.
+// Tiles are K-major with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8),
+// 1024-byte atoms), the layout wgmma descriptors read.
+// Row selection (1:2:V) keeps two accumulator sets per compressed row; the wgmmas accumulate into
+// set 0, and at a segment start (this warpgroup's wgmmas drained) a thread swaps set 0 and set 1
+// of its rows whose selection flips. With V = 128 every k-tile starts a segment, so each consumer
+// drains once per k-tile (it does for any V: one k-tile in flight per consumer); the two consumers take turns issuing (named barriers 1 and 2), so one
+// warpgroup's drain and swap run while the other's wgmmas keep the tensor cores busy.
 // Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
 // whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
 // split order and applies the epilogue, so results stay bitwise reproducible.
@@ -22,8 +23,8 @@
 // order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
 // from the expert's range; CTAs past the last tile exit at once.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// accumulators take at most 128 registers; smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of
-// row-select words) <= 200 KB.
+// a consumer's accumulators take at most 128 registers (setmaxnreg: consumers 208, producer 72);
+// smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
 #include <algorithm>
 
 #include "kernels/cuda_check.h"
@@ -47,8 +48,48 @@ __device__ __forceinline__ std::uint64_t sw128_descriptor(const void* smem_point
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
 __device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+__device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(ptx::smem_address(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
+}
+// Returns once the barrier's phase with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra retry;\n"
+      "}\n" ::"r"(ptx::smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// Arrives on the barrier once every cp.async this thread issued before has landed.
+__device__ __forceinline__ void mbarrier_arrive_on_copies(std::uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+template <int kRegisters>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+}
+template <int kRegisters>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
+}
 
 }  // namespace sm90
 
@@ -56,9 +97,13 @@ namespace {
 
 template <int kNumMats, bool kSmallN>
 struct Sm90Config {
-  static constexpr int kBM = 128;      // compressed rows per CTA (2 warpgroups x 64)
+  static constexpr int kBM = 128;      // compressed rows per CTA (2 consumer warpgroups x 64)
   static constexpr int kBK = 128;      // logical columns per k-tile
-  static constexpr int kThreads = 256;
+  static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kConsumerThreads = 256;
+  static constexpr int kProducerRegisters = 72;  // 128 x 72 + 256 x 208 <= 64 K registers
+  static constexpr int kConsumerRegisters = 208;
   static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
   static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
@@ -68,11 +113,12 @@ struct Sm90Config {
   // Row-select words of each stage (kNumMats x 4 words: 128 rows / 32), kept apart so that stages stay
   // 1024-byte aligned for the swizzle.
   static constexpr int kSelectBytes = 64;
-  static constexpr int kSmemBytes = kStages * (kStageBytes + kSelectBytes) + kBN * 4 + 1024;  // + token ids + alignment slack
+  // + full/empty barriers + token ids + alignment slack
+  static constexpr int kSmemBytes = kStages * (kStageBytes + kSelectBytes) + kStages * 16 + kBN * 4 + 1024;
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
-__global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
+__global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
   using Config = Sm90Config<kNumMats, kSmallN>;
@@ -81,12 +127,14 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
   constexpr int kStages = Config::kStages;
   extern __shared__ std::uint8_t smem_raw[];
   // The 128-byte swizzle works on absolute address bits: stages start on 1024-byte boundaries.
-  std::uint8_t* smem = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(smem_raw) + 1023) & ~std::uintptr_t{1023});
+  // Offsetting smem_raw itself (not a pointer rebuilt from an integer) keeps every access an LDS.
+  std::uint8_t* smem = smem_raw + ((1024 - (ptx::smem_address(smem_raw) & 1023)) & 1023);
   std::uint8_t* s_select = smem + kStages * Config::kStageBytes;  // [kStages][kNumMats * 4] words
-  auto* s_tok = reinterpret_cast<std::int32_t*>(s_select + kStages * Config::kSelectBytes);
+  auto* full_bar = reinterpret_cast<std::uint64_t*>(s_select + kStages * Config::kSelectBytes);  // [kStages]
+  std::uint64_t* empty_bar = full_bar + kStages;                                                 // [kStages]
+  auto* s_tok = reinterpret_cast<std::int32_t*>(empty_bar + kStages);                            // [kBN]
 
-  const int tid = threadIdx.x, lane = tid % 32, warp_in_group = (tid % 128) / 32, group = tid / 128;
-  const int g = lane / 4, t = lane % 4;
+  const int tid = threadIdx.x;
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
   TileSlots tile;
   if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
@@ -97,57 +145,80 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
   const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
   __syncthreads();  // find_tile's result is read before s_tok is overwritten
   for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
-  __syncthreads();
-
-  const std::int64_t values_per_row = p.K_padded / 2;
-  const std::int64_t ksteps_per_row = p.K_padded / 32;
-  auto load_stage = [&](int stage, int kt) {
-    std::uint8_t* base = smem + stage * Config::kStageBytes;
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      std::uint8_t* a_tile = base + m * kATileBytes;
-#pragma unroll
-      for (int i = tid; i < kBM * 8; i += kThreads) {
-        const int r = i / 8, c = i % 8;
-        const std::int64_t row = row0 + r, value_col = static_cast<std::int64_t>(kt) * 64 + c * 8;
-        const bool valid = row < p.compressed_rows_padded && value_col < values_per_row;
-        const std::uint16_t* src = valid ? mats.values[m] + row * values_per_row + value_col : mats.values[m];
-        ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
-      }
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full_bar[s], Config::kProducerThreads);
+      mbarrier_init(&empty_bar[s], Config::kConsumerThreads / 32);  // one arrival per consumer warp
     }
+  }
+  __syncthreads();
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of kBK (can_implement)
+  auto segment_starts = [&](int kt) { return kt_per_segment != 0 && kt % kt_per_segment == 0; };
+
+  if (tid < Config::kProducerThreads) {
+    // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
+    setmaxnreg_dec<Config::kProducerRegisters>();
+    const std::int64_t values_per_row = p.K_padded / 2;
+    for (int kt = kt_begin; kt < kt_end; ++kt) {
+      const int i = kt - kt_begin, stage = i % kStages;
+      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
+      std::uint8_t* base = smem + stage * Config::kStageBytes;
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      // [8 row tiles][4 k-steps][16 words]: global holds a row tile's k-steps contiguously.
-      std::uint8_t* meta_tile = base + kNumMats * kATileBytes + m * Config::kMetaTileBytes;
-      for (int i = tid; i < (kBM / 16) * 16; i += kThreads) {
-        const int tile = i / 16, c = i % 16;  // 16 chunks of 16 B = 4 k-steps x 64 B
-        const std::int64_t tile16 = row0 / 16 + tile, kstep = static_cast<std::int64_t>(kt) * 4 + c / 4;
+      for (int m = 0; m < kNumMats; ++m) {
+        std::uint8_t* a_tile = base + m * kATileBytes;
+        // Thread tid copies 16-byte chunk tid % 8 of rows tid / 8 + 16 j.
+#pragma unroll
+        for (int j = 0; j < kBM / 16; ++j) {
+          const int r = tid / 8 + 16 * j, c = tid % 8;
+          const std::int64_t row = row0 + r, value_col = static_cast<std::int64_t>(kt) * 64 + c * 8;
+          const bool valid = row < p.compressed_rows_padded && value_col < values_per_row;
+          const std::uint16_t* src = valid ? mats.values[m] + row * values_per_row + value_col : mats.values[m];
+          ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
+        }
+        // Metadata [8 row tiles][4 k-steps][16 words]: global holds a row tile's k-steps contiguously;
+        // thread tid copies 16-byte chunk tid % 16 of row tile tid / 16.
+        std::uint8_t* meta_tile = base + kNumMats * kATileBytes + m * Config::kMetaTileBytes;
+        const int mt = tid / 16, c = tid % 16;
+        const std::int64_t tile16 = row0 / 16 + mt, kstep = static_cast<std::int64_t>(kt) * 4 + c / 4;
         const bool valid = tile16 * 16 < p.compressed_rows_padded && kstep < ksteps_per_row;
         const std::uint32_t* src = valid ? mats.metadata[m] + (tile16 * ksteps_per_row + kstep) * 16 + (c % 4) * 4 : mats.metadata[m];
-        ptx::cp_async_16(meta_tile + tile * 256 + c * 16, src, valid ? 16 : 0);
+        ptx::cp_async_16(meta_tile + mt * 256 + c * 16, src, valid ? 16 : 0);
       }
-    }
-    std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
-    // Row-select words of a segment's first k-tile ride in the stage too: read from global memory at
-    // the segment start they stalled every k-tile (V = 128) for an L2 round trip.
-    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0 && tid < kNumMats * 4) {
-      const int m = tid / 4, word = tid % 4;
-      const std::int64_t row32 = row0 / 32 + word;
-      const int segment = static_cast<int>((static_cast<std::int64_t>(kt) * kBK) / p.v);
-      const bool valid = row32 * 32 < p.compressed_rows_padded;
-      const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment : mats.row_select[m];
-      ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
-    }
+      if (segment_starts(kt)) {
+        // Threads 4m .. 4m + 3 copy matrix m's words (a compile-time m keeps `mats` in registers).
 #pragma unroll
-    for (int i = tid; i < kBN * 16; i += kThreads) {
-      const int n = i / 16, c = i % 16, half = c / 8, cc = c % 8;
-      const std::int32_t tok = s_tok[n];
-      const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
-      const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
-      const std::uint16_t* src = valid ? p.x + tok * p.K + col : p.x;
-      ptx::cp_async_16(b_tile + half * (kBN * 128) + n * 128 + ((cc ^ (n & 7)) * 16), src, valid ? 16 : 0);
+        for (int m = 0; m < kNumMats; ++m) {
+          if (tid / 4 != m) continue;
+          const std::int64_t row32 = row0 / 32 + tid % 4;
+          const bool valid = row32 * 32 < p.compressed_rows_padded;
+          const std::uint32_t* src =
+              valid ? mats.row_select[m] + row32 * p.num_segments + kt / kt_per_segment : mats.row_select[m];
+          ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
+        }
+      }
+      std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
+      // Thread tid copies 16-byte chunk tid % 16 of token rows tid / 16 + 8 j.
+#pragma unroll 4
+      for (int j = 0; j < kBN / 8; ++j) {
+        const int n = tid / 16 + 8 * j, c = tid % 16, half = c / 8, cc = c % 8;
+        const std::int32_t tok = s_tok[n];
+        const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
+        const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
+        const std::uint16_t* src = valid ? p.x + static_cast<std::int64_t>(tok) * p.K + col : p.x;
+        ptx::cp_async_16(b_tile + half * (kBN * 128) + n * 128 + ((cc ^ (n & 7)) * 16), src, valid ? 16 : 0);
+      }
+      mbarrier_arrive_on_copies(&full_bar[stage]);
     }
-  };
+    ptx::cp_async_wait<0>();
+    return;
+  }
+
+  // ---- Consumer warpgroups 1 and 2: wgmma over the ring, then the epilogue. ----
+  setmaxnreg_inc<Config::kConsumerRegisters>();
+  const int ctid = tid - Config::kProducerThreads;
+  const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
+  const int g = lane / 4, t = lane % 4;
 
   float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
 #pragma unroll
@@ -162,7 +233,8 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
 
   const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
-  // Called with no wgmma in flight, at a segment's first k-tile, whose stage holds the select words.
+  // Called with none of this warpgroup's wgmmas in flight, at a segment's first k-tile, whose stage
+  // holds the select words.
   auto update_selection = [&](int stage) {
     const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
 #pragma unroll
@@ -173,33 +245,34 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
       const std::uint32_t flips = next ^ sel[m];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        if ((flips >> h) & 1u) {
+        const bool flip = (flips >> h) & 1u;
 #pragma unroll
-          for (int i = 0; i < kBN / 8; ++i)
+        for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-              const float tmp = acc[m][0][4 * i + 2 * h + q];
-              acc[m][0][4 * i + 2 * h + q] = acc[m][1][4 * i + 2 * h + q];
-              acc[m][1][4 * i + 2 * h + q] = tmp;
-            }
-        }
+          for (int q = 0; q < 2; ++q) {
+            const float a = acc[m][0][4 * i + 2 * h + q], b = acc[m][1][4 * i + 2 * h + q];
+            acc[m][0][4 * i + 2 * h + q] = flip ? b : a;
+            acc[m][1][4 * i + 2 * h + q] = flip ? a : b;
+          }
       }
       sel[m] = next;
     }
   };
 
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (kt_begin + s < kt_end) load_stage(s, kt_begin + s);
-    ptx::cp_async_commit();
-  }
+  // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
+  // consumer 1 issues k-tile i after consumer 0 issued it (barrier 2). Arrivals and waits pair up.
+  const int num_kt = kt_end - kt_begin;
   for (int kt = kt_begin; kt < kt_end; ++kt) {
-    const int i = kt - kt_begin;
-    ptx::cp_async_wait<kStages - 2>();
-    fence_async_proxy();  // cp.async wrote the tiles through the generic proxy; wgmma reads through the async one
-    __syncthreads();
-    const std::uint8_t* base = smem + (i % kStages) * Config::kStageBytes;
-    if (p.row_select_on && (static_cast<std::int64_t>(kt) * kBK) % p.v == 0) update_selection(i % kStages);
+    const int i = kt - kt_begin, stage = i % kStages;
+    mbarrier_wait(&full_bar[stage], (i / kStages) & 1);
+    fence_async_proxy();  // cp.async wrote the stage through the generic proxy; wgmma reads through the async one
+    const std::uint8_t* base = smem + stage * Config::kStageBytes;
+    // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
+    // accumulators may be swapped. (At most one k-tile per consumer is in flight; the other
+    // consumer's wgmmas cover the gap.)
+    wgmma_wait<0>();
+    if (lane == 0 && i > 0) mbarrier_arrive(&empty_bar[(i - 1) % kStages]);
+    if (segment_starts(kt)) update_selection(stage);
 
     const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
     std::uint32_t meta[kNumMats][4];
@@ -213,6 +286,7 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
         meta[m][ks] = exists ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
       }
     }
+    if (group == 1 || i > 0) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -224,13 +298,9 @@ __global__ void __launch_bounds__(256, 1) ssmm_sm90_kernel(const Params p) {
       }
     }
     wgmma_commit();
-    // While the tensor cores work: the next stage's copies (its slot was read by k-tile kt - 1,
-    // drained before the barrier above).
-    if (kt + kStages - 1 < kt_end) load_stage((i + kStages - 1) % kStages, kt + kStages - 1);
-    ptx::cp_async_commit();
-    wgmma_wait_all();  // the accumulators may be swapped next, and this stage is reloaded after the next barrier
+    if (group == 0 || i + 1 < num_kt) named_barrier_arrive(2 - group, Config::kConsumerThreads);
   }
-  ptx::cp_async_wait<0>();
+  wgmma_wait<0>();
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1).
   const int rows_per_crow = p.row_select_on ? 2 : 1;
