@@ -166,6 +166,16 @@ __device__ __forceinline__ void store(void* y, std::int64_t at, float value, boo
   }
 }
 
+// Elements at and after `at` (16-bit output, `at` even) in one 4-byte store.
+template <bool kBf16>
+__device__ __forceinline__ void store_pair(void* y, std::int64_t at, float first, float second) {
+  if constexpr (kBf16) {
+    reinterpret_cast<__nv_bfloat162*>(static_cast<__nv_bfloat16*>(y) + at)[0] = __floats2bfloat162_rn(first, second);
+  } else {
+    reinterpret_cast<__half2*>(static_cast<__half*>(y) + at)[0] = __floats2half2_rn(first, second);
+  }
+}
+
 void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
 // Fills the split fields of `p` (splits = 1 when the workspace is too small) and launches.
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream);

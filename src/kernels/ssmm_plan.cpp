@@ -75,6 +75,7 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
   if (a.epilogue == SsmmEpilogue::gate_up &&
       (a.up.num_stacked != num_experts || (a.gate_linear.values && a.gate_linear.num_stacked != num_experts)))
     return "gate, up (and gate_linear) must be stacks of the same number of experts";
+  if (K > (std::int64_t{1} << 30)) return "K = " + std::to_string(K) + " is larger than 2^30 columns";
   if (K % 8 != 0)
     return "K = " + std::to_string(K) + " is not a multiple of 8: X rows must start 16-byte aligned; pad K (zero columns)";
   if (a.num_x_rows < 0 || a.num_tokens < 0) return "negative token counts";

@@ -23,7 +23,7 @@
 // order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
 // from the expert's range; CTAs past the last tile exit at once.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// a consumer's accumulators take at most 128 registers (setmaxnreg: consumers 208, producer 72);
+// a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by matrix count);
 // smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
 #include <algorithm>
 
@@ -99,11 +99,14 @@ template <int kNumMats, bool kSmallN>
 struct Sm90Config {
   static constexpr int kBM = 128;      // compressed rows per CTA (2 consumer warpgroups x 64)
   static constexpr int kBK = 128;      // logical columns per k-tile
-  static constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
-  static constexpr int kProducerThreads = 128;
-  static constexpr int kConsumerThreads = 256;
-  static constexpr int kProducerRegisters = 72;  // 128 x 72 + 256 x 208 <= 64 K registers
-  static constexpr int kConsumerRegisters = 208;
+  static constexpr int kProducerThreads = 128;  // one warpgroup
+  static constexpr int kConsumerThreads = 256;  // two warpgroups
+  static constexpr int kThreads = kProducerThreads + kConsumerThreads;
+  // 128 x producer + 256 x consumer registers <= 64 K; the producer's hoisted addresses grow with the
+  // matrix count, the consumers' accumulators stay at most 128 registers.
+  static constexpr int kProducerRegisters = kNumMats == 1 ? 72 : (kNumMats == 2 ? 96 : 120);
+  static constexpr int kConsumerRegisters = kNumMats == 1 ? 208 : (kNumMats == 2 ? 200 : 184);
+  static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file");
   static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
   static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
@@ -158,32 +161,65 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
 
   if (tid < Config::kProducerThreads) {
     // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
+    // Each thread copies the same chunk positions every k-tile, so everything but the k offset is
+    // computed once here (the loop issues ~4 instructions per 16-byte copy; an address rebuilt per
+    // copy made this warpgroup the bottleneck: docs/kernels/ssmm.md, v4).
     setmaxnreg_dec<Config::kProducerRegisters>();
-    const std::int64_t values_per_row = p.K_padded / 2;
+    using Bytes = const std::uint8_t*;
+    // A: chunk tid % 8 of compressed rows tid / 8 + 16 j (j < 8). The rows share their swizzle phase,
+    // so destination j is a_dst + 2 KB j. A CTA's rows are all real, or only its first 64 (the padded
+    // row count is a multiple of 64).
+    const int a_row = tid / 8, a_chunk = tid % 8;
+    const int a_dst = a_row * 128 + ((a_chunk ^ (a_row & 7)) * 16);
+    const int a_rows_in = row0 + kBM <= p.compressed_rows_padded ? kBM / 16 : kBM / 32;  // valid j
+    const std::uint64_t a_row_bytes = static_cast<std::uint64_t>(p.K_padded);  // K_padded / 2 values x 2 B
+    const std::int64_t a_col_bytes = a_chunk * 16;
+    Bytes a_src[kNumMats];
+    // Metadata [8 row tiles][4 k-steps][16 words]: chunk tid % 16 of row tile tid / 16; a row tile's
+    // k-steps are contiguous in global memory (64 B each).
+    const int meta_tile = tid / 16, meta_chunk = tid % 16;
+    const bool meta_row_in = (row0 / 16 + meta_tile) * 16 < p.compressed_rows_padded;
+    Bytes meta_src[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      a_src[m] = reinterpret_cast<Bytes>(mats.values[m]) + static_cast<std::uint64_t>(row0 + a_row) * a_row_bytes + a_col_bytes;
+      // Copies that read nothing (src-size 0) still get an address inside the array.
+      meta_src[m] = reinterpret_cast<Bytes>(mats.metadata[m]) +
+                    (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
+    }
+    // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
+    // so destination j is b_dst + 1 KB j. Rows without a token read nothing (zero-filled).
+    constexpr int kBRows = kBN / 8;
+    const int b_chunk = tid % 16;
+    const int b_dst = (b_chunk / 8) * (kBN * 128) + (tid / 16) * 128 + (((b_chunk % 8) ^ ((tid / 16) & 7)) * 16);
+    const std::uint32_t x_row_bytes = static_cast<std::uint32_t>(p.K) * 2;  // K < 2^31 (can_implement)
+    std::uint32_t b_tok[kBRows];
+    std::uint32_t b_has_token = 0;  // bit j: row j has a token
+#pragma unroll
+    for (int j = 0; j < kBRows; ++j) {
+      const std::int32_t tok = s_tok[tid / 16 + 8 * j];
+      b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
+      b_has_token |= (tok >= 0 ? 1u : 0u) << j;
+    }
+    const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
+
     for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
+      const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
+      const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
-        std::uint8_t* a_tile = base + m * kATileBytes;
-        // Thread tid copies 16-byte chunk tid % 8 of rows tid / 8 + 16 j.
+        std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
+        Bytes a_k = a_src[m] + static_cast<std::uint64_t>(kt) * 128;
 #pragma unroll
         for (int j = 0; j < kBM / 16; ++j) {
-          const int r = tid / 8 + 16 * j, c = tid % 8;
-          const std::int64_t row = row0 + r, value_col = static_cast<std::int64_t>(kt) * 64 + c * 8;
-          const bool valid = row < p.compressed_rows_padded && value_col < values_per_row;
-          const std::uint16_t* src = valid ? mats.values[m] + row * values_per_row + value_col : mats.values[m];
-          ptx::cp_async_16(a_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
+          const bool valid = a_col_in && j < a_rows_in;
+          ptx::cp_async_16(a_tile + j * 2048, valid ? a_k + j * 16 * a_row_bytes : a_src[m], valid ? 16 : 0);
         }
-        // Metadata [8 row tiles][4 k-steps][16 words]: global holds a row tile's k-steps contiguously;
-        // thread tid copies 16-byte chunk tid % 16 of row tile tid / 16.
-        std::uint8_t* meta_tile = base + kNumMats * kATileBytes + m * Config::kMetaTileBytes;
-        const int mt = tid / 16, c = tid % 16;
-        const std::int64_t tile16 = row0 / 16 + mt, kstep = static_cast<std::int64_t>(kt) * 4 + c / 4;
-        const bool valid = tile16 * 16 < p.compressed_rows_padded && kstep < ksteps_per_row;
-        const std::uint32_t* src = valid ? mats.metadata[m] + (tile16 * ksteps_per_row + kstep) * 16 + (c % 4) * 4 : mats.metadata[m];
-        ptx::cp_async_16(meta_tile + mt * 256 + c * 16, src, valid ? 16 : 0);
+        ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
+                         meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
       }
       if (segment_starts(kt)) {
         // Threads 4m .. 4m + 3 copy matrix m's words (a compile-time m keeps `mats` in registers).
@@ -197,16 +233,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
           ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
         }
       }
-      std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
-      // Thread tid copies 16-byte chunk tid % 16 of token rows tid / 16 + 8 j.
-#pragma unroll 4
-      for (int j = 0; j < kBN / 8; ++j) {
-        const int n = tid / 16 + 8 * j, c = tid % 16, half = c / 8, cc = c % 8;
-        const std::int32_t tok = s_tok[n];
-        const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
-        const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
-        const std::uint16_t* src = valid ? p.x + static_cast<std::int64_t>(tok) * p.K + col : p.x;
-        ptx::cp_async_16(b_tile + half * (kBN * 128) + n * 128 + ((cc ^ (n & 7)) * 16), src, valid ? 16 : 0);
+      std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
+      const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
+      const std::uint32_t b_valid = col_bytes < x_row_bytes ? b_has_token : 0u;  // K % 8 == 0: chunks are all in or out
+      const Bytes x_k = col_bytes < x_row_bytes ? x_bytes + col_bytes : x_bytes;
+#pragma unroll
+      for (int j = 0; j < kBRows; ++j) {
+        ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes,
+                         static_cast<int>(((b_valid >> j) & 1u) * 16));
       }
       mbarrier_arrive_on_copies(&full_bar[stage]);
     }
@@ -302,39 +336,57 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
   }
   wgmma_wait<0>();
 
-  // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1).
+  // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
+  // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
+  // and an even row count go out as one 4-byte store (half the stores; each token's id is read once).
   const int rows_per_crow = p.row_select_on ? 2 : 1;
+  const bool paired_stores = p.row_select_on && p.splits == 1 && !p.y_f32 && p.rows % 2 == 0;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const std::int64_t crow = warp_row0 + g + 8 * h;
+  for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
-    for (int o = 0; o < 2; ++o) {
-      if (o >= rows_per_crow) break;
-      const std::int64_t R = crow * rows_per_crow + o;
-      if (R >= p.rows) continue;
+    for (int q = 0; q < 2; ++q) {
+      const int slot = 8 * i + 2 * t + q;
+      const std::int32_t tok = s_tok[slot];
+      if (tok == kNoToken) continue;
+      const std::int64_t y_row = (tok0 + slot) * p.rows;
 #pragma unroll
-      for (int i = 0; i < kBN / 8; ++i)
+      for (int h = 0; h < 2; ++h) {
+        const std::int64_t crow = warp_row0 + g + 8 * h;
+        const int f = 4 * i + 2 * h + q;  // accumulator fragment index
+        if (paired_stores) {
+          if (2 * crow >= p.rows) continue;
+          float even[kNumMats], odd[kNumMats];  // logical rows 2 crow, 2 crow + 1
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int slot = 8 * i + 2 * t + q;
-          const std::int32_t tok = s_tok[slot];
-          if (tok == kNoToken) continue;
+          for (int m = 0; m < kNumMats; ++m) {
+            const bool odd_selected = (sel[m] >> h) & 1u;  // set 0 holds the row selected last
+            even[m] = odd_selected ? acc[m][1][f] : acc[m][0][f];
+            odd[m] = odd_selected ? acc[m][0][f] : acc[m][1][f];
+          }
+          store_pair<kBf16>(p.y, y_row + 2 * crow, epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok),
+                            epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok));
+          continue;
+        }
+#pragma unroll
+        for (int o = 0; o < 2; ++o) {
+          if (o >= rows_per_crow) break;
+          const std::int64_t R = crow * rows_per_crow + o;
+          if (R >= p.rows) continue;
           float v[kNumMats];
 #pragma unroll
           for (int m = 0; m < kNumMats; ++m) {
             const bool other_set = p.row_select_on && ((sel[m] >> h) & 1u) != static_cast<std::uint32_t>(o);
-            v[m] = other_set ? acc[m][1][4 * i + 2 * h + q] : acc[m][0][4 * i + 2 * h + q];
+            v[m] = other_set ? acc[m][1][f] : acc[m][0][f];
           }
           if (p.splits > 1) {
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m)
               p.workspace[((static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * p.L + tok0 + slot) * p.rows + R] = v[m];
           } else {
-            store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+            store<kBf16>(p.y, y_row + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
           }
         }
+      }
     }
-  }
 #else
   __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
 #endif
