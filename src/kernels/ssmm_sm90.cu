@@ -470,12 +470,13 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
       std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts);
   const std::int64_t num_kt = (g.cols_padded + 127) / 128;
   const std::int64_t segment_kt = a.weight.pattern.has_row_selection() ? a.weight.pattern.v / 128 : 1;
-  // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within a
-  // quarter of the weight bytes plus 2 MB (under a microsecond), or splitting costs more than the
-  // parallelism it buys (measured: docs/kernels/ssmm.md, v3 and v3.1).
+  // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within the
+  // weight bytes plus 2 MB, or splitting costs more than the parallelism it buys. (v3.1 needed a
+  // quarter of the weight bytes; the v4 kernel, one CTA per SM, left medium L on a fifth of the SMs
+  // under that bound: docs/kernels/ssmm.md.)
   const double partial_bytes =
       8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
-  const double allowed_bytes = 0.25 * static_cast<double>(g.total_bytes()) + 2.0e6;
+  const double allowed_bytes = static_cast<double>(g.total_bytes()) + 2.0e6;
   const auto max_splits = static_cast<std::int64_t>(allowed_bytes / partial_bytes);
   return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits);
 }
