@@ -13,9 +13,10 @@
 // 1024-byte atoms), the layout wgmma descriptors read.
 // Row selection (1:2:V) keeps two accumulator sets per compressed row; the wgmmas accumulate into
 // set 0, and at a segment start (this warpgroup's wgmmas drained) a thread swaps set 0 and set 1
-// of its rows whose selection flips. With V = 128 every k-tile starts a segment, so each consumer
-// drains once per k-tile (it does for any V: one k-tile in flight per consumer); the two consumers take turns issuing (named barriers 1 and 2), so one
-// warpgroup's drain and swap run while the other's wgmmas keep the tensor cores busy.
+// of its rows whose selection flips. Each consumer keeps one k-tile of wgmmas in flight and drains
+// it before the next (with V = 128 every k-tile starts a segment anyway); the two consumers take
+// turns issuing (named barriers 1 and 2), so one warpgroup's drain and swap run while the other's
+// wgmmas keep the tensor cores busy.
 // Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
 // whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
 // split order and applies the epilogue, so results stay bitwise reproducible.
@@ -23,8 +24,8 @@
 // order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
 // from the expert's range; CTAs past the last tile exit at once.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by matrix count);
-// smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
+// a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
+// matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
 #include <algorithm>
 
 #include "kernels/cuda_check.h"
