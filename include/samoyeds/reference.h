@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
+#include "samoyeds/decoder.h"
 #include "samoyeds/format.h"
 #include "samoyeds/matrix.h"
 #include "samoyeds/moe.h"
@@ -50,5 +52,55 @@ Matrix moe_layer_routed(const ModelConfig& config, const PackedMoeWeights& weigh
 // to get the packed layer's meaning): identical routing and rounding points, plain dot products.
 Matrix moe_layer_dense(const ModelConfig& config, const DenseMoeWeights& weights, const Matrix& x,
                        Routing* routing_out = nullptr);
+
+// One dense MLP (DeepSeek's dense layers, OpenMoE's extra MLP) on every token: A = act(x) rounded to
+// the dtype as in the experts, y = W_down A rounded once. x [T, H] -> [T, H].
+Matrix dense_mlp(const DenseExpert& mlp, const Matrix& x);
+
+// --- decoder layer (docs/model.md) -------------------------------------------------------------------
+
+// y = x / sqrt(mean(x^2) + eps) * weight in fp32, rounded once to x's dtype. x [T, H], weight [1, H].
+Matrix rms_norm(const Matrix& x, const Matrix& weight, double eps);
+
+// Rotary embedding of one head in place, rotate-half convention: for i < d/2 with angle
+// position * theta^(-2i/d), (x_i, x_{i+d/2}) -> (x_i cos - x_{i+d/2} sin, x_{i+d/2} cos + x_i sin).
+void rope(std::span<float> head, std::int64_t position, double theta);
+
+// One layer's key/value cache for `num_sequences` sequences of up to `capacity` positions each.
+// Rows are kv_heads x head_dim values, already rounded to the layer's dtype (keys after RoPE).
+class KvCache {
+ public:
+  KvCache(const ModelConfig& config, int num_sequences, std::int64_t capacity);
+  int num_sequences() const { return static_cast<int>(length_.size()); }
+  std::int64_t capacity() const { return capacity_; }
+  std::int64_t row_size() const { return row_size_; }
+  std::int64_t length(int sequence) const;  // positions cached so far: the next token's position
+  const float* key(int sequence, std::int64_t position) const;
+  const float* value(int sequence, std::int64_t position) const;
+  // Appends one position; throws when the sequence is full or the row has the wrong size.
+  void append(int sequence, std::span<const float> key, std::span<const float> value);
+
+ private:
+  std::int64_t index(int sequence, std::int64_t position) const;
+  std::int64_t capacity_ = 0;
+  std::int64_t row_size_ = 0;
+  std::vector<std::int64_t> length_;
+  std::vector<float> keys_, values_;  // [sequence][capacity][row_size]
+};
+
+// Causal grouped-query attention of the new tokens x [T, H] (already normalised). Token j belongs to
+// sequence[j] and sits at the next position of that sequence: tokens are appended to `cache` in
+// index order, and each attends to its sequence's cached positions up to and including its own (the
+// last config.sliding_window of them when that is set). Projections rounded to the dtype, RoPE and
+// softmax in fp32, attention output rounded, then the output projection rounded. -> [T, H].
+Matrix attention(const ModelConfig& config, const AttentionWeights& weights, const Matrix& x,
+                 std::span<const std::int32_t> sequence, KvCache& cache);
+
+// One decoder layer: h = x + s * attention(rms_norm(x)); y = h + s * ffn(rms_norm(h)), where ffn is
+// the MoE layer (moe_layer on the packed block) or the dense MLP, s = scale_depth / sqrt(num_layers)
+// for MiniCPM and 1 otherwise; OpenMoE's MoE layers then add y + extra_mlp(rms_norm(y)). The residual
+// stream is rounded to the dtype after each addition. x [T, H] -> [T, H].
+Matrix decoder_layer(const ModelConfig& config, int layer, const DecoderLayerWeights& weights, const Matrix& x,
+                     std::span<const std::int32_t> sequence, KvCache& cache);
 
 }  // namespace samoyeds::reference

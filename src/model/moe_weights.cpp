@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/parallel.h"
+#include "model/random_weights.h"
 #include "samoyeds/moe.h"
 
 namespace samoyeds {
@@ -37,7 +38,7 @@ ModelConfig scaled_config(const ModelConfig& config, std::int64_t hidden_size, s
   return scaled;
 }
 
-namespace {
+namespace detail {
 
 Matrix random_matrix(DType dtype, std::int64_t rows, std::int64_t cols, float stddev, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -48,7 +49,7 @@ Matrix random_matrix(DType dtype, std::int64_t rows, std::int64_t cols, float st
   return out;
 }
 
-DenseExpert random_expert(const ModelConfig& config, std::int64_t width, DType dtype, std::uint64_t seed) {
+DenseExpert random_mlp(const ModelConfig& config, std::int64_t width, DType dtype, std::uint64_t seed) {
   const std::int64_t H = config.hidden_size;
   const float in_std = 1.0f / std::sqrt(static_cast<float>(H));
   DenseExpert expert;
@@ -70,10 +71,12 @@ void check_shape(const std::string& what, const PackedMatrix& m, std::int64_t ro
   SAMOYEDS_CHECK(m.dtype == dtype, what, " is ", dtype_name(m.dtype), " but the layer's dtype is ", dtype_name(dtype));
 }
 
-bool has_gate_linear(const DenseExpert& e) { return !e.gate_linear.empty(); }
-bool has_gate_linear(const PackedExpert& e) { return e.gate_linear.has_value(); }
-const Matrix& gate_linear_of(const DenseExpert& e) { return e.gate_linear; }
-const PackedMatrix& gate_linear_of(const PackedExpert& e) { return *e.gate_linear; }
+}  // namespace detail
+
+namespace {
+
+using detail::check_shape;
+using detail::random_matrix;
 
 template <class Weights>
 void check_layer(const ModelConfig& config, const Weights& weights) {
@@ -84,14 +87,8 @@ void check_layer(const ModelConfig& config, const Weights& weights) {
   check_shape("router weight", weights.router, config.num_experts, H, dtype);
   SAMOYEDS_CHECK(static_cast<int>(weights.experts.size()) == config.num_experts, "the layer has ", weights.experts.size(),
                  " experts but ", config.display_name, " has ", config.num_experts);
-  const bool openmoe = config.activation == ExpertActivation::openmoe_swiglu;
   auto check_expert = [&](const std::string& name, const auto& e, std::int64_t width) {
-    check_shape(name + " gate", e.gate, width, H, dtype);
-    check_shape(name + " up", e.up, width, H, dtype);
-    check_shape(name + " down", e.down, H, width, dtype);
-    SAMOYEDS_CHECK(has_gate_linear(e) == openmoe, name, openmoe ? " lacks" : " has", " a gate_linear half; ",
-                   "only OpenMoE's SwiGLU experts (gate [2I, H] split in two) have one");
-    if (openmoe) check_shape(name + " gate_linear", gate_linear_of(e), width, H, dtype);
+    detail::check_mlp_shapes(config, name, e, width, dtype);
   };
   for (std::size_t e = 0; e < weights.experts.size(); ++e)
     check_expert("expert " + std::to_string(e), weights.experts[e], config.intermediate_size);
@@ -116,9 +113,9 @@ DenseMoeWeights synthetic_moe_weights(const ModelConfig& config, DType dtype, st
   detail::parallel_for(config.num_experts, 1, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t e = begin; e < end; ++e)
       weights.experts[static_cast<std::size_t>(e)] =
-          random_expert(config, config.intermediate_size, dtype, seed + 16 * static_cast<std::uint64_t>(e + 1));
+          detail::random_mlp(config, config.intermediate_size, dtype, seed + 16 * static_cast<std::uint64_t>(e + 1));
   });
-  if (config.num_shared_experts > 0) weights.shared = random_expert(config, config.shared_intermediate_size, dtype, seed + 7);
+  if (config.num_shared_experts > 0) weights.shared = detail::random_mlp(config, config.shared_intermediate_size, dtype, seed + 7);
   if (config.shared_expert_sigmoid_gate)
     weights.shared_gate = random_matrix(dtype, 1, config.hidden_size, 1.0f / std::sqrt(static_cast<float>(config.hidden_size)), seed + 11);
   return weights;

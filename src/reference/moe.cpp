@@ -107,6 +107,22 @@ std::vector<float> expert_on_token(const DenseExpert& e, const std::vector<float
 
 }  // namespace
 
+Matrix dense_mlp(const DenseExpert& mlp, const Matrix& x) {
+  SAMOYEDS_CHECK(x.cols() == mlp.gate.cols() && x.dtype() == mlp.gate.dtype(), "dense_mlp: x is [", x.rows(), ", ",
+                 x.cols(), "] ", dtype_name(x.dtype()), " but the MLP takes ", mlp.gate.cols(), " ",
+                 dtype_name(mlp.gate.dtype()), " columns");
+  Matrix y(x.dtype(), x.rows(), mlp.down.rows());
+  detail::parallel_for(x.rows(), 1, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> x_row(static_cast<std::size_t>(x.cols()));
+    for (std::int64_t t = begin; t < end; ++t) {
+      x.row_to_float(t, x_row.data());
+      const auto out = expert_on_token(mlp, x_row, 1.0f, x.dtype());
+      for (std::int64_t h = 0; h < y.cols(); ++h) y.set(t, h, out[static_cast<std::size_t>(h)]);
+    }
+  });
+  return y;
+}
+
 Matrix moe_layer_dense(const ModelConfig& config, const DenseMoeWeights& weights, const Matrix& x, Routing* routing_out) {
   check_moe_weights(config, weights);
   check_input(config, weights.router, x);

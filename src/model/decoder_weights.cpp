@@ -1,0 +1,106 @@
+// SPDX-License-Identifier: Apache-2.0
+// Decoder layer weights: seeded synthetic weights for any config and the shape checks.
+#include <cmath>
+#include <random>
+#include <string>
+
+#include "model/random_weights.h"
+#include "samoyeds/decoder.h"
+
+namespace samoyeds {
+
+namespace {
+
+std::int64_t q_dim(const ModelConfig& c) { return c.num_attention_heads * c.head_dim; }
+std::int64_t kv_dim(const ModelConfig& c) { return c.num_kv_heads * c.head_dim; }
+
+Matrix random_around(DType dtype, std::int64_t cols, float mean, float stddev, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(mean, stddev);
+  Matrix out(dtype, 1, cols);
+  for (std::int64_t c = 0; c < cols; ++c) out.set(0, c, normal(rng));
+  return out;
+}
+
+void check_norm(const std::string& what, const Matrix& norm, const ModelConfig& c, DType dtype) {
+  detail::check_shape(what, norm, 1, c.hidden_size, dtype);
+}
+
+}  // namespace
+
+DecoderLayerWeights synthetic_decoder_layer(const ModelConfig& config, int layer, DType dtype,
+                                            const SparsityPattern& pattern, std::uint64_t seed) {
+  config.validate();
+  SAMOYEDS_CHECK(is_half_precision(dtype), "synthetic weights need bf16 or fp16, got ", dtype_name(dtype));
+  const bool moe = config.is_moe_layer(layer);  // throws for a layer out of range
+  const std::int64_t H = config.hidden_size;
+  // Seeds of different layers and tensors never coincide: 64 per layer.
+  const std::uint64_t base = seed * 1000003 + 64 * static_cast<std::uint64_t>(layer);
+  const float in_std = 1.0f / std::sqrt(static_cast<float>(H));
+
+  DecoderLayerWeights w;
+  w.input_norm = random_around(dtype, H, 1.0f, 0.1f, base + 1);
+  w.post_attention_norm = random_around(dtype, H, 1.0f, 0.1f, base + 2);
+  AttentionWeights& a = w.attention;
+  a.q = detail::random_matrix(dtype, q_dim(config), H, in_std, base + 3);
+  a.k = detail::random_matrix(dtype, kv_dim(config), H, in_std, base + 4);
+  a.v = detail::random_matrix(dtype, kv_dim(config), H, in_std, base + 5);
+  a.o = detail::random_matrix(dtype, H, q_dim(config), 1.0f / std::sqrt(static_cast<float>(q_dim(config))), base + 6);
+  if (config.attention_bias) {
+    a.q_bias = random_around(dtype, q_dim(config), 0.0f, 0.1f, base + 7);
+    a.k_bias = random_around(dtype, kv_dim(config), 0.0f, 0.1f, base + 8);
+    a.v_bias = random_around(dtype, kv_dim(config), 0.0f, 0.1f, base + 9);
+  }
+  if (moe) {
+    w.moe = pack_moe_weights(config, synthetic_moe_weights(config, dtype, base + 10), pattern);
+    if (config.extra_dense_mlp) {
+      w.extra_norm = random_around(dtype, H, 1.0f, 0.1f, base + 11);
+      w.extra_mlp = detail::random_mlp(config, config.dense_intermediate_size, dtype, base + 12);
+    }
+  } else {
+    w.mlp = detail::random_mlp(config, config.dense_intermediate_size, dtype, base + 13);
+  }
+  return w;
+}
+
+void check_decoder_layer(const ModelConfig& config, int layer, const DecoderLayerWeights& w) {
+  config.validate();
+  const bool moe = config.is_moe_layer(layer);
+  const std::string who = config.display_name + " layer " + std::to_string(layer);
+  const DType dtype = w.input_norm.dtype();
+  SAMOYEDS_CHECK(is_half_precision(dtype), who, ": weights must be bf16 or fp16, got ", dtype_name(dtype));
+  const std::int64_t H = config.hidden_size;
+  check_norm(who + " input norm", w.input_norm, config, dtype);
+  check_norm(who + " post-attention norm", w.post_attention_norm, config, dtype);
+  const AttentionWeights& a = w.attention;
+  detail::check_shape(who + " q projection", a.q, q_dim(config), H, dtype);
+  detail::check_shape(who + " k projection", a.k, kv_dim(config), H, dtype);
+  detail::check_shape(who + " v projection", a.v, kv_dim(config), H, dtype);
+  detail::check_shape(who + " o projection", a.o, H, q_dim(config), dtype);
+  if (config.attention_bias) {
+    detail::check_shape(who + " q bias", a.q_bias, 1, q_dim(config), dtype);
+    detail::check_shape(who + " k bias", a.k_bias, 1, kv_dim(config), dtype);
+    detail::check_shape(who + " v bias", a.v_bias, 1, kv_dim(config), dtype);
+  } else {
+    SAMOYEDS_CHECK(a.q_bias.empty() && a.k_bias.empty() && a.v_bias.empty(), who, ": ", config.display_name,
+                   " has no attention biases, but biases were given");
+  }
+  SAMOYEDS_CHECK(w.moe.has_value() == moe && w.mlp.has_value() == !moe, who, " is a ", moe ? "MoE" : "dense",
+                 " layer: it needs ", moe ? "a MoE block and no dense MLP" : "a dense MLP and no MoE block");
+  if (moe) {
+    check_moe_weights(config, *w.moe);
+    SAMOYEDS_CHECK(w.moe->router.dtype() == dtype, who, ": the MoE block is ", dtype_name(w.moe->router.dtype()),
+                   " but the layer is ", dtype_name(dtype));
+  } else {
+    detail::check_mlp_shapes(config, who + " MLP", *w.mlp, config.dense_intermediate_size, dtype);
+  }
+  const bool extra = moe && config.extra_dense_mlp;
+  SAMOYEDS_CHECK(w.extra_mlp.has_value() == extra && w.extra_norm.empty() == !extra, who,
+                 extra ? " needs OpenMoE's extra norm and dense MLP" : " has no extra dense MLP, but one was given");
+  if (extra) {
+    check_norm(who + " extra norm", w.extra_norm, config, dtype);
+    detail::check_mlp_shapes(config, who + " extra MLP", *w.extra_mlp, config.dense_intermediate_size, dtype);
+  }
+}
+
+}  // namespace samoyeds
