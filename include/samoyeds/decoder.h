@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // The weights of one decoder layer (RMSNorm, attention, RMSNorm, MoE or dense FFN, and OpenMoE's
-// extra dense MLP), seeded synthetic weights for any config, and their checks. The layer's meaning:
+// extra dense MLP) and of a whole model, seeded synthetic weights for any config, and their checks. The layer's meaning:
 // docs/model.md; the CPU reference: reference::decoder_layer.
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "samoyeds/format.h"
 #include "samoyeds/matrix.h"
@@ -45,5 +46,21 @@ DecoderLayerWeights synthetic_decoder_layer(const ModelConfig& config, int layer
 // Throws unless the weights fit layer `layer` of `config`: every shape and dtype, MoE block on MoE
 // layers and dense MLP on dense ones, biases exactly when the config has them, OpenMoE's extra MLP.
 void check_decoder_layer(const ModelConfig& config, int layer, const DecoderLayerWeights& weights);
+
+// A model, or the prefix of its first layers (a run of a model too large for the machine).
+struct ModelWeights {
+  Matrix embedding;                         // [vocab, H]
+  std::vector<DecoderLayerWeights> layers;  // layers 0 .. layers.size() - 1
+  Matrix final_norm;                        // [1, H]
+  Matrix lm_head;                           // [vocab, H]; empty when config.tie_word_embeddings (the embedding serves)
+};
+
+// Seeded weights of the first `num_layers` layers (1 <= num_layers <= config.num_layers) plus the
+// embedding, final norm and LM head; embedding rows normal with std 1, LM head std 1/sqrt(H).
+ModelWeights synthetic_model(const ModelConfig& config, int num_layers, DType dtype, const SparsityPattern& pattern,
+                             std::uint64_t seed);
+
+// Throws unless every part fits `config` (check_decoder_layer for each layer, tied embeddings respected).
+void check_model(const ModelConfig& config, const ModelWeights& weights);
 
 }  // namespace samoyeds

@@ -103,4 +103,19 @@ Matrix attention(const ModelConfig& config, const AttentionWeights& weights, con
 Matrix decoder_layer(const ModelConfig& config, int layer, const DecoderLayerWeights& weights, const Matrix& x,
                      std::span<const std::int32_t> sequence, KvCache& cache);
 
+// --- whole model ----------------------------------------------------------------------------------------
+
+// The KV caches of every layer of `weights` for `num_sequences` sequences of up to `capacity` positions.
+std::vector<KvCache> make_kv_caches(const ModelConfig& config, const ModelWeights& weights, int num_sequences,
+                                    std::int64_t capacity);
+
+// The model on new tokens: embedding rows of `token_ids` (MiniCPM: x scale_emb), every layer of
+// `weights` with its cache, the final norm, (MiniCPM: / (H / dim_model_base)), the LM head. Token j
+// belongs to sequence[j] (as in decoder_layer). -> logits [T, vocab] in fp32.
+Matrix model_forward(const ModelConfig& config, const ModelWeights& weights, std::span<const std::int32_t> token_ids,
+                     std::span<const std::int32_t> sequence, std::vector<KvCache>& caches);
+
+// Greedy sampling: the index of each row's largest logit (the lowest index on ties; NaN never wins).
+std::vector<std::int32_t> greedy(const Matrix& logits);
+
 }  // namespace samoyeds::reference

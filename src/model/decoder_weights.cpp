@@ -103,4 +103,35 @@ void check_decoder_layer(const ModelConfig& config, int layer, const DecoderLaye
   }
 }
 
+ModelWeights synthetic_model(const ModelConfig& config, int num_layers, DType dtype, const SparsityPattern& pattern,
+                             std::uint64_t seed) {
+  config.validate();
+  SAMOYEDS_CHECK(num_layers >= 1 && num_layers <= config.num_layers, config.display_name, " has ", config.num_layers,
+                 " layers; asked for ", num_layers);
+  ModelWeights w;
+  w.embedding = detail::random_matrix(dtype, config.vocab_size, config.hidden_size, 1.0f, seed * 7919 + 1);
+  for (int l = 0; l < num_layers; ++l) w.layers.push_back(synthetic_decoder_layer(config, l, dtype, pattern, seed));
+  w.final_norm = random_around(dtype, config.hidden_size, 1.0f, 0.1f, seed * 7919 + 2);
+  if (!config.tie_word_embeddings)
+    w.lm_head = detail::random_matrix(dtype, config.vocab_size, config.hidden_size,
+                                      1.0f / std::sqrt(static_cast<float>(config.hidden_size)), seed * 7919 + 3);
+  return w;
+}
+
+void check_model(const ModelConfig& config, const ModelWeights& w) {
+  config.validate();
+  const DType dtype = w.embedding.dtype();
+  SAMOYEDS_CHECK(is_half_precision(dtype), config.display_name, ": weights must be bf16 or fp16, got ", dtype_name(dtype));
+  detail::check_shape(config.display_name + " embedding", w.embedding, config.vocab_size, config.hidden_size, dtype);
+  SAMOYEDS_CHECK(!w.layers.empty() && static_cast<int>(w.layers.size()) <= config.num_layers, config.display_name,
+                 " has ", config.num_layers, " layers but the weights have ", w.layers.size());
+  for (std::size_t l = 0; l < w.layers.size(); ++l) check_decoder_layer(config, static_cast<int>(l), w.layers[l]);
+  check_norm(config.display_name + " final norm", w.final_norm, config, dtype);
+  if (config.tie_word_embeddings) {
+    SAMOYEDS_CHECK(w.lm_head.empty(), config.display_name, " ties the LM head to the embedding; pass no LM head");
+  } else {
+    detail::check_shape(config.display_name + " LM head", w.lm_head, config.vocab_size, config.hidden_size, dtype);
+  }
+}
+
 }  // namespace samoyeds

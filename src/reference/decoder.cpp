@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// The CPU reference decoder layer: RMSNorm, rotary embeddings, grouped-query attention over a KV
-// cache, the MoE (or dense) FFN and the residual stream of every family (docs/model.md).
+// The CPU reference decoder layer and model: RMSNorm, rotary embeddings, grouped-query attention over
+// a KV cache, the MoE (or dense) FFN, the residual stream of every family, embeddings and the LM head
+// (docs/model.md).
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -233,6 +234,70 @@ Matrix decoder_layer(const ModelConfig& config, int layer, const DecoderLayerWei
   Matrix y = add_residual(h, ffn, branch_scale);
   if (weights.extra_mlp) y = add_residual(y, dense_mlp(*weights.extra_mlp, rms_norm(y, weights.extra_norm, config.rms_norm_eps)), 1.0f);
   return y;
+}
+
+// --- whole model -------------------------------------------------------------------------------------
+
+std::vector<KvCache> make_kv_caches(const ModelConfig& config, const ModelWeights& weights, int num_sequences,
+                                    std::int64_t capacity) {
+  std::vector<KvCache> caches;
+  for (std::size_t l = 0; l < weights.layers.size(); ++l) caches.emplace_back(config, num_sequences, capacity);
+  return caches;
+}
+
+Matrix model_forward(const ModelConfig& config, const ModelWeights& weights, std::span<const std::int32_t> token_ids,
+                     std::span<const std::int32_t> sequence, std::vector<KvCache>& caches) {
+  check_model(config, weights);
+  SAMOYEDS_CHECK(caches.size() == weights.layers.size(), "model_forward: ", caches.size(), " caches for ",
+                 weights.layers.size(), " layers; make them with make_kv_caches");
+  SAMOYEDS_CHECK(token_ids.size() == sequence.size(), "model_forward: ", token_ids.size(), " tokens but ",
+                 sequence.size(), " sequence ids");
+  const DType dtype = weights.embedding.dtype();
+  const auto T = static_cast<std::int64_t>(token_ids.size());
+  Matrix x(dtype, T, config.hidden_size);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const std::int32_t id = token_ids[static_cast<std::size_t>(t)];
+    SAMOYEDS_CHECK(id >= 0 && id < config.vocab_size, "model_forward: token id ", id, " is not in [0, ",
+                   config.vocab_size, ")");
+    for (std::int64_t c = 0; c < config.hidden_size; ++c)
+      x.set(t, c, weights.embedding.get(id, c) * static_cast<float>(config.scale_emb));
+  }
+  for (std::size_t l = 0; l < weights.layers.size(); ++l)
+    x = decoder_layer(config, static_cast<int>(l), weights.layers[l], x, sequence, caches[l]);
+  Matrix h = rms_norm(x, weights.final_norm, config.rms_norm_eps);
+  if (config.dim_model_base > 0) {  // MiniCPM: hidden / (H / dim_model_base) before the LM head
+    const float divisor = static_cast<float>(config.hidden_size) / static_cast<float>(config.dim_model_base);
+    for (std::int64_t t = 0; t < T; ++t)
+      for (std::int64_t c = 0; c < config.hidden_size; ++c) h.set(t, c, h.get(t, c) / divisor);
+  }
+  const Matrix& head = config.tie_word_embeddings ? weights.embedding : weights.lm_head;
+  Matrix logits(DType::f32, T, config.vocab_size);
+  detail::parallel_for(config.vocab_size, 64, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> h_row(static_cast<std::size_t>(config.hidden_size)), w_row(h_row.size());
+    for (std::int64_t t = 0; t < T; ++t) {
+      h.row_to_float(t, h_row.data());
+      for (std::int64_t v = begin; v < end; ++v) {
+        head.row_to_float(v, w_row.data());
+        float sum = 0.0f;
+        for (std::size_t c = 0; c < h_row.size(); ++c) sum += w_row[c] * h_row[c];
+        logits.set(t, v, sum);
+      }
+    }
+  });
+  return logits;
+}
+
+std::vector<std::int32_t> greedy(const Matrix& logits) {
+  std::vector<std::int32_t> next(static_cast<std::size_t>(logits.rows()), 0);
+  for (std::int64_t t = 0; t < logits.rows(); ++t) {
+    float best = -INFINITY;
+    for (std::int64_t v = 0; v < logits.cols(); ++v)
+      if (logits.get(t, v) > best) {
+        best = logits.get(t, v);
+        next[static_cast<std::size_t>(t)] = static_cast<std::int32_t>(v);
+      }
+  }
+  return next;
 }
 
 }  // namespace samoyeds::reference

@@ -356,5 +356,100 @@ TEST(ReferenceDecoder, BadInputsAreRejected) {
   EXPECT_THROW(reference::rms_norm(x, Matrix(DType::bf16, 1, 8), 1e-5), Error);
 }
 
+// --- whole model ---
+
+ModelConfig small_model(const char* name) {
+  ModelConfig c = small_config(name);
+  c.vocab_size = 97;
+  return c;
+}
+
+// Greedy generation with the KV caches (prefill, then one token per step) gives the logits and
+// tokens of recomputing every sequence from scratch at each step, bitwise.
+TEST(ReferenceModel, CachedGenerationEqualsRecomputation) {
+  const std::uint64_t seed = 53;
+  SCOPED_TRACE(seed_trace(seed));
+  for (const char* name : {"mixtral-8x7b", "deepseek-moe-16b", "minicpm-moe-8x2b"}) {
+    SCOPED_TRACE(name);
+    const ModelConfig c = small_model(name);
+    const ModelWeights w = synthetic_model(c, 2, DType::bf16, kPattern, seed);
+    std::vector<std::vector<std::int32_t>> text = {{3, 14, 15, 92, 65}, {35, 89, 79}};  // two prompts
+    std::vector<reference::KvCache> caches = reference::make_kv_caches(c, w, 2, 16);
+    std::vector<std::int32_t> ids, sequence;
+    for (int s = 0; s < 2; ++s)
+      for (const std::int32_t id : text[static_cast<std::size_t>(s)]) ids.push_back(id), sequence.push_back(s);
+    Matrix logits = reference::model_forward(c, w, ids, sequence, caches);
+    std::vector<std::int64_t> last = {4, 7};  // each sequence's last row in the prefill
+    for (int step = 0; step < 4; ++step) {
+      std::vector<std::int32_t> next_ids, next_sequence = {0, 1};
+      for (int s = 0; s < 2; ++s) {
+        // Recompute sequence s alone from scratch.
+        std::vector<reference::KvCache> fresh = reference::make_kv_caches(c, w, 1, 16);
+        const auto& tokens = text[static_cast<std::size_t>(s)];
+        const Matrix full = reference::model_forward(c, w, tokens, std::vector<std::int32_t>(tokens.size(), 0), fresh);
+        const std::int64_t row = last[static_cast<std::size_t>(s)];
+        for (std::int64_t v = 0; v < c.vocab_size; ++v)
+          ASSERT_EQ(logits.get(row, v), full.get(full.rows() - 1, v)) << "step " << step << ", sequence " << s << ", logit " << v;
+        const std::int32_t token = reference::greedy(rows_of(full, full.rows() - 1, 1))[0];
+        text[static_cast<std::size_t>(s)].push_back(token);
+        next_ids.push_back(token);
+      }
+      logits = reference::model_forward(c, w, next_ids, next_sequence, caches);
+      last = {0, 1};
+    }
+    EXPECT_EQ(caches[1].length(0), 5 + 4);
+    EXPECT_EQ(caches[1].length(1), 3 + 4);
+  }
+}
+
+// MiniCPM's embedding scale, logit divisor and tied LM head, composed from the public pieces.
+TEST(ReferenceModel, MiniCpmScalingAndTiedHead) {
+  const ModelConfig c = small_model("minicpm-moe-8x2b");
+  ASSERT_TRUE(c.tie_word_embeddings);
+  const std::uint64_t seed = 59;
+  SCOPED_TRACE(seed_trace(seed));
+  const ModelWeights w = synthetic_model(c, 1, DType::bf16, kPattern, seed);
+  EXPECT_TRUE(w.lm_head.empty());
+  const std::vector<std::int32_t> ids = {5, 60, 7}, sequence(3, 0);
+  std::vector<reference::KvCache> caches = reference::make_kv_caches(c, w, 1, 4), manual_caches = reference::make_kv_caches(c, w, 1, 4);
+  const Matrix logits = reference::model_forward(c, w, ids, sequence, caches);
+
+  Matrix x(DType::bf16, 3, c.hidden_size);
+  for (std::int64_t t = 0; t < 3; ++t)
+    for (std::int64_t k = 0; k < c.hidden_size; ++k) x.set(t, k, w.embedding.get(ids[static_cast<std::size_t>(t)], k) * 12.0f);
+  Matrix h = reference::rms_norm(reference::decoder_layer(c, 0, w.layers[0], x, sequence, manual_caches[0]), w.final_norm, c.rms_norm_eps);
+  const float divisor = static_cast<float>(c.hidden_size) / static_cast<float>(c.dim_model_base);
+  for (std::int64_t t = 0; t < 3; ++t) {
+    std::vector<float> row(static_cast<std::size_t>(c.hidden_size));
+    for (std::int64_t k = 0; k < c.hidden_size; ++k) row[static_cast<std::size_t>(k)] = round_to(DType::bf16, h.get(t, k) / divisor);
+    for (std::int64_t v = 0; v < c.vocab_size; ++v) {
+      float sum = 0.0f;
+      for (std::int64_t k = 0; k < c.hidden_size; ++k) sum += w.embedding.get(v, k) * row[static_cast<std::size_t>(k)];
+      ASSERT_EQ(logits.get(t, v), sum) << "token " << t << ", logit " << v;
+    }
+  }
+  ModelWeights untied = w;
+  untied.lm_head = w.embedding;
+  EXPECT_THROW(check_model(c, untied), Error);
+}
+
+TEST(ReferenceModel, GreedyAndBadInputs) {
+  Matrix logits(DType::f32, 3, 4);
+  const float values[3][4] = {{0, 2, 2, 1}, {NAN, -1, -3, NAN}, {-5, -4, -4, -6}};
+  for (int r = 0; r < 3; ++r)
+    for (int v = 0; v < 4; ++v) logits.set(r, v, values[r][v]);
+  EXPECT_EQ(reference::greedy(logits), (std::vector<std::int32_t>{1, 1, 1}));  // lowest index on ties, NaN never
+
+  const ModelConfig c = small_model("mixtral-8x7b");
+  const ModelWeights w = synthetic_model(c, 1, DType::bf16, kPattern, 61);
+  std::vector<reference::KvCache> caches = reference::make_kv_caches(c, w, 1, 4);
+  EXPECT_THROW(reference::model_forward(c, w, std::vector<std::int32_t>{97}, std::vector<std::int32_t>{0}, caches), Error);
+  EXPECT_THROW(reference::model_forward(c, w, std::vector<std::int32_t>{1, 2}, std::vector<std::int32_t>{0}, caches), Error);
+  std::vector<reference::KvCache> too_few;
+  EXPECT_THROW(reference::model_forward(c, w, std::vector<std::int32_t>{1}, std::vector<std::int32_t>{0}, too_few), Error);
+  EXPECT_THROW(synthetic_model(c, 0, DType::bf16, kPattern, 61), Error);
+  EXPECT_THROW(synthetic_model(c, c.num_layers + 1, DType::bf16, kPattern, 61), Error);
+}
+
 }  // namespace
 }  // namespace samoyeds
