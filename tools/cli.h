@@ -56,6 +56,7 @@ Command info_command();
 Command demo_command();
 Command models_command();
 Command bench_command();
+Command convert_command();
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

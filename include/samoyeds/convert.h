@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: Apache-2.0
+// `samoyeds convert`: a Hugging Face MoE checkpoint to the Samoyeds layout. Every routed and shared
+// expert matrix is pruned and packed; every other tensor is copied unchanged. The output layout and
+// its rules: docs/checkpoints.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "samoyeds/format.h"
+
+namespace samoyeds {
+
+struct ConvertOptions {
+  std::string in_dir;   // config.json + safetensors (one file, or shards with their index)
+  std::string out_dir;  // created; must not exist unless `overwrite`
+  SparsityPattern pattern = SparsityPattern::parse("1:2:128");
+  PruningPolicy policy = PruningPolicy::magnitude;
+  // PruningPolicy::activation: a safetensors file with, for each expert matrix NAME (its tensor name
+  // without ".weight"), the tensor "NAME.input_norm" [cols] or [1, cols] F32: ||x_col||_2 of the
+  // inputs that matrix sees on calibration data.
+  std::string calibration_path;
+  bool overwrite = false;
+  std::function<void(const std::string&)> progress;  // one line per step; may be empty
+};
+
+struct ConvertedMatrix {
+  std::string name;  // tensor name without ".weight"
+  std::int64_t rows = 0, cols = 0;
+  double relative_error = 0.0;  // ||Ŵ - W||_F / ||W||_F
+};
+
+struct ConvertReport {
+  std::string model;  // display name of the config
+  std::vector<ConvertedMatrix> matrices;
+  std::int64_t dense_expert_bytes = 0;   // the expert matrices as stored in the checkpoint
+  std::int64_t packed_expert_bytes = 0;  // values + metadata + row-select indices
+  std::int64_t copied_tensors = 0;
+  double mean_relative_error() const;
+  double max_relative_error() const;
+};
+
+// Converts, streaming one matrix at a time (at most one MoE layer's packed experts are held). Atomic:
+// the output is written to OUT.tmp.<pid> and renamed at the end; on any error nothing is left behind
+// and samoyeds::Error says what went wrong.
+ConvertReport convert_checkpoint(const ConvertOptions& options);
+
+}  // namespace samoyeds

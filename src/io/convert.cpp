@@ -1,0 +1,208 @@
+// SPDX-License-Identifier: Apache-2.0
+// Checkpoint conversion: HF names -> packed expert files per MoE layer + the other tensors copied.
+#include "samoyeds/convert.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+#include <set>
+
+#include "io/json.h"
+#include "samoyeds/checkpoint.h"
+#include "samoyeds/error.h"
+#include "samoyeds/hf_names.h"
+#include "samoyeds/model_config.h"
+#include "samoyeds/packed_file.h"
+
+namespace samoyeds {
+
+namespace fs = std::filesystem;
+
+double ConvertReport::mean_relative_error() const {
+  if (matrices.empty()) return 0.0;
+  double sum = 0.0;
+  for (const ConvertedMatrix& m : matrices) sum += m.relative_error;
+  return sum / static_cast<double>(matrices.size());
+}
+
+double ConvertReport::max_relative_error() const {
+  double worst = 0.0;
+  for (const ConvertedMatrix& m : matrices) worst = std::max(worst, m.relative_error);
+  return worst;
+}
+
+namespace {
+
+constexpr const char* kSuffix = ".weight";
+
+std::string base_name(const std::string& tensor) { return tensor.substr(0, tensor.size() - std::string(kSuffix).size()); }
+
+std::string shape_string(const std::vector<std::int64_t>& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+double relative_error(const Matrix& dense, const Matrix& effective) {
+  double diff = 0.0, norm = 0.0;
+  for (std::int64_t r = 0; r < dense.rows(); ++r)
+    for (std::int64_t c = 0; c < dense.cols(); ++c) {
+      const double w = dense.get(r, c), e = effective.get(r, c);
+      diff += (w - e) * (w - e);
+      norm += w * w;
+    }
+  return norm > 0.0 ? std::sqrt(diff / norm) : 0.0;
+}
+
+struct ExpertMatrix {
+  std::string tensor;  // HF tensor name
+  std::int64_t rows, cols;
+};
+
+// Every expert matrix of MoE layer `layer` with the shape the config gives it.
+std::vector<ExpertMatrix> layer_expert_matrices(const ModelConfig& config, int layer) {
+  const std::int64_t H = config.hidden_size;
+  std::vector<ExpertMatrix> out;
+  auto add_mlp = [&](const MlpTensorNames& names, std::int64_t width) {
+    out.push_back({names.gate, width, H});
+    out.push_back({names.up, width, H});
+    out.push_back({names.down, H, width});
+  };
+  for (int e = 0; e < config.num_experts; ++e) add_mlp(expert_tensor_names(config, layer, e), config.intermediate_size);
+  if (const auto shared = shared_expert_tensor_names(config, layer)) add_mlp(*shared, config.shared_intermediate_size);
+  return out;
+}
+
+std::vector<float> calibration_norms(const std::optional<SafetensorsFile>& calibration, const std::string& name,
+                                     std::int64_t cols) {
+  const std::string key = name + ".input_norm";
+  const TensorInfo* info = calibration->find(key);
+  SAMOYEDS_CHECK(info, "calibration file '", calibration->path(), "' has no tensor \"", key,
+                 "\" (||x_col||_2 of the inputs of ", name, ")");
+  const Matrix norms = read_matrix(*calibration, *info, calibration->path());
+  SAMOYEDS_CHECK(norms.dtype() == DType::f32 && norms.rows() == 1 && norms.cols() == cols, "calibration tensor \"", key,
+                 "\" must be F32 [", cols, "] or [1, ", cols, "]");
+  return norms.to_float();
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  SAMOYEDS_CHECK(f, "cannot create '", path.string(), "'");
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  const bool closed = std::fclose(f) == 0;
+  SAMOYEDS_CHECK(ok && closed, "writing '", path.string(), "' failed");
+}
+
+ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
+  auto say = [&](const std::string& line) {
+    if (o.progress) o.progress(line);
+  };
+  const ModelConfig config = load_hf_config(o.in_dir);
+  const Checkpoint ckpt = Checkpoint::open(o.in_dir);
+  std::optional<SafetensorsFile> calibration;
+  if (o.policy == PruningPolicy::activation) {
+    SAMOYEDS_CHECK(!o.calibration_path.empty(), "convert: the activation policy needs a calibration file (--calib)");
+    calibration.emplace(SafetensorsFile::open(o.calibration_path));
+  }
+  ConvertReport report;
+  report.model = config.display_name;
+  say("converting " + config.display_name + " (" + std::to_string(config.num_moe_layers()) + " MoE layers, " +
+      std::to_string(ckpt.num_shards()) + " shard(s)) to pattern " + o.pattern.to_string() + ", " +
+      pruning_policy_name(o.policy) + " pruning");
+
+  std::set<std::string> packed_tensors;
+  json::Value expert_files = json::Value::array();
+  const std::vector<int> moe_layers = config.moe_layers();
+  for (std::size_t li = 0; li < moe_layers.size(); ++li) {
+    const int layer = moe_layers[li];
+    PackedFile out;
+    double layer_error = 0.0;
+    const std::vector<ExpertMatrix> matrices = layer_expert_matrices(config, layer);
+    for (const ExpertMatrix& m : matrices) {
+      const TensorInfo& info = ckpt.info(m.tensor);
+      SAMOYEDS_CHECK(info.shape == (std::vector<std::int64_t>{m.rows, m.cols}), "convert: \"", m.tensor, "\" has shape ",
+                     shape_string(info.shape), " but ", config.display_name, " needs [", m.rows, ", ", m.cols, "]");
+      SAMOYEDS_CHECK(info.dtype == "BF16" || info.dtype == "F16", "convert: \"", m.tensor, "\" is ", info.dtype,
+                     "; expert weights must be BF16 or F16 (cast the checkpoint first)");
+      const Matrix dense = ckpt.matrix(m.tensor);
+      PackOptions pack_options;
+      pack_options.policy = o.policy;
+      const std::string name = base_name(m.tensor);
+      if (calibration) pack_options.column_norms = calibration_norms(calibration, name, m.cols);
+      PackedMatrix packed = pack(dense, o.pattern, pack_options);
+      const double error = relative_error(dense, unpack(packed));
+      report.matrices.push_back({name, m.rows, m.cols, error});
+      report.dense_expert_bytes += static_cast<std::int64_t>(dense.bytes());
+      report.packed_expert_bytes += packed.geometry().total_bytes();
+      layer_error += error;
+      say("  " + name + " [" + std::to_string(m.rows) + ", " + std::to_string(m.cols) + "]: relative error " +
+          std::to_string(error));
+      out.matrices.emplace(name, std::move(packed));
+      packed_tensors.insert(m.tensor);
+    }
+    char file_name[64];
+    std::snprintf(file_name, sizeof(file_name), "experts-layer-%05d.safetensors", layer);
+    write_packed_file((tmp / file_name).string(), out);
+    expert_files.push_back(json::Value(std::string(file_name)));
+    say("layer " + std::to_string(layer) + " (" + std::to_string(li + 1) + "/" + std::to_string(moe_layers.size()) +
+        "): " + std::to_string(matrices.size()) + " matrices packed, mean relative error " +
+        std::to_string(layer_error / static_cast<double>(matrices.size())));
+  }
+
+  // Everything else, shard by shard, byte for byte (zero-copy from the mapped input).
+  json::Value dense_files = json::Value::array();
+  for (std::size_t s = 0; s < ckpt.num_shards(); ++s) {
+    SafetensorsWriter writer;
+    for (const TensorInfo& t : ckpt.shard(s).tensors()) {
+      if (packed_tensors.count(t.name)) continue;
+      writer.add(t.name, t.dtype, t.shape, ckpt.shard(s).bytes(t));
+    }
+    if (writer.num_tensors() == 0) continue;
+    const std::string file_name = "dense-" + ckpt.shard_names()[s];
+    writer.write((tmp / file_name).string());
+    report.copied_tensors += static_cast<std::int64_t>(writer.num_tensors());
+    dense_files.push_back(json::Value(file_name));
+    say("copied " + std::to_string(writer.num_tensors()) + " other tensors of " + ckpt.shard_names()[s]);
+  }
+
+  fs::copy_file(fs::path(o.in_dir) / "config.json", tmp / "config.json");
+  json::Value manifest = json::Value::object();
+  manifest.set("samoyeds_checkpoint_version", json::Value(std::string("1")));
+  manifest.set("model", json::Value(config.display_name));
+  manifest.set("pattern", json::Value(o.pattern.to_string()));
+  manifest.set("policy", json::Value(std::string(pruning_policy_name(o.policy))));
+  manifest.set("expert_files", std::move(expert_files));
+  manifest.set("dense_files", std::move(dense_files));
+  write_text(tmp / "samoyeds.json", json::dump(manifest) + "\n");
+  return report;
+}
+
+}  // namespace
+
+ConvertReport convert_checkpoint(const ConvertOptions& o) {
+  SAMOYEDS_CHECK(!o.in_dir.empty() && !o.out_dir.empty(), "convert: give the input and the output directory");
+  const fs::path out(o.out_dir);
+  std::error_code ec;
+  SAMOYEDS_CHECK(fs::is_directory(o.in_dir, ec), "convert: '", o.in_dir, "' is not a checkpoint directory");
+  SAMOYEDS_CHECK(o.overwrite || !fs::exists(out, ec), "convert: '", o.out_dir,
+                 "' exists; choose another output directory or allow replacing it (--force)");
+  SAMOYEDS_CHECK(fs::weakly_canonical(out, ec) != fs::weakly_canonical(o.in_dir, ec),
+                 "convert: the output directory cannot be the input directory");
+  const fs::path tmp = out.string() + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  SAMOYEDS_CHECK(fs::create_directories(tmp, ec), "convert: cannot create '", tmp.string(), "': ", ec.message());
+  try {
+    ConvertReport report = convert_into(o, tmp);
+    if (fs::exists(out, ec)) fs::remove_all(out);  // only reached with overwrite
+    fs::rename(tmp, out);
+    return report;
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace samoyeds

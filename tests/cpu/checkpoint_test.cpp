@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: Apache-2.0
+// Checkpoints: HF tensor names per family, opening single-file and sharded checkpoints (and every way
+// an index can disagree with its shards), and `convert` on a tiny checkpoint of each family written
+// here in that family's naming: packed matrices equal pack() of the originals, every other tensor is
+// copied byte for byte, failures leave nothing behind.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "common/test_util.h"
+#include "io/json.h"
+#include "samoyeds/checkpoint.h"
+#include "samoyeds/convert.h"
+#include "samoyeds/hf_names.h"
+#include "samoyeds/packed_file.h"
+
+namespace samoyeds {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::random_normal_matrix;
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("samoyeds-ckpt-" + std::to_string(::getpid()) + "-" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+std::span<const std::uint8_t> bytes_of(const Matrix& m) {
+  return {static_cast<const std::uint8_t*>(m.data()), m.bytes()};
+}
+
+const char* st_dtype(DType d) { return d == DType::bf16 ? "BF16" : d == DType::f16 ? "F16" : "F32"; }
+
+TEST(HfNames, EveryFamilysExpertTensors) {
+  const ModelConfig mixtral = find_model("mixtral-8x7b");
+  EXPECT_EQ(router_tensor_name(mixtral, 3), "model.layers.3.block_sparse_moe.gate.weight");
+  const MlpTensorNames m = expert_tensor_names(mixtral, 3, 7);
+  EXPECT_EQ(m.gate, "model.layers.3.block_sparse_moe.experts.7.w1.weight");
+  EXPECT_EQ(m.up, "model.layers.3.block_sparse_moe.experts.7.w3.weight");
+  EXPECT_EQ(m.down, "model.layers.3.block_sparse_moe.experts.7.w2.weight");
+  EXPECT_FALSE(shared_expert_tensor_names(mixtral, 3));
+
+  const ModelConfig minicpm = find_model("minicpm-moe-8x2b");
+  EXPECT_EQ(expert_tensor_names(minicpm, 0, 1).gate, "model.layers.0.mlp.experts.1.w1.weight");
+  EXPECT_EQ(router_tensor_name(minicpm, 0), "model.layers.0.mlp.gate.weight");
+
+  const ModelConfig qwen = find_model("qwen1.5-moe-a2.7b");
+  EXPECT_EQ(expert_tensor_names(qwen, 2, 59).down, "model.layers.2.mlp.experts.59.down_proj.weight");
+  EXPECT_EQ(shared_expert_tensor_names(qwen, 2)->up, "model.layers.2.mlp.shared_expert.up_proj.weight");
+  EXPECT_EQ(*shared_gate_tensor_name(qwen, 2), "model.layers.2.mlp.shared_expert_gate.weight");
+
+  const ModelConfig deepseek = find_model("deepseek-moe-16b");
+  EXPECT_EQ(shared_expert_tensor_names(deepseek, 1)->gate, "model.layers.1.mlp.shared_experts.gate_proj.weight");
+  EXPECT_FALSE(shared_gate_tensor_name(deepseek, 1));
+  EXPECT_THROW(router_tensor_name(deepseek, 0), Error);  // layer 0 is dense
+  EXPECT_THROW(expert_tensor_names(deepseek, 1, 64), Error);
+  EXPECT_THROW(expert_tensor_names(find_model("openmoe-8b"), 5, 0), Error);  // fused experts: not mapped
+}
+
+// --- tiny checkpoints ----------------------------------------------------------------------------------
+
+struct TinyCheckpoint {
+  fs::path dir;
+  ModelConfig config;
+  std::map<std::string, Matrix> tensors;  // everything written
+};
+
+// `family_config`: a file of tests/data/hf_configs. H = 64, expert width 48 (dense and shared 96),
+// 8 experts, 2 layers, written as `shards` files (with an index when more than one).
+TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std::string& dir_name, int shards,
+                                    std::uint64_t seed) {
+  json::Value cfg = json::parse(read_text(fs::path(SAMOYEDS_TEST_DATA_DIR) / "hf_configs" / (family_config + ".json")));
+  auto set_if = [&](const char* key, std::int64_t value) {
+    if (cfg.find(key)) cfg.set(key, json::Value(value));
+  };
+  cfg.set("hidden_size", json::Value(std::int64_t{64}));
+  cfg.set("num_hidden_layers", json::Value(std::int64_t{2}));
+  cfg.set("vocab_size", json::Value(std::int64_t{50}));
+  cfg.set("num_attention_heads", json::Value(std::int64_t{4}));
+  cfg.set("num_key_value_heads", json::Value(std::int64_t{4}));
+  if (cfg.find("moe_intermediate_size")) {
+    cfg.set("moe_intermediate_size", json::Value(std::int64_t{48}));
+    cfg.set("intermediate_size", json::Value(std::int64_t{96}));
+  } else {
+    cfg.set("intermediate_size", json::Value(std::int64_t{48}));
+  }
+  set_if("shared_expert_intermediate_size", 96);
+  set_if("num_local_experts", 8);
+  set_if("n_routed_experts", 8);
+  set_if("num_experts", 8);
+
+  TinyCheckpoint t;
+  t.dir = fresh_dir(dir_name);
+  const std::string text = json::dump(cfg);
+  write_text(t.dir / "config.json", text);
+  t.config = parse_hf_config(text);
+  const ModelConfig& c = t.config;
+  const std::int64_t H = c.hidden_size;
+  std::uint64_t next_seed = seed;
+  auto add = [&](const std::string& name, std::int64_t rows, std::int64_t cols, DType dtype = DType::bf16) {
+    t.tensors.emplace(name, random_normal_matrix(dtype, rows, cols, next_seed++, 0.05f));
+  };
+  add("model.embed_tokens.weight", c.vocab_size, H);
+  add("lm_head.weight", c.vocab_size, H);
+  add("model.norm.weight", 1, H);  // written 1-D below
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    add(p + "self_attn.q_proj.weight", H, H);
+    add(p + "input_layernorm.weight", 1, H);
+    if (!c.is_moe_layer(layer)) {
+      add(p + "mlp.gate_proj.weight", c.dense_intermediate_size, H);
+      continue;
+    }
+    add(router_tensor_name(c, layer), c.num_experts, H);
+    for (int e = 0; e < c.num_experts; ++e) {
+      const MlpTensorNames n = expert_tensor_names(c, layer, e);
+      add(n.gate, c.intermediate_size, H);
+      add(n.up, c.intermediate_size, H);
+      add(n.down, H, c.intermediate_size);
+    }
+    if (const auto shared = shared_expert_tensor_names(c, layer)) {
+      add(shared->gate, c.shared_intermediate_size, H);
+      add(shared->up, c.shared_intermediate_size, H);
+      add(shared->down, H, c.shared_intermediate_size);
+    }
+    if (const auto gate = shared_gate_tensor_name(c, layer)) add(*gate, 1, H);
+  }
+  add("model.rotary.inv_freq", 1, 8, DType::f32);
+
+  std::vector<SafetensorsWriter> writers(static_cast<std::size_t>(shards));
+  json::Value weight_map = json::Value::object();
+  int i = 0;
+  for (const auto& [name, m] : t.tensors) {
+    const int s = i++ % shards;
+    const bool vector = name.ends_with("norm.weight") || name.ends_with("inv_freq");
+    writers[static_cast<std::size_t>(s)].add(name, st_dtype(m.dtype()),
+                                             vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{m.rows(), m.cols()},
+                                             bytes_of(m));
+    char file[64];
+    std::snprintf(file, sizeof(file), "model-%05d-of-%05d.safetensors", s + 1, shards);
+    weight_map.set(name, json::Value(shards == 1 ? std::string("model.safetensors") : std::string(file)));
+  }
+  for (int s = 0; s < shards; ++s) {
+    char file[64];
+    std::snprintf(file, sizeof(file), "model-%05d-of-%05d.safetensors", s + 1, shards);
+    writers[static_cast<std::size_t>(s)].write((t.dir / (shards == 1 ? "model.safetensors" : file)).string());
+  }
+  if (shards > 1) {
+    json::Value index = json::Value::object();
+    index.set("metadata", json::Value::object());
+    index.set("weight_map", std::move(weight_map));
+    write_text(t.dir / "model.safetensors.index.json", json::dump(index));
+  }
+  return t;
+}
+
+TEST(Checkpoint, OpensSingleFilesAndShards) {
+  for (const int shards : {1, 3}) {
+    SCOPED_TRACE(std::to_string(shards) + " shard(s)");
+    const TinyCheckpoint t = make_tiny_checkpoint("mixtral-8x7b", "open-" + std::to_string(shards), shards, 1);
+    const Checkpoint ckpt = Checkpoint::open(t.dir.string());
+    EXPECT_EQ(ckpt.num_shards(), static_cast<std::size_t>(shards));
+    EXPECT_EQ(ckpt.tensor_names().size(), t.tensors.size());
+    for (const auto& [name, m] : t.tensors) {
+      const Matrix read = ckpt.matrix(name);  // 1-D tensors come back as [1, n]
+      ASSERT_EQ(read.rows(), m.rows()) << name;
+      ASSERT_EQ(std::memcmp(read.data(), m.data(), m.bytes()), 0) << name;
+    }
+    EXPECT_THROW(ckpt.info("model.layers.9.nothing.weight"), Error);
+    fs::remove_all(t.dir);
+  }
+}
+
+TEST(Checkpoint, IndexMustAgreeWithShards) {
+  const TinyCheckpoint t = make_tiny_checkpoint("mixtral-8x7b", "index", 2, 2);
+  const fs::path index_path = t.dir / "model.safetensors.index.json";
+  const std::string good = read_text(index_path);
+  auto with_index = [&](const std::function<void(json::Value&)>& edit) {
+    json::Value index = json::parse(good);
+    edit(index);
+    write_text(index_path, json::dump(index));
+  };
+  auto map_entry = [&](const char* tensor, const char* file) {
+    with_index([&](json::Value& index) {
+      json::Value map = index.at("weight_map");
+      map.set(tensor, json::Value(std::string(file)));
+      index.set("weight_map", std::move(map));
+    });
+  };
+  map_entry("model.ghost.weight", "model-00001-of-00002.safetensors");
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // lists a tensor its shard lacks
+  map_entry("model.norm.weight", "../elsewhere.safetensors");
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // walks out of the directory
+  map_entry("model.ghost.weight", "model-00003-of-00003.safetensors");
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // missing shard
+  map_entry("model.norm.weight", "model-00002-of-00002.safetensors");
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // in the other shard than the index says (if it moved)
+  with_index([&](json::Value& index) {
+    json::Value smaller = json::Value::object();
+    bool dropped = false;
+    for (const auto& [name, file] : index.at("weight_map").as_object()) {
+      if (!dropped) {
+        dropped = true;
+        continue;
+      }
+      smaller.set(name, file);
+    }
+    index.set("weight_map", std::move(smaller));
+  });
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // a shard holds a tensor the index omits
+  write_text(index_path, "{\"weight_map\": 3}");
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);
+  fs::remove(index_path);
+  EXPECT_THROW(Checkpoint::open(t.dir.string()), Error);  // two shards, no index
+  EXPECT_THROW(Checkpoint::open((t.dir / "config.json").string()), Error);  // not a directory
+  fs::remove_all(t.dir);
+}
+
+// --- convert -----------------------------------------------------------------------------------------
+
+void expect_converted(const TinyCheckpoint& t, const fs::path& out, const ConvertReport& report, const SparsityPattern& pattern,
+                      const std::map<std::string, PackOptions>& options = {}) {
+  const ModelConfig& c = t.config;
+  const json::Value manifest = json::parse(read_text(out / "samoyeds.json"));
+  EXPECT_EQ(manifest.at("pattern").as_string(), pattern.to_string());
+  EXPECT_EQ(read_text(out / "config.json"), read_text(t.dir / "config.json"));
+  std::map<std::string, bool> seen;
+  std::size_t packed_count = 0;
+  for (const json::Value& file : manifest.at("expert_files").as_array()) {
+    const PackedFile packed = read_packed_file((out / file.as_string()).string());
+    for (const auto& [name, matrix] : packed.matrices) {
+      const Matrix& original = t.tensors.at(name + ".weight");
+      const auto opt = options.find(name);
+      const PackedMatrix expected = pack(original, pattern, opt == options.end() ? PackOptions{} : opt->second);
+      EXPECT_EQ(matrix.values, expected.values) << name;
+      EXPECT_EQ(matrix.metadata, expected.metadata) << name;
+      EXPECT_EQ(matrix.row_select, expected.row_select) << name;
+      seen[name + ".weight"] = true;
+      ++packed_count;
+    }
+  }
+  const auto expected_packed =
+      static_cast<std::size_t>(3 * c.num_moe_layers() * (c.num_experts + (c.num_shared_experts > 0 ? 1 : 0)));
+  EXPECT_EQ(packed_count, expected_packed);
+  EXPECT_EQ(report.matrices.size(), expected_packed);
+  for (const json::Value& file : manifest.at("dense_files").as_array()) {
+    const SafetensorsFile dense = SafetensorsFile::open((out / file.as_string()).string());
+    for (const TensorInfo& info : dense.tensors()) {
+      const Matrix& original = t.tensors.at(info.name);
+      ASSERT_EQ(dense.bytes(info).size(), original.bytes()) << info.name;
+      EXPECT_EQ(std::memcmp(dense.bytes(info).data(), original.data(), original.bytes()), 0) << info.name;
+      EXPECT_FALSE(seen.count(info.name)) << info.name << " is both packed and copied";
+      seen[info.name] = true;
+    }
+  }
+  EXPECT_EQ(seen.size(), t.tensors.size()) << "every tensor is packed or copied";
+  EXPECT_EQ(report.copied_tensors, static_cast<std::int64_t>(t.tensors.size() - expected_packed));
+  for (const ConvertedMatrix& m : report.matrices) {
+    EXPECT_GT(m.relative_error, 0.0) << m.name;  // 75 % of each matrix is pruned
+    EXPECT_LT(m.relative_error, 1.0) << m.name;
+  }
+  std::int64_t packed_bytes = 0, dense_bytes = 0;  // exact (tiny matrices are mostly row padding)
+  for (const ConvertedMatrix& m : report.matrices) {
+    packed_bytes += packed_geometry(pattern, m.rows, m.cols).total_bytes();
+    dense_bytes += m.rows * m.cols * 2;
+  }
+  EXPECT_EQ(report.packed_expert_bytes, packed_bytes);
+  EXPECT_EQ(report.dense_expert_bytes, dense_bytes);
+}
+
+class ConvertFamilies : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ConvertFamilies, PacksEveryExpertAndCopiesTheRest) {
+  const bool sharded = std::string(GetParam()) == "deepseek-moe-16b";
+  const TinyCheckpoint t = make_tiny_checkpoint(GetParam(), std::string("convert-") + GetParam(), sharded ? 3 : 1, 11);
+  const fs::path out = t.dir.string() + "-out";
+  fs::remove_all(out);
+  ConvertOptions o;
+  o.in_dir = t.dir.string();
+  o.out_dir = out.string();
+  o.pattern = SparsityPattern::parse("1:2:32");
+  std::vector<std::string> lines;
+  o.progress = [&](const std::string& line) { lines.push_back(line); };
+  const ConvertReport report = convert_checkpoint(o);
+  expect_converted(t, out, report, o.pattern);
+  EXPECT_GT(lines.size(), report.matrices.size());  // a line per matrix, per layer, per shard
+  EXPECT_EQ(report.model, t.config.display_name);
+  fs::remove_all(out);
+  fs::remove_all(t.dir);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, ConvertFamilies,
+                         ::testing::Values("mixtral-8x7b", "deepseek-moe-16b", "qwen1.5-moe-a2.7b", "minicpm-moe-8x2b"));
+
+TEST(Convert, FailureLeavesNothingAndExistingOutputIsKept) {
+  const TinyCheckpoint t = make_tiny_checkpoint("mixtral-8x7b", "atomic", 1, 13);
+  const fs::path out = t.dir.string() + "-out";
+  fs::remove_all(out);
+  ConvertOptions o;
+  o.in_dir = t.dir.string();
+  o.out_dir = out.string();
+
+  // A checkpoint that lacks one expert matrix: error, no output, no temporary directory.
+  {
+    SafetensorsWriter writer;
+    const std::string missing = expert_tensor_names(t.config, 1, 5).down;
+    for (const auto& [name, m] : t.tensors)
+      if (name != missing) writer.add(name, st_dtype(m.dtype()), {m.rows(), m.cols()}, bytes_of(m));
+    writer.write((t.dir / "model.safetensors").string());
+  }
+  try {
+    convert_checkpoint(o);
+    ADD_FAILURE() << "a missing expert tensor must fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("experts.5.w2"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out));
+  for (const auto& entry : fs::directory_iterator(out.parent_path()))
+    EXPECT_EQ(entry.path().filename().string().find(out.filename().string() + ".tmp"), std::string::npos) << entry.path();
+
+  // Restore the checkpoint; an existing output is not replaced without overwrite.
+  {
+    SafetensorsWriter writer;
+    for (const auto& [name, m] : t.tensors) writer.add(name, st_dtype(m.dtype()), {m.rows(), m.cols()}, bytes_of(m));
+    writer.write((t.dir / "model.safetensors").string());
+  }
+  fs::create_directories(out);
+  write_text(out / "keep.txt", "mine");
+  EXPECT_THROW(convert_checkpoint(o), Error);
+  EXPECT_EQ(read_text(out / "keep.txt"), "mine");
+  o.overwrite = true;
+  const ConvertReport report = convert_checkpoint(o);
+  EXPECT_FALSE(fs::exists(out / "keep.txt"));
+  expect_converted(t, out, report, o.pattern);
+
+  o.out_dir = t.dir.string();
+  EXPECT_THROW(convert_checkpoint(o), Error);  // output = input
+  fs::remove_all(out);
+  fs::remove_all(t.dir);
+}
+
+TEST(Convert, ActivationPolicyUsesTheCalibrationNorms) {
+  const TinyCheckpoint t = make_tiny_checkpoint("minicpm-moe-8x2b", "calib", 1, 17);
+  const fs::path out = t.dir.string() + "-out";
+  fs::remove_all(out);
+  // Column norms per expert matrix: far from uniform, so they change the pruning.
+  SafetensorsWriter calib;
+  std::map<std::string, PackOptions> options;
+  std::vector<Matrix> norms;
+  std::uint64_t seed = 100;
+  for (const int layer : t.config.moe_layers())
+    for (int e = 0; e < t.config.num_experts; ++e) {
+      const MlpTensorNames n = expert_tensor_names(t.config, layer, e);
+      for (const std::string& tensor : {n.gate, n.up, n.down}) {
+        const std::string name = tensor.substr(0, tensor.size() - 7);
+        Matrix m = random_normal_matrix(DType::f32, 1, t.tensors.at(tensor).cols(), seed++);
+        for (std::int64_t c = 0; c < m.cols(); ++c) m.set(0, c, std::fabs(m.get(0, c)) * 10.0f + 0.01f);
+        PackOptions po;
+        po.policy = PruningPolicy::activation;
+        po.column_norms = m.to_float();
+        options[name] = po;
+        norms.push_back(std::move(m));
+        calib.add(name + ".input_norm", "F32", {norms.back().cols()}, bytes_of(norms.back()));
+      }
+    }
+  const fs::path calib_path = t.dir / "calib.safetensors";
+  calib.write(calib_path.string());
+  ConvertOptions o;
+  o.in_dir = t.dir.string();
+  o.out_dir = out.string();
+  o.policy = PruningPolicy::activation;
+  o.calibration_path = calib_path.string();
+  const ConvertReport report = convert_checkpoint(o);
+  // The calibration file sits in the input directory but is not a checkpoint shard: no effect there.
+  expect_converted(t, out, report, o.pattern, options);
+  fs::remove_all(out);
+
+  o.calibration_path = (t.dir / "config.json").string();
+  EXPECT_THROW(convert_checkpoint(o), Error);  // not a safetensors file
+  EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(t.dir);
+}
+
+}  // namespace
+}  // namespace samoyeds
