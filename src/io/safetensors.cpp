@@ -202,8 +202,9 @@ void SafetensorsFile::parse_and_validate() {
       }
       continue;
     }
+    const std::string& tensor_name = name;  // lambdas capture no structured bindings before clang 16
     const auto bad = [&](auto&&... what) {
-      SAMOYEDS_FAIL("safetensors file '", where, "': tensor \"", name, "\": ", what...);
+      SAMOYEDS_FAIL("safetensors file '", where, "': tensor \"", tensor_name, "\": ", what...);
     };
     if (!entry.is_object()) bad("entry is not an object with dtype, shape and data_offsets");
     for (const auto& member : entry.as_object()) {
