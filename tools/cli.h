@@ -57,6 +57,7 @@ Command demo_command();
 Command models_command();
 Command bench_command();
 Command convert_command();
+Command moe_command();
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

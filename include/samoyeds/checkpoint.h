@@ -25,9 +25,11 @@ class Checkpoint {
   // when the index names files outside the directory, missing shards or tensors the shards do not
   // hold, or when a tensor appears in two shards or in a shard but not in the index.
   static Checkpoint open(const std::string& dir);
+  // The given safetensors files of `dir` (plain file names), with the same cross-checks minus the index.
+  static Checkpoint open_files(const std::string& dir, const std::vector<std::string>& file_names);
 
   const std::string& dir() const { return dir_; }
-  const std::vector<std::string>& shard_names() const { return shard_names_; }  // file names, sorted
+  const std::vector<std::string>& shard_names() const { return shard_names_; }  // file names (open: sorted)
   const SafetensorsFile& shard(std::size_t i) const { return shards_.at(i); }
   std::size_t num_shards() const { return shards_.size(); }
 
@@ -38,6 +40,8 @@ class Checkpoint {
   Matrix matrix(std::string_view name) const;  // read_matrix of the tensor
 
  private:
+  static Checkpoint load(const std::string& dir, std::vector<std::string> shard_names,
+                         const std::map<std::string, std::string>& weight_map);
   std::string dir_;
   std::vector<std::string> shard_names_;
   std::vector<SafetensorsFile> shards_;

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "samoyeds/checkpoint.h"
 #include "samoyeds/format.h"
+#include "samoyeds/model_config.h"
+#include "samoyeds/moe.h"
 
 namespace samoyeds {
 
@@ -46,5 +49,32 @@ struct ConvertReport {
 // the output is written to OUT.tmp.<pid> and renamed at the end; on any error nothing is left behind
 // and samoyeds::Error says what went wrong.
 ConvertReport convert_checkpoint(const ConvertOptions& options);
+
+// The packed file of MoE layer `layer` in a converted directory: "experts-layer-LLLLL.safetensors".
+std::string expert_file_name(int layer);
+
+// A directory written by convert_checkpoint: its config, pattern, the copied tensors, and each MoE
+// layer's weights ready for reference::moe_layer or the GPU layer.
+class ConvertedCheckpoint {
+ public:
+  // Reads samoyeds.json and config.json and opens the copied tensors; throws naming what is missing.
+  static ConvertedCheckpoint open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  const ModelConfig& config() const { return config_; }
+  const SparsityPattern& pattern() const { return pattern_; }
+  const Checkpoint& dense() const { return dense_; }  // every tensor that was copied, by its original name
+
+  // Router, routed experts, shared experts and shared gate of MoE layer `layer`, checked against the
+  // config (check_moe_weights) and the manifest's pattern.
+  PackedMoeWeights moe_layer(int layer) const;
+
+ private:
+  std::string dir_;
+  ModelConfig config_;
+  SparsityPattern pattern_;
+  Checkpoint dense_;
+  std::vector<std::string> expert_files_;
+};
 
 }  // namespace samoyeds

@@ -4,10 +4,9 @@
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
 #include "io/json.h"
+#include "io/text_file.h"
 #include "samoyeds/error.h"
 
 namespace samoyeds {
@@ -18,19 +17,6 @@ namespace {
 
 constexpr const char* kIndexName = "model.safetensors.index.json";
 constexpr std::uintmax_t kMaxIndexBytes = 64u << 20;  // real indexes are well under 1 MB
-
-std::string read_small_file(const fs::path& path, std::uintmax_t max_bytes) {
-  std::error_code ec;
-  const std::uintmax_t size = fs::file_size(path, ec);
-  SAMOYEDS_CHECK(!ec, "cannot read the size of '", path.string(), "': ", ec.message());
-  SAMOYEDS_CHECK(size <= max_bytes, "'", path.string(), "' is ", size, " bytes; at most ", max_bytes, " expected");
-  std::ifstream in(path, std::ios::binary);
-  SAMOYEDS_CHECK(in.good(), "cannot open '", path.string(), "' for reading");
-  std::ostringstream text;
-  text << in.rdbuf();
-  SAMOYEDS_CHECK(!in.bad(), "reading '", path.string(), "' failed");
-  return text.str();
-}
 
 // A shard name from an index: a plain file name in the checkpoint directory, nothing that walks out.
 void check_shard_name(const std::string& index_path, const std::string& name) {
@@ -66,15 +52,14 @@ Matrix read_matrix(const SafetensorsFile& file, const TensorInfo& info, const st
 Checkpoint Checkpoint::open(const std::string& dir) {
   std::error_code ec;
   SAMOYEDS_CHECK(fs::is_directory(dir, ec), "checkpoint: '", dir, "' is not a directory");
-  Checkpoint ckpt;
-  ckpt.dir_ = dir;
+  std::vector<std::string> shard_names;
   const fs::path index_path = fs::path(dir) / kIndexName;
   std::map<std::string, std::string> weight_map;  // tensor -> shard, from the index
   if (fs::exists(index_path, ec)) {
     const std::string where = index_path.string();
     json::Value index;
     try {
-      index = json::parse(read_small_file(index_path, kMaxIndexBytes));
+      index = json::parse(detail::read_text_file(index_path.string(), kMaxIndexBytes));
     } catch (const Error& e) {
       SAMOYEDS_FAIL(where, ": ", e.message());
     }
@@ -88,16 +73,32 @@ Checkpoint Checkpoint::open(const std::string& dir) {
       shards[shard.as_string()] = true;
     }
     SAMOYEDS_CHECK(!shards.empty(), where, ": the weight_map is empty");
-    for (const auto& [name, unused] : shards) ckpt.shard_names_.push_back(name);
+    for (const auto& [name, unused] : shards) shard_names.push_back(name);
   } else if (fs::exists(fs::path(dir) / "model.safetensors", ec)) {
-    ckpt.shard_names_.push_back("model.safetensors");
+    shard_names.push_back("model.safetensors");
   } else {
     for (const auto& entry : fs::directory_iterator(dir, ec))
       if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
-        ckpt.shard_names_.push_back(entry.path().filename().string());
-    SAMOYEDS_CHECK(ckpt.shard_names_.size() == 1, "checkpoint '", dir, "': found ", ckpt.shard_names_.size(),
+        shard_names.push_back(entry.path().filename().string());
+    SAMOYEDS_CHECK(shard_names.size() == 1, "checkpoint '", dir, "': found ", shard_names.size(),
                    " .safetensors files and no ", kIndexName, "; a sharded checkpoint needs its index");
   }
+  return load(dir, std::move(shard_names), weight_map);
+}
+
+Checkpoint Checkpoint::open_files(const std::string& dir, const std::vector<std::string>& file_names) {
+  std::error_code ec;
+  SAMOYEDS_CHECK(fs::is_directory(dir, ec), "checkpoint: '", dir, "' is not a directory");
+  for (const std::string& name : file_names) check_shard_name(dir, name);
+  return load(dir, file_names, {});
+}
+
+Checkpoint Checkpoint::load(const std::string& dir, std::vector<std::string> shard_names,
+                            const std::map<std::string, std::string>& weight_map) {
+  std::error_code ec;
+  Checkpoint ckpt;
+  ckpt.dir_ = dir;
+  ckpt.shard_names_ = std::move(shard_names);
 
   for (std::size_t i = 0; i < ckpt.shard_names_.size(); ++i) {
     const fs::path path = fs::path(dir) / ckpt.shard_names_[i];

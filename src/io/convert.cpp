@@ -11,6 +11,7 @@
 #include <set>
 
 #include "io/json.h"
+#include "io/text_file.h"
 #include "samoyeds/checkpoint.h"
 #include "samoyeds/error.h"
 #include "samoyeds/hf_names.h"
@@ -88,14 +89,6 @@ std::vector<float> calibration_norms(const std::optional<SafetensorsFile>& calib
   return norms.to_float();
 }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  SAMOYEDS_CHECK(f, "cannot create '", path.string(), "'");
-  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
-  const bool closed = std::fclose(f) == 0;
-  SAMOYEDS_CHECK(ok && closed, "writing '", path.string(), "' failed");
-}
-
 ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
   auto say = [&](const std::string& line) {
     if (o.progress) o.progress(line);
@@ -143,10 +136,9 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
       out.matrices.emplace(name, std::move(packed));
       packed_tensors.insert(m.tensor);
     }
-    char file_name[64];
-    std::snprintf(file_name, sizeof(file_name), "experts-layer-%05d.safetensors", layer);
+    const std::string file_name = expert_file_name(layer);
     write_packed_file((tmp / file_name).string(), out);
-    expert_files.push_back(json::Value(std::string(file_name)));
+    expert_files.push_back(json::Value(file_name));
     say("layer " + std::to_string(layer) + " (" + std::to_string(li + 1) + "/" + std::to_string(moe_layers.size()) +
         "): " + std::to_string(matrices.size()) + " matrices packed, mean relative error " +
         std::to_string(layer_error / static_cast<double>(matrices.size())));
@@ -176,11 +168,17 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
   manifest.set("policy", json::Value(std::string(pruning_policy_name(o.policy))));
   manifest.set("expert_files", std::move(expert_files));
   manifest.set("dense_files", std::move(dense_files));
-  write_text(tmp / "samoyeds.json", json::dump(manifest) + "\n");
+  detail::write_text_file((tmp / "samoyeds.json").string(), json::dump(manifest) + "\n");
   return report;
 }
 
 }  // namespace
+
+std::string expert_file_name(int layer) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "experts-layer-%05d.safetensors", layer);
+  return name;
+}
 
 ConvertReport convert_checkpoint(const ConvertOptions& o) {
   SAMOYEDS_CHECK(!o.in_dir.empty() && !o.out_dir.empty(), "convert: give the input and the output directory");
@@ -203,6 +201,71 @@ ConvertReport convert_checkpoint(const ConvertOptions& o) {
     fs::remove_all(tmp, ec);
     throw;
   }
+}
+
+// --- reading a converted directory --------------------------------------------------------------------
+
+ConvertedCheckpoint ConvertedCheckpoint::open(const std::string& dir) {
+  const fs::path manifest_path = fs::path(dir) / "samoyeds.json";
+  std::error_code ec;
+  SAMOYEDS_CHECK(fs::is_regular_file(manifest_path, ec), "'", dir,
+                 "' is not a converted checkpoint (no samoyeds.json): run `samoyeds convert` on the Hugging Face directory");
+  const std::string where = manifest_path.string();
+  json::Value manifest;
+  try {
+    manifest = json::parse(detail::read_text_file(where, 16u << 20));
+  } catch (const Error& e) {
+    SAMOYEDS_FAIL(where, ": ", e.message());
+  }
+  auto field = [&](const char* key) -> const json::Value& {
+    const json::Value* v = manifest.find(key);
+    SAMOYEDS_CHECK(v, where, ": missing \"", key, "\"");
+    return *v;
+  };
+  SAMOYEDS_CHECK(field("samoyeds_checkpoint_version").is_string() && field("samoyeds_checkpoint_version").as_string() == "1",
+                 where, ": samoyeds_checkpoint_version must be \"1\" (this build reads version 1 only)");
+  auto names = [&](const char* key) {
+    std::vector<std::string> out;
+    SAMOYEDS_CHECK(field(key).is_array(), where, ": \"", key, "\" must be an array of file names");
+    for (const json::Value& v : field(key).as_array()) {
+      SAMOYEDS_CHECK(v.is_string(), where, ": \"", key, "\" must hold file names");
+      out.push_back(v.as_string());
+    }
+    return out;
+  };
+  ConvertedCheckpoint c;
+  c.dir_ = dir;
+  SAMOYEDS_CHECK(field("pattern").is_string(), where, ": \"pattern\" must be a string such as \"1:2:128\"");
+  c.pattern_ = SparsityPattern::parse(field("pattern").as_string());
+  c.expert_files_ = names("expert_files");
+  c.config_ = load_hf_config(dir);
+  c.dense_ = Checkpoint::open_files(dir, names("dense_files"));
+  return c;
+}
+
+PackedMoeWeights ConvertedCheckpoint::moe_layer(int layer) const {
+  const std::string file = expert_file_name(layer);
+  SAMOYEDS_CHECK(config_.is_moe_layer(layer), config_.display_name, " layer ", layer, " is not a MoE layer (MoE layers: ",
+                 config_.num_moe_layers(), ", the first is ", config_.moe_layers().front(), ")");
+  SAMOYEDS_CHECK(std::find(expert_files_.begin(), expert_files_.end(), file) != expert_files_.end(), "'", dir_,
+                 "': samoyeds.json lists no ", file);
+  PackedFile packed = read_packed_file((fs::path(dir_) / file).string());
+  auto take = [&](const std::string& tensor) {
+    const std::string name = base_name(tensor);
+    const auto it = packed.matrices.find(name);
+    SAMOYEDS_CHECK(it != packed.matrices.end(), "'", dir_, "/", file, "' has no packed matrix \"", name, "\"");
+    SAMOYEDS_CHECK(it->second.pattern == pattern_, "'", dir_, "/", file, "': \"", name, "\" is packed as ",
+                   it->second.pattern.to_string(), " but samoyeds.json says ", pattern_.to_string());
+    return std::move(it->second);
+  };
+  auto take_mlp = [&](const MlpTensorNames& n) { return PackedExpert{take(n.gate), take(n.up), take(n.down), std::nullopt}; };
+  PackedMoeWeights w;
+  w.router = dense_.matrix(router_tensor_name(config_, layer));
+  for (int e = 0; e < config_.num_experts; ++e) w.experts.push_back(take_mlp(expert_tensor_names(config_, layer, e)));
+  if (const auto shared = shared_expert_tensor_names(config_, layer)) w.shared = take_mlp(*shared);
+  if (const auto gate = shared_gate_tensor_name(config_, layer)) w.shared_gate = dense_.matrix(*gate);
+  check_moe_weights(config_, w);
+  return w;
 }
 
 }  // namespace samoyeds

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include "samoyeds/convert.h"
 #include "samoyeds/hf_names.h"
 #include "samoyeds/packed_file.h"
+#include "samoyeds/reference.h"
 
 namespace samoyeds {
 namespace {
@@ -392,6 +394,87 @@ TEST(Convert, ActivationPolicyUsesTheCalibrationNorms) {
   o.calibration_path = (t.dir / "config.json").string();
   EXPECT_THROW(convert_checkpoint(o), Error);  // not a safetensors file
   EXPECT_FALSE(fs::exists(out));
+  fs::remove_all(t.dir);
+}
+
+// A converted directory gives back exactly pack() of the original experts, and the same MoE layer.
+TEST(ConvertedCheckpoint, MoeLayerEqualsThePackedOriginals) {
+  for (const char* family : {"mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-moe-16b"}) {
+    SCOPED_TRACE(family);
+    const TinyCheckpoint t = make_tiny_checkpoint(family, std::string("reopen-") + family, 2, 19);
+    const fs::path out = t.dir.string() + "-out";
+    fs::remove_all(out);
+    ConvertOptions o;
+    o.in_dir = t.dir.string();
+    o.out_dir = out.string();
+    o.pattern = SparsityPattern::parse("1:2:32");
+    convert_checkpoint(o);
+    const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
+    const ModelConfig& c = ck.config();
+    EXPECT_EQ(ck.pattern(), o.pattern);
+    for (const int layer : c.moe_layers()) {
+      SCOPED_TRACE("layer " + std::to_string(layer));
+      const PackedMoeWeights w = ck.moe_layer(layer);
+      DenseMoeWeights dense;
+      dense.router = t.tensors.at(router_tensor_name(c, layer));
+      auto mlp = [&](const MlpTensorNames& n) { return DenseExpert{t.tensors.at(n.gate), t.tensors.at(n.up), t.tensors.at(n.down), Matrix()}; };
+      for (int e = 0; e < c.num_experts; ++e) dense.experts.push_back(mlp(expert_tensor_names(c, layer, e)));
+      if (const auto shared = shared_expert_tensor_names(c, layer)) dense.shared = mlp(*shared);
+      if (const auto gate = shared_gate_tensor_name(c, layer)) dense.shared_gate = t.tensors.at(*gate);
+      const PackedMoeWeights expected = pack_moe_weights(c, dense, o.pattern);
+      ASSERT_EQ(w.experts.size(), expected.experts.size());
+      for (std::size_t e = 0; e < w.experts.size(); ++e) {
+        EXPECT_EQ(w.experts[e].gate.values, expected.experts[e].gate.values) << e;
+        EXPECT_EQ(w.experts[e].up.metadata, expected.experts[e].up.metadata) << e;
+        EXPECT_EQ(w.experts[e].down.row_select, expected.experts[e].down.row_select) << e;
+      }
+      const Matrix x = random_normal_matrix(DType::bf16, 7, c.hidden_size, 20);
+      const Matrix y = reference::moe_layer(c, w, x), y_expected = reference::moe_layer(c, expected, x);
+      ASSERT_EQ(std::memcmp(y.data(), y_expected.data(), y.bytes()), 0);
+    }
+    if (c.is_dense_layer(0)) EXPECT_THROW(ck.moe_layer(0), Error);  // DeepSeek's first layer
+    EXPECT_THROW(ck.moe_layer(c.num_layers), Error);
+    fs::remove(out / "samoyeds.json");
+    EXPECT_THROW(ConvertedCheckpoint::open(out.string()), Error);
+    EXPECT_THROW(ConvertedCheckpoint::open(t.dir.string()), Error);  // an unconverted directory
+    fs::remove_all(out);
+    fs::remove_all(t.dir);
+  }
+}
+
+// The command line end to end: `samoyeds convert`, then `samoyeds moe` on activations from a file,
+// whose output equals the reference layer on pack() of the original experts.
+TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
+  const TinyCheckpoint t = make_tiny_checkpoint("qwen1.5-moe-a2.7b", "cli", 1, 23);
+  const fs::path out = t.dir.string() + "-out", x_path = t.dir / "x.safetensors", y_path = t.dir / "y.safetensors";
+  fs::remove_all(out);
+  const std::string cli = SAMOYEDS_CLI_PATH;
+  auto run = [&](const std::string& arguments) {
+    return std::system((cli + " " + arguments + " > " + (t.dir / "cli.log").string() + " 2>&1").c_str());
+  };
+  ASSERT_EQ(run("convert --in " + t.dir.string() + " --out " + out.string() + " --pattern 1:2:32"), 0) << read_text(t.dir / "cli.log");
+  EXPECT_NE(read_text(t.dir / "cli.log").find("relative error"), std::string::npos);
+
+  const Matrix x = random_normal_matrix(DType::bf16, 5, t.config.hidden_size, 24);
+  SafetensorsWriter writer;
+  writer.add("hidden_states", "BF16", {x.rows(), x.cols()}, bytes_of(x));
+  writer.write(x_path.string());
+  ASSERT_EQ(run("moe --checkpoint " + out.string() + " --layer 1 --input " + x_path.string() + " --output " + y_path.string()), 0)
+      << read_text(t.dir / "cli.log");
+  const SafetensorsFile y_file = SafetensorsFile::open(y_path.string());
+  const Matrix y = read_matrix(y_file, y_file.tensor("y"), y_path.string());
+  const Matrix expected = reference::moe_layer(t.config, ConvertedCheckpoint::open(out.string()).moe_layer(1), x);
+  ASSERT_EQ(y.bytes(), expected.bytes());
+  EXPECT_EQ(std::memcmp(y.data(), expected.data(), y.bytes()), 0);
+  EXPECT_EQ(*y_file.metadata_value("samoyeds.layer"), "1");
+
+  // Bad requests fail with a message and a non-zero status, and write nothing.
+  fs::remove(y_path);
+  EXPECT_NE(run("moe --checkpoint " + out.string() + " --layer 7 --input " + x_path.string() + " --output " + y_path.string()), 0);
+  EXPECT_NE(run("moe --checkpoint " + t.dir.string() + " --layer 1 --input " + x_path.string() + " --output " + y_path.string()), 0);
+  EXPECT_NE(run("convert --in " + t.dir.string() + " --out " + out.string()), 0);  // exists, no --force
+  EXPECT_FALSE(fs::exists(y_path));
+  fs::remove_all(out);
   fs::remove_all(t.dir);
 }
 
