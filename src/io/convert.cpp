@@ -49,12 +49,16 @@ std::string shape_string(const std::vector<std::int64_t>& shape) {
 
 double relative_error(const Matrix& dense, const Matrix& effective) {
   double diff = 0.0, norm = 0.0;
-  for (std::int64_t r = 0; r < dense.rows(); ++r)
-    for (std::int64_t c = 0; c < dense.cols(); ++c) {
-      const double w = dense.get(r, c), e = effective.get(r, c);
-      diff += (w - e) * (w - e);
-      norm += w * w;
+  std::vector<float> w(static_cast<std::size_t>(dense.cols())), e(w.size());
+  for (std::int64_t r = 0; r < dense.rows(); ++r) {
+    dense.row_to_float(r, w.data());
+    effective.row_to_float(r, e.data());
+    for (std::size_t c = 0; c < w.size(); ++c) {
+      const double d = static_cast<double>(w[c]) - e[c];
+      diff += d * d;
+      norm += static_cast<double>(w[c]) * w[c];
     }
+  }
   return norm > 0.0 ? std::sqrt(diff / norm) : 0.0;
 }
 
@@ -144,7 +148,7 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
         std::to_string(layer_error / static_cast<double>(matrices.size())));
   }
 
-  // Everything else, shard by shard, byte for byte (zero-copy from the mapped input).
+  // Everything else, shard by shard, byte for byte (the writer reads straight from the mapped input).
   json::Value dense_files = json::Value::array();
   for (std::size_t s = 0; s < ckpt.num_shards(); ++s) {
     SafetensorsWriter writer;
