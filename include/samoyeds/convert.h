@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "samoyeds/checkpoint.h"
+#include "samoyeds/decoder.h"
 #include "samoyeds/format.h"
 #include "samoyeds/model_config.h"
 #include "samoyeds/moe.h"
@@ -68,6 +69,10 @@ class ConvertedCheckpoint {
   // Router, routed experts, shared experts and shared gate of MoE layer `layer`, checked against the
   // config (check_moe_weights) and the manifest's pattern.
   PackedMoeWeights moe_layer(int layer) const;
+
+  // The whole model, or its first `num_layers` layers (0: all), for reference::model_forward or the
+  // GPU runner; check_model passes on the result.
+  ModelWeights model(int num_layers = 0) const;
 
  private:
   std::string dir_;

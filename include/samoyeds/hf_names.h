@@ -27,4 +27,16 @@ std::optional<MlpTensorNames> shared_expert_tensor_names(const ModelConfig& conf
 // Qwen2-MoE's shared expert gate [1, H], nullopt for other families.
 std::optional<std::string> shared_gate_tensor_name(const ModelConfig& config, int layer);
 
+// The rest of a decoder model (Llama-style names, shared by the four mapped families).
+struct LayerTensorNames {
+  std::string input_norm, post_attention_norm;  // [H] RMSNorm weights
+  std::string q, k, v, o;                       // attention projections (.weight)
+  std::string q_bias, k_bias, v_bias;           // attention biases (.bias), used when config.attention_bias
+  MlpTensorNames dense_mlp;                     // the FFN of a dense layer (DeepSeek's first layer)
+};
+LayerTensorNames layer_tensor_names(const ModelConfig& config, int layer);
+std::string embedding_tensor_name(const ModelConfig& config);   // "model.embed_tokens.weight"
+std::string final_norm_tensor_name(const ModelConfig& config);  // "model.norm.weight"
+std::string lm_head_tensor_name(const ModelConfig& config);     // "lm_head.weight" (absent when tied)
+
 }  // namespace samoyeds

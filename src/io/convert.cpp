@@ -272,4 +272,34 @@ PackedMoeWeights ConvertedCheckpoint::moe_layer(int layer) const {
   return w;
 }
 
+ModelWeights ConvertedCheckpoint::model(int num_layers) const {
+  const int layers = num_layers == 0 ? config_.num_layers : num_layers;
+  SAMOYEDS_CHECK(layers >= 1 && layers <= config_.num_layers, config_.display_name, " has ", config_.num_layers,
+                 " layers; asked for ", num_layers);
+  ModelWeights w;
+  w.embedding = dense_.matrix(embedding_tensor_name(config_));
+  w.final_norm = dense_.matrix(final_norm_tensor_name(config_));
+  if (!config_.tie_word_embeddings) w.lm_head = dense_.matrix(lm_head_tensor_name(config_));
+  for (int l = 0; l < layers; ++l) {
+    const LayerTensorNames n = layer_tensor_names(config_, l);
+    DecoderLayerWeights layer;
+    layer.input_norm = dense_.matrix(n.input_norm);
+    layer.post_attention_norm = dense_.matrix(n.post_attention_norm);
+    layer.attention = {dense_.matrix(n.q), dense_.matrix(n.k), dense_.matrix(n.v), dense_.matrix(n.o), Matrix(), Matrix(), Matrix()};
+    if (config_.attention_bias) {
+      layer.attention.q_bias = dense_.matrix(n.q_bias);
+      layer.attention.k_bias = dense_.matrix(n.k_bias);
+      layer.attention.v_bias = dense_.matrix(n.v_bias);
+    }
+    if (config_.is_moe_layer(l)) {
+      layer.moe = moe_layer(l);
+    } else {
+      layer.mlp = DenseExpert{dense_.matrix(n.dense_mlp.gate), dense_.matrix(n.dense_mlp.up), dense_.matrix(n.dense_mlp.down), Matrix()};
+    }
+    w.layers.push_back(std::move(layer));
+  }
+  check_model(config_, w);
+  return w;
+}
+
 }  // namespace samoyeds

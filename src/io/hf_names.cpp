@@ -46,4 +46,45 @@ std::optional<std::string> shared_gate_tensor_name(const ModelConfig& config, in
   return prefix + "shared_expert_gate.weight";
 }
 
+namespace {
+
+void check_mapped_family(const ModelConfig& config) {
+  SAMOYEDS_CHECK(config.family != ModelFamily::openmoe, config.display_name,
+                 ": OpenMoE checkpoints (ColossalAI layout) are not mapped yet");
+}
+
+}  // namespace
+
+LayerTensorNames layer_tensor_names(const ModelConfig& config, int layer) {
+  check_mapped_family(config);
+  SAMOYEDS_CHECK(layer >= 0 && layer < config.num_layers, config.display_name, " has ", config.num_layers,
+                 " layers; layer ", layer, " does not exist");
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  LayerTensorNames n;
+  n.input_norm = p + "input_layernorm.weight";
+  n.post_attention_norm = p + "post_attention_layernorm.weight";
+  n.q = p + "self_attn.q_proj.weight";
+  n.k = p + "self_attn.k_proj.weight";
+  n.v = p + "self_attn.v_proj.weight";
+  n.o = p + "self_attn.o_proj.weight";
+  n.q_bias = p + "self_attn.q_proj.bias";
+  n.k_bias = p + "self_attn.k_proj.bias";
+  n.v_bias = p + "self_attn.v_proj.bias";
+  n.dense_mlp = proj_names(p + "mlp.");
+  return n;
+}
+
+std::string embedding_tensor_name(const ModelConfig& config) {
+  check_mapped_family(config);
+  return "model.embed_tokens.weight";
+}
+std::string final_norm_tensor_name(const ModelConfig& config) {
+  check_mapped_family(config);
+  return "model.norm.weight";
+}
+std::string lm_head_tensor_name(const ModelConfig& config) {
+  check_mapped_family(config);
+  return "lm_head.weight";
+}
+
 }  // namespace samoyeds

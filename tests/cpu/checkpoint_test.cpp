@@ -119,12 +119,24 @@ TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std:
   add("model.embed_tokens.weight", c.vocab_size, H);
   add("lm_head.weight", c.vocab_size, H);
   add("model.norm.weight", 1, H);  // written 1-D below
+  const std::int64_t q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   for (int layer = 0; layer < c.num_layers; ++layer) {
-    const std::string p = "model.layers." + std::to_string(layer) + ".";
-    add(p + "self_attn.q_proj.weight", H, H);
-    add(p + "input_layernorm.weight", 1, H);
+    const LayerTensorNames n = layer_tensor_names(c, layer);
+    add(n.q, q_dim, H);
+    add(n.k, kv_dim, H);
+    add(n.v, kv_dim, H);
+    add(n.o, H, q_dim);
+    add(n.input_norm, 1, H);
+    add(n.post_attention_norm, 1, H);
+    if (c.attention_bias) {
+      add(n.q_bias, 1, q_dim);
+      add(n.k_bias, 1, kv_dim);
+      add(n.v_bias, 1, kv_dim);
+    }
     if (!c.is_moe_layer(layer)) {
-      add(p + "mlp.gate_proj.weight", c.dense_intermediate_size, H);
+      add(n.dense_mlp.gate, c.dense_intermediate_size, H);
+      add(n.dense_mlp.up, c.dense_intermediate_size, H);
+      add(n.dense_mlp.down, H, c.dense_intermediate_size);
       continue;
     }
     add(router_tensor_name(c, layer), c.num_experts, H);
@@ -148,7 +160,7 @@ TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std:
   int i = 0;
   for (const auto& [name, m] : t.tensors) {
     const int s = i++ % shards;
-    const bool vector = name.ends_with("norm.weight") || name.ends_with("inv_freq");
+    const bool vector = name.ends_with("norm.weight") || name.ends_with(".bias") || name.ends_with("inv_freq");
     writers[static_cast<std::size_t>(s)].add(name, st_dtype(m.dtype()),
                                              vector ? std::vector<std::int64_t>{m.cols()} : std::vector<std::int64_t>{m.rows(), m.cols()},
                                              bytes_of(m));
@@ -437,6 +449,57 @@ TEST(ConvertedCheckpoint, MoeLayerEqualsThePackedOriginals) {
     fs::remove(out / "samoyeds.json");
     EXPECT_THROW(ConvertedCheckpoint::open(out.string()), Error);
     EXPECT_THROW(ConvertedCheckpoint::open(t.dir.string()), Error);  // an unconverted directory
+    fs::remove_all(out);
+    fs::remove_all(t.dir);
+  }
+}
+
+// The whole model from a converted directory computes what the same model built from the original
+// tensors (experts packed with the same pattern) computes.
+TEST(ConvertedCheckpoint, ModelEqualsTheOriginalTensorsPacked) {
+  for (const char* family : {"qwen1.5-moe-a2.7b", "deepseek-moe-16b", "minicpm-moe-8x2b"}) {
+    SCOPED_TRACE(family);
+    const TinyCheckpoint t = make_tiny_checkpoint(family, std::string("model-") + family, 1, 29);
+    const fs::path out = t.dir.string() + "-out";
+    fs::remove_all(out);
+    ConvertOptions o;
+    o.in_dir = t.dir.string();
+    o.out_dir = out.string();
+    o.pattern = SparsityPattern::parse("1:2:32");
+    convert_checkpoint(o);
+    const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
+    const ModelConfig& c = ck.config();
+    const ModelWeights converted = ck.model();
+
+    ModelWeights expected;  // built from the original tensors
+    expected.embedding = t.tensors.at(embedding_tensor_name(c));
+    expected.final_norm = t.tensors.at(final_norm_tensor_name(c));
+    if (!c.tie_word_embeddings) expected.lm_head = t.tensors.at(lm_head_tensor_name(c));
+    for (int l = 0; l < c.num_layers; ++l) {
+      const LayerTensorNames n = layer_tensor_names(c, l);
+      DecoderLayerWeights layer;
+      layer.input_norm = t.tensors.at(n.input_norm);
+      layer.post_attention_norm = t.tensors.at(n.post_attention_norm);
+      layer.attention = {t.tensors.at(n.q), t.tensors.at(n.k), t.tensors.at(n.v), t.tensors.at(n.o), Matrix(), Matrix(), Matrix()};
+      if (c.attention_bias) {
+        layer.attention.q_bias = t.tensors.at(n.q_bias);
+        layer.attention.k_bias = t.tensors.at(n.k_bias);
+        layer.attention.v_bias = t.tensors.at(n.v_bias);
+      }
+      if (c.is_moe_layer(l)) {
+        layer.moe = ck.moe_layer(l);  // equality with pack() of the originals: MoeLayerEqualsThePackedOriginals
+      } else {
+        layer.mlp = DenseExpert{t.tensors.at(n.dense_mlp.gate), t.tensors.at(n.dense_mlp.up), t.tensors.at(n.dense_mlp.down), Matrix()};
+      }
+      expected.layers.push_back(std::move(layer));
+    }
+    const std::vector<std::int32_t> ids = {1, 7, 42, 3}, sequence(4, 0);
+    std::vector<reference::KvCache> a = reference::make_kv_caches(c, converted, 1, 8), b = reference::make_kv_caches(c, expected, 1, 8);
+    const Matrix logits = reference::model_forward(c, converted, ids, sequence, a);
+    const Matrix expected_logits = reference::model_forward(c, expected, ids, sequence, b);
+    EXPECT_EQ(std::memcmp(logits.data(), expected_logits.data(), logits.bytes()), 0);
+    EXPECT_EQ(ck.model(1).layers.size(), 1u);
+    EXPECT_THROW(ck.model(c.num_layers + 1), Error);
     fs::remove_all(out);
     fs::remove_all(t.dir);
   }
