@@ -58,6 +58,7 @@ Command models_command();
 Command bench_command();
 Command convert_command();
 Command moe_command();
+Command run_command();
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

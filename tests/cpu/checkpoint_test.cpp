@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 
 #include "common/test_util.h"
 #include "io/json.h"
@@ -530,6 +531,17 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   ASSERT_EQ(y.bytes(), expected.bytes());
   EXPECT_EQ(std::memcmp(y.data(), expected.data(), y.bytes()), 0);
   EXPECT_EQ(*y_file.metadata_value("samoyeds.layer"), "1");
+
+  // The whole converted model generates (CPU reference).
+  ASSERT_EQ(run("run --checkpoint " + out.string() + " --batch 2 --prompt-len 3 --gen-len 3"), 0) << read_text(t.dir / "cli.log");
+  const std::string log = read_text(t.dir / "cli.log");
+  EXPECT_NE(log.find("tokens/s"), std::string::npos) << log;
+  std::istringstream generated(log.substr(log.find("generated:") + 10));
+  std::vector<long> tokens;
+  for (long id; generated >> id;) tokens.push_back(id);
+  EXPECT_EQ(tokens.size(), 3u) << log;
+  for (const long id : tokens) EXPECT_TRUE(id >= 0 && id < t.config.vocab_size) << id;
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --layers 9"), 0);
 
   // Bad requests fail with a message and a non-zero status, and write nothing.
   fs::remove(y_path);
