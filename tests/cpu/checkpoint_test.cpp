@@ -410,21 +410,29 @@ TEST(Convert, ActivationPolicyUsesTheCalibrationNorms) {
   fs::remove_all(t.dir);
 }
 
+const SparsityPattern kTinyPattern = SparsityPattern::parse("1:2:32");
+
+// Converts `t` into t.dir + "-out" (replacing an older output) with kTinyPattern; returns that directory.
+fs::path convert_tiny(const TinyCheckpoint& t) {
+  const fs::path out = t.dir.string() + "-out";
+  fs::remove_all(out);
+  ConvertOptions o;
+  o.in_dir = t.dir.string();
+  o.out_dir = out.string();
+  o.pattern = kTinyPattern;
+  convert_checkpoint(o);
+  return out;
+}
+
 // A converted directory gives back exactly pack() of the original experts, and the same MoE layer.
 TEST(ConvertedCheckpoint, MoeLayerEqualsThePackedOriginals) {
   for (const char* family : {"mixtral-8x7b", "qwen1.5-moe-a2.7b", "deepseek-moe-16b"}) {
     SCOPED_TRACE(family);
     const TinyCheckpoint t = make_tiny_checkpoint(family, std::string("reopen-") + family, 2, 19);
-    const fs::path out = t.dir.string() + "-out";
-    fs::remove_all(out);
-    ConvertOptions o;
-    o.in_dir = t.dir.string();
-    o.out_dir = out.string();
-    o.pattern = SparsityPattern::parse("1:2:32");
-    convert_checkpoint(o);
+    const fs::path out = convert_tiny(t);
     const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
     const ModelConfig& c = ck.config();
-    EXPECT_EQ(ck.pattern(), o.pattern);
+    EXPECT_EQ(ck.pattern(), kTinyPattern);
     for (const int layer : c.moe_layers()) {
       SCOPED_TRACE("layer " + std::to_string(layer));
       const PackedMoeWeights w = ck.moe_layer(layer);
@@ -434,7 +442,7 @@ TEST(ConvertedCheckpoint, MoeLayerEqualsThePackedOriginals) {
       for (int e = 0; e < c.num_experts; ++e) dense.experts.push_back(mlp(expert_tensor_names(c, layer, e)));
       if (const auto shared = shared_expert_tensor_names(c, layer)) dense.shared = mlp(*shared);
       if (const auto gate = shared_gate_tensor_name(c, layer)) dense.shared_gate = t.tensors.at(*gate);
-      const PackedMoeWeights expected = pack_moe_weights(c, dense, o.pattern);
+      const PackedMoeWeights expected = pack_moe_weights(c, dense, kTinyPattern);
       ASSERT_EQ(w.experts.size(), expected.experts.size());
       for (std::size_t e = 0; e < w.experts.size(); ++e) {
         EXPECT_EQ(w.experts[e].gate.values, expected.experts[e].gate.values) << e;
@@ -461,13 +469,7 @@ TEST(ConvertedCheckpoint, ModelEqualsTheOriginalTensorsPacked) {
   for (const char* family : {"qwen1.5-moe-a2.7b", "deepseek-moe-16b", "minicpm-moe-8x2b"}) {
     SCOPED_TRACE(family);
     const TinyCheckpoint t = make_tiny_checkpoint(family, std::string("model-") + family, 1, 29);
-    const fs::path out = t.dir.string() + "-out";
-    fs::remove_all(out);
-    ConvertOptions o;
-    o.in_dir = t.dir.string();
-    o.out_dir = out.string();
-    o.pattern = SparsityPattern::parse("1:2:32");
-    convert_checkpoint(o);
+    const fs::path out = convert_tiny(t);
     const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
     const ModelConfig& c = ck.config();
     const ModelWeights converted = ck.model();
