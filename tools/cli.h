@@ -59,6 +59,7 @@ Command bench_command();
 Command convert_command();
 Command moe_command();
 Command run_command();
+Command synth_command();
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

@@ -4,12 +4,15 @@
 // the index must agree with the shards exactly. Tensors of the checkpoint format: docs/checkpoints.md.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "samoyeds/matrix.h"
+#include "samoyeds/model_config.h"
 #include "samoyeds/safetensors.h"
 
 namespace samoyeds {
@@ -47,5 +50,17 @@ class Checkpoint {
   std::vector<SafetensorsFile> shards_;
   std::map<std::string, std::size_t, std::less<>> where_;  // tensor name -> shard
 };
+
+// Writes a Hugging Face-style checkpoint of `config` (the four mapped families) with seeded random
+// weights — linear weights normal with std 1/sqrt(fan_in), norm weights normal(1, 0.1), biases
+// normal(0, 0.1) — so that convert, moe and run can be tried and tested without downloads:
+// config.json (hf_config_json) and safetensors shards of at most `max_shard_bytes` each with
+// model.safetensors.index.json (a single model.safetensors when everything fits). Tensors are made
+// one at a time and a shard is written as soon as it is full. Atomic (DIR.tmp.<pid>, renamed); DIR
+// must not exist. Generation runs at roughly 10^8 weights a minute on one core: meant for scaled
+// configs or a few layers (config.num_layers), not for whole real-size models.
+void write_synthetic_checkpoint(const ModelConfig& config, const std::string& dir, DType dtype, std::uint64_t seed,
+                                std::uint64_t max_shard_bytes = 2'000'000'000,
+                                const std::function<void(const std::string&)>& progress = {});
 
 }  // namespace samoyeds

@@ -101,6 +101,11 @@ const ModelConfig& find_model(std::string_view name);
 // "_name_or_path", else the family name. The result is validated.
 ModelConfig parse_hf_config(std::string_view json_text, std::string name = "");
 
+// The config.json of `config` in its family's Hugging Face spelling, so that parse_hf_config gives
+// `config` back (names aside). Throws for OpenMoE (its ColossalAI layout is not written) and for
+// settings the family's config cannot express (e.g. a DeepSeek shared width other than n_shared x I).
+std::string hf_config_json(const ModelConfig& config);
+
 // Reads `path`: a config.json file, or a directory that contains one. Errors name the file.
 ModelConfig load_hf_config(const std::string& path, std::string name = "");
 

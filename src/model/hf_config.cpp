@@ -466,4 +466,93 @@ ModelConfig load_hf_config(const std::string& path, std::string name) {
   }
 }
 
+std::string hf_config_json(const ModelConfig& c) {
+  c.validate();
+  SAMOYEDS_CHECK(c.family != ModelFamily::openmoe, c.display_name,
+                 ": writing OpenMoE's (ColossalAI) config.json is not supported");
+  Value j = Value::object();
+  auto set = [&](const char* key, Value v) { j.set(key, std::move(v)); };
+  auto integer = [](std::int64_t v) { return Value(v); };
+  struct Names {
+    ModelFamily family;
+    const char* architecture;
+    const char* model_type;
+  };
+  constexpr Names kNames[] = {{ModelFamily::mixtral, "MixtralForCausalLM", "mixtral"},
+                              {ModelFamily::deepseek_moe, "DeepseekForCausalLM", "deepseek"},
+                              {ModelFamily::qwen2_moe, "Qwen2MoeForCausalLM", "qwen2_moe"},
+                              {ModelFamily::minicpm_moe, "MiniCPMForCausalLM", "minicpm"}};
+  const Names* names = std::find_if(std::begin(kNames), std::end(kNames), [&](const Names& n) { return n.family == c.family; });
+  Value architectures = Value::array();
+  architectures.push_back(Value(names->architecture));
+  set("architectures", std::move(architectures));
+  set("model_type", Value(names->model_type));
+  set("hidden_act", Value("silu"));
+  set("hidden_size", integer(c.hidden_size));
+  set("num_hidden_layers", integer(c.num_layers));
+  set("num_attention_heads", integer(c.num_attention_heads));
+  set("num_key_value_heads", integer(c.num_kv_heads));
+  set("head_dim", integer(c.head_dim));
+  set("vocab_size", integer(c.vocab_size));
+  set("rms_norm_eps", Value(c.rms_norm_eps));
+  set("rope_theta", Value(c.rope_theta));
+  set("max_position_embeddings", integer(c.max_position_embeddings));
+  set("tie_word_embeddings", Value(c.tie_word_embeddings));
+  set("torch_dtype", Value("bfloat16"));
+  set("num_experts_per_tok", integer(c.top_k));
+  auto require = [&](bool ok, const char* what) {
+    SAMOYEDS_CHECK(ok, c.display_name, ": ", family_name(c.family), "'s config.json cannot express ", what);
+  };
+  switch (c.family) {
+    case ModelFamily::mixtral:
+      require(c.renormalize && c.num_shared_experts == 0 && c.num_layers == c.num_moe_layers() && !c.attention_bias,
+              "this routing or layer layout");
+      set("intermediate_size", integer(c.intermediate_size));
+      set("num_local_experts", integer(c.num_experts));
+      set("sliding_window", c.sliding_window > 0 ? integer(c.sliding_window) : Value());
+      break;
+    case ModelFamily::deepseek_moe:
+      require(c.shared_intermediate_size == static_cast<std::int64_t>(c.num_shared_experts) * c.intermediate_size,
+              "a shared-expert width other than n_shared_experts x moe_intermediate_size");
+      require(c.dense_layers.empty() && c.moe_layer_phase == 0, "this set of dense layers");
+      set("moe_intermediate_size", integer(c.intermediate_size));
+      if (c.dense_intermediate_size > 0) set("intermediate_size", integer(c.dense_intermediate_size));
+      set("n_routed_experts", integer(c.num_experts));
+      set("n_shared_experts", integer(c.num_shared_experts));
+      set("norm_topk_prob", Value(c.renormalize));
+      set("scoring_func", Value("softmax"));
+      set("first_k_dense_replace", integer(c.first_dense_layers));
+      set("moe_layer_freq", integer(c.moe_layer_interval));
+      set("attention_bias", Value(c.attention_bias));
+      break;
+    case ModelFamily::qwen2_moe: {
+      require(c.first_dense_layers == 0 && c.moe_layer_phase == c.moe_layer_interval - 1,
+              "this set of dense layers");
+      require(c.shared_expert_sigmoid_gate == (c.num_shared_experts > 0), "an ungated shared expert");
+      set("moe_intermediate_size", integer(c.intermediate_size));
+      if (c.dense_intermediate_size > 0) set("intermediate_size", integer(c.dense_intermediate_size));
+      set("num_experts", integer(c.num_experts));
+      set("shared_expert_intermediate_size", integer(c.shared_intermediate_size));
+      set("norm_topk_prob", Value(c.renormalize));
+      set("decoder_sparse_step", integer(c.moe_layer_interval));
+      Value dense = Value::array();
+      for (const int l : c.dense_layers) dense.push_back(integer(l));
+      set("mlp_only_layers", std::move(dense));
+      set("qkv_bias", Value(c.attention_bias));
+      set("use_sliding_window", Value(false));
+      break;
+    }
+    case ModelFamily::minicpm_moe:
+      require(c.renormalize && c.num_shared_experts == 0 && !c.attention_bias, "this routing");
+      set("intermediate_size", integer(c.intermediate_size));
+      set("num_experts", integer(c.num_experts));
+      set("scale_emb", Value(c.scale_emb));
+      set("scale_depth", Value(c.scale_depth));
+      set("dim_model_base", integer(c.dim_model_base));
+      break;
+    case ModelFamily::openmoe: break;
+  }
+  return json::dump(j);
+}
+
 }  // namespace samoyeds

@@ -7,6 +7,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -506,6 +507,43 @@ TEST(ConvertedCheckpoint, ModelEqualsTheOriginalTensorsPacked) {
     fs::remove_all(out);
     fs::remove_all(t.dir);
   }
+}
+
+// write_synthetic_checkpoint: every mapped family, sharded, reads back as the same config and converts,
+// loads and runs.
+TEST(SyntheticCheckpoint, EveryMappedFamilyConvertsAndRuns) {
+  for (const char* family : {"mixtral-8x7b", "deepseek-moe-16b", "qwen1.5-moe-a2.7b", "minicpm-moe-8x2b"}) {
+    SCOPED_TRACE(family);
+    ModelConfig c = scaled_config(find_model(family), 64, 48);
+    c.num_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 16;
+    c.vocab_size = 40;
+    const fs::path dir = fresh_dir(std::string("synth-") + family);
+    fs::remove_all(dir);
+    write_synthetic_checkpoint(c, dir.string(), DType::bf16, 3, 64 << 10);  // 64 KiB shards: several
+    EXPECT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
+    ModelConfig back = load_hf_config(dir.string());
+    back.name = c.name;
+    back.display_name = c.display_name;
+    EXPECT_EQ(back, c);
+    EXPECT_THROW(write_synthetic_checkpoint(c, dir.string(), DType::bf16, 3), Error);  // exists
+
+    TinyCheckpoint t;  // only dir is used by convert_tiny
+    t.dir = dir;
+    const fs::path out = convert_tiny(t);
+    const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
+    const ModelWeights w = ck.model();
+    std::vector<reference::KvCache> caches = reference::make_kv_caches(ck.config(), w, 1, 4);
+    const Matrix logits = reference::model_forward(ck.config(), w, std::vector<std::int32_t>{1, 2, 3},
+                                                   std::vector<std::int32_t>(3, 0), caches);
+    for (std::int64_t v = 0; v < logits.cols(); ++v) ASSERT_TRUE(std::isfinite(logits.get(2, v)));
+    fs::remove_all(out);
+    fs::remove_all(dir);
+  }
+  EXPECT_THROW(write_synthetic_checkpoint(find_model("openmoe-8b"), fresh_dir("synth-openmoe").string() + "/x", DType::bf16, 1),
+               Error);
 }
 
 // The command line end to end: `samoyeds convert`, then `samoyeds moe` on activations from a file,

@@ -15,6 +15,7 @@
 
 #include "samoyeds/error.h"
 #include "samoyeds/model_config.h"
+#include "samoyeds/moe.h"
 
 namespace samoyeds {
 namespace {
@@ -490,6 +491,27 @@ TEST(ModelConfigDescribe, SummarisesEveryModel) {
   EXPECT_NE(describe(find_model("deepseek-moe-16b")).find("27 MoE: 1-27"), std::string::npos);
   EXPECT_NE(describe(find_model("mixtral-8x7b")).find("176.2 M parameters per routed expert"), std::string::npos);
   expect_error([] { describe(ModelConfig()); }, {"hidden_size"});
+}
+
+// hf_config_json writes what parse_hf_config reads back as the same config, for every mapped family,
+// at real and at changed sizes.
+TEST(HfConfigJson, RoundTripsThroughTheParser) {
+  for (const ModelConfig& model : model_registry()) {
+    if (model.family == ModelFamily::openmoe) {
+      EXPECT_THROW(hf_config_json(model), Error);
+      continue;
+    }
+    for (const bool scaled : {false, true}) {
+      SCOPED_TRACE(model.name + (scaled ? " scaled" : ""));
+      ModelConfig c = scaled ? scaled_config(model, 64, 48) : model;
+      if (scaled) c.num_layers = 3;
+      const ModelConfig back = parse_hf_config(hf_config_json(c), c.name);
+      ModelConfig expected = c;
+      expected.name = back.name;  // names come from the registry or the given label
+      expected.display_name = back.display_name;
+      EXPECT_EQ(back, expected) << hf_config_json(c);
+    }
+  }
 }
 
 }  // namespace

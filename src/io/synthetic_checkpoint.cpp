@@ -1,0 +1,143 @@
+// SPDX-License-Identifier: Apache-2.0
+// Synthetic Hugging Face-style checkpoints: every tensor of a mapped family, seeded, sharded.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <random>
+
+#include "io/json.h"
+#include "io/text_file.h"
+#include "model/random_weights.h"
+#include "samoyeds/checkpoint.h"
+#include "samoyeds/hf_names.h"
+
+namespace samoyeds {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+enum class Init { linear, norm, bias };
+
+struct PlannedTensor {
+  std::string name;
+  std::vector<std::int64_t> shape;  // [rows, cols], or [n] for norms and biases
+  Init init;
+};
+
+std::vector<PlannedTensor> plan_tensors(const ModelConfig& c) {
+  const std::int64_t H = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  std::vector<PlannedTensor> out;
+  auto linear = [&](const std::string& name, std::int64_t rows, std::int64_t cols) { out.push_back({name, {rows, cols}, Init::linear}); };
+  auto mlp = [&](const MlpTensorNames& n, std::int64_t width) {
+    linear(n.gate, width, H);
+    linear(n.up, width, H);
+    linear(n.down, H, width);
+  };
+  linear(embedding_tensor_name(c), c.vocab_size, H);
+  for (int layer = 0; layer < c.num_layers; ++layer) {
+    const LayerTensorNames n = layer_tensor_names(c, layer);
+    out.push_back({n.input_norm, {H}, Init::norm});
+    linear(n.q, q_dim, H);
+    linear(n.k, kv_dim, H);
+    linear(n.v, kv_dim, H);
+    linear(n.o, H, q_dim);
+    if (c.attention_bias) {
+      out.push_back({n.q_bias, {q_dim}, Init::bias});
+      out.push_back({n.k_bias, {kv_dim}, Init::bias});
+      out.push_back({n.v_bias, {kv_dim}, Init::bias});
+    }
+    out.push_back({n.post_attention_norm, {H}, Init::norm});
+    if (!c.is_moe_layer(layer)) {
+      mlp(n.dense_mlp, c.dense_intermediate_size);
+      continue;
+    }
+    linear(router_tensor_name(c, layer), c.num_experts, H);
+    for (int e = 0; e < c.num_experts; ++e) mlp(expert_tensor_names(c, layer, e), c.intermediate_size);
+    if (const auto shared = shared_expert_tensor_names(c, layer)) mlp(*shared, c.shared_intermediate_size);
+    if (const auto gate = shared_gate_tensor_name(c, layer)) linear(*gate, 1, H);
+  }
+  out.push_back({final_norm_tensor_name(c), {H}, Init::norm});
+  if (!c.tie_word_embeddings) linear(lm_head_tensor_name(c), c.vocab_size, H);
+  return out;
+}
+
+Matrix make_tensor(const PlannedTensor& t, DType dtype, std::uint64_t seed) {
+  const std::int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1, cols = t.shape.back();
+  if (t.init == Init::linear) return detail::random_matrix(dtype, rows, cols, 1.0f / std::sqrt(static_cast<float>(cols)), seed);
+  Matrix m = detail::random_matrix(dtype, rows, cols, 0.1f, seed);
+  if (t.init == Init::norm)
+    for (std::int64_t c = 0; c < cols; ++c) m.set(0, c, 1.0f + m.get(0, c));
+  return m;
+}
+
+}  // namespace
+
+void write_synthetic_checkpoint(const ModelConfig& config, const std::string& dir, DType dtype, std::uint64_t seed,
+                                std::uint64_t max_shard_bytes, const std::function<void(const std::string&)>& progress) {
+  SAMOYEDS_CHECK(is_half_precision(dtype), "synthetic checkpoints are bf16 or fp16, got ", dtype_name(dtype));
+  SAMOYEDS_CHECK(max_shard_bytes >= 1, "the shard size must be positive");
+  const std::string config_json = hf_config_json(config);  // validates; rejects OpenMoE
+  const std::vector<PlannedTensor> tensors = plan_tensors(config);
+  std::error_code ec;
+  SAMOYEDS_CHECK(!fs::exists(dir, ec), "synthetic checkpoint: '", dir, "' exists; choose a new directory");
+
+  // Shards are planned up front so that their names can say "of N".
+  std::vector<std::size_t> shard_of(tensors.size());
+  std::size_t num_shards = 1;
+  std::uint64_t bytes_in_shard = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    std::uint64_t bytes = dtype_size(dtype);
+    for (const std::int64_t d : tensors[i].shape) bytes *= static_cast<std::uint64_t>(d);
+    if (bytes_in_shard > 0 && bytes_in_shard + bytes > max_shard_bytes) {
+      ++num_shards;
+      bytes_in_shard = 0;
+    }
+    bytes_in_shard += bytes;
+    shard_of[i] = num_shards - 1;
+  }
+  auto shard_name = [&](std::size_t s) {
+    if (num_shards == 1) return std::string("model.safetensors");
+    char name[64];
+    std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, num_shards);
+    return std::string(name);
+  };
+
+  const fs::path tmp = dir + ".tmp." + std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  SAMOYEDS_CHECK(fs::create_directories(tmp, ec), "synthetic checkpoint: cannot create '", tmp.string(), "': ", ec.message());
+  try {
+    json::Value weight_map = json::Value::object();
+    SafetensorsWriter writer;
+    std::size_t shard = 0;
+    for (std::size_t i = 0; i <= tensors.size(); ++i) {
+      if (i == tensors.size() || shard_of[i] != shard) {
+        writer.write((tmp / shard_name(shard)).string());
+        if (progress) progress("wrote " + shard_name(shard) + " (" + std::to_string(writer.num_tensors()) + " tensors)");
+        writer = SafetensorsWriter();
+        if (i == tensors.size()) break;
+        shard = shard_of[i];
+      }
+      const Matrix m = make_tensor(tensors[i], dtype, seed * 1000003 + i);
+      std::vector<std::uint8_t> bytes(m.bytes());
+      std::memcpy(bytes.data(), m.data(), bytes.size());
+      writer.add_owned(tensors[i].name, dtype == DType::bf16 ? "BF16" : "F16", tensors[i].shape, std::move(bytes));
+      weight_map.set(tensors[i].name, json::Value(shard_name(shard)));
+    }
+    if (num_shards > 1) {
+      json::Value index = json::Value::object();
+      index.set("metadata", json::Value::object());
+      index.set("weight_map", std::move(weight_map));
+      detail::write_text_file((tmp / "model.safetensors.index.json").string(), json::dump(index));
+    }
+    detail::write_text_file((tmp / "config.json").string(), config_json);
+    fs::rename(tmp, dir);
+  } catch (...) {
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+}  // namespace samoyeds
