@@ -49,7 +49,8 @@ int run_run(const Args& args) {
     throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
   const std::int64_t batch = args.get_int("batch"), prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
   if (batch < 1 || prompt_len < 1 || gen_len < 1) throw UsageError{"--batch, --prompt-len and --gen-len must be at least 1"};
-  const std::int64_t layers_wanted = args.has("layers") ? args.get_int("layers") : 0;
+  const std::int64_t layers_wanted = args.has("layers") ? args.get_int("layers") : 0;  // 0: every layer
+  if (args.has("layers") && layers_wanted < 1) throw UsageError{"--layers must be at least 1"};
   const auto seed = static_cast<std::uint64_t>(args.get_int("seed"));
 
   ModelConfig config;
