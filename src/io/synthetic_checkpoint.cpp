@@ -8,6 +8,7 @@
 #include <random>
 
 #include "io/json.h"
+#include "core/parallel.h"
 #include "io/text_file.h"
 #include "model/random_weights.h"
 #include "samoyeds/checkpoint.h"
@@ -64,12 +65,21 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c) {
   return out;
 }
 
+// Row r draws from its own generator (seed, r), so rows fill in parallel and the result does not
+// depend on the thread count.
 Matrix make_tensor(const PlannedTensor& t, DType dtype, std::uint64_t seed) {
   const std::int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1, cols = t.shape.back();
-  if (t.init == Init::linear) return detail::random_matrix(dtype, rows, cols, 1.0f / std::sqrt(static_cast<float>(cols)), seed);
-  Matrix m = detail::random_matrix(dtype, rows, cols, 0.1f, seed);
-  if (t.init == Init::norm)
-    for (std::int64_t c = 0; c < cols; ++c) m.set(0, c, 1.0f + m.get(0, c));
+  const float mean = t.init == Init::norm ? 1.0f : 0.0f;
+  const float stddev = t.init == Init::linear ? 1.0f / std::sqrt(static_cast<float>(cols)) : 0.1f;
+  Matrix m(dtype, rows, cols);
+  detail::parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      std::mt19937_64 rng(seed * 1000003 + static_cast<std::uint64_t>(r));
+      std::normal_distribution<float> normal(mean, stddev);
+      std::uint16_t* row = m.half_data() + r * cols;
+      for (std::int64_t c = 0; c < cols; ++c) row[c] = float_to_half(dtype, normal(rng));
+    }
+  });
   return m;
 }
 
@@ -120,7 +130,7 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
         if (i == tensors.size()) break;
         shard = shard_of[i];
       }
-      const Matrix m = make_tensor(tensors[i], dtype, seed * 1000003 + i);
+      const Matrix m = make_tensor(tensors[i], dtype, seed * 7919 + i);
       std::vector<std::uint8_t> bytes(m.bytes());
       std::memcpy(bytes.data(), m.data(), bytes.size());
       writer.add_owned(tensors[i].name, dtype == DType::bf16 ? "BF16" : "F16", tensors[i].shape, std::move(bytes));
