@@ -49,6 +49,10 @@ int run_run(const Args& args) {
     throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
   const std::int64_t batch = args.get_int("batch"), prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
   if (batch < 1 || prompt_len < 1 || gen_len < 1) throw UsageError{"--batch, --prompt-len and --gen-len must be at least 1"};
+  constexpr std::int64_t kMaxBatch = 1 << 16, kMaxLength = 1 << 24;  // bounds before any arithmetic on them
+  if (batch > kMaxBatch || prompt_len > kMaxLength || gen_len > kMaxLength)
+    throw UsageError{"--batch is at most " + std::to_string(kMaxBatch) + ", --prompt-len and --gen-len at most " +
+                     std::to_string(kMaxLength)};
   const std::int64_t layers_wanted = args.has("layers") ? args.get_int("layers") : 0;  // 0: every layer
   if (args.has("layers") && layers_wanted < 1) throw UsageError{"--layers must be at least 1"};
   const auto seed = static_cast<std::uint64_t>(args.get_int("seed"));
@@ -79,6 +83,9 @@ int run_run(const Args& args) {
                 static_cast<long long>(config.intermediate_size));
     weights = synthetic_model(config, layers, DType::bf16, SparsityPattern::parse(args.get("pattern")), seed);
   }
+  if (prompt_len + gen_len > config.max_position_embeddings)
+    throw UsageError{"--prompt-len + --gen-len = " + std::to_string(prompt_len + gen_len) + " exceeds " +
+                     config.display_name + "'s " + std::to_string(config.max_position_embeddings) + " positions"};
   const double build_s = seconds_since(build_start);
   const int layers = static_cast<int>(weights.layers.size());
 

@@ -54,7 +54,8 @@ class Checkpoint {
 // Writes a Hugging Face-style checkpoint of `config` (the four mapped families) with seeded random
 // weights — linear weights normal with std 1/sqrt(fan_in), norm weights normal(1, 0.1), biases
 // normal(0, 0.1) — so that convert, moe and run can be tried and tested without downloads:
-// config.json (hf_config_json) and safetensors shards of at most `max_shard_bytes` each with
+// config.json (hf_config_json) and safetensors shards of at most `max_shard_bytes` each (a single
+// larger tensor gets a shard of its own) with
 // model.safetensors.index.json (a single model.safetensors when everything fits). Tensors are made
 // one at a time and a shard is written as soon as it is full. Atomic (DIR.tmp.<pid>, renamed); DIR
 // must not exist. Rows are generated in parallel: one real-size Mixtral-8x7B layer (1.4 x 10^9

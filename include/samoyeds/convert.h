@@ -19,14 +19,14 @@ namespace samoyeds {
 
 struct ConvertOptions {
   std::string in_dir;   // config.json + safetensors (one file, or shards with their index)
-  std::string out_dir;  // created; must not exist unless `overwrite`
+  std::string out_dir;  // created; must not exist unless `overwrite`; never the input, inside it or around it
   SparsityPattern pattern = SparsityPattern::parse("1:2:128");
   PruningPolicy policy = PruningPolicy::magnitude;
   // PruningPolicy::activation: a safetensors file with, for each expert matrix NAME (its tensor name
   // without ".weight"), the tensor "NAME.input_norm" [cols] or [1, cols] F32: ||x_col||_2 of the
   // inputs that matrix sees on calibration data.
   std::string calibration_path;
-  bool overwrite = false;
+  bool overwrite = false;  // replace out_dir when it is an earlier conversion (has samoyeds.json) or empty
   std::function<void(const std::string&)> progress;  // one line per step; may be empty
 };
 

@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "samoyeds/dtype.h"
+
 namespace samoyeds {
 
 enum class ModelFamily { mixtral, deepseek_moe, qwen2_moe, minicpm_moe, openmoe };
@@ -104,7 +106,8 @@ ModelConfig parse_hf_config(std::string_view json_text, std::string name = "");
 // The config.json of `config` in its family's Hugging Face spelling, so that parse_hf_config gives
 // `config` back (names aside). Throws for OpenMoE (its ColossalAI layout is not written) and for
 // settings the family's config cannot express (e.g. a DeepSeek shared width other than n_shared x I).
-std::string hf_config_json(const ModelConfig& config);
+// `dtype` (bf16 or fp16) is written as torch_dtype.
+std::string hf_config_json(const ModelConfig& config, DType dtype = DType::bf16);
 
 // Reads `path`: a config.json file, or a directory that contains one. Errors name the file.
 ModelConfig load_hf_config(const std::string& path, std::string name = "");

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "io/json.h"
-#include "io/text_file.h"
+#include "io/file_util.h"
 #include "samoyeds/error.h"
 
 namespace samoyeds {

@@ -2,8 +2,6 @@
 // Checkpoint conversion: HF names -> packed expert files per MoE layer + the other tensors copied.
 #include "samoyeds/convert.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -11,7 +9,7 @@
 #include <set>
 
 #include "io/json.h"
-#include "io/text_file.h"
+#include "io/file_util.h"
 #include "samoyeds/checkpoint.h"
 #include "samoyeds/error.h"
 #include "samoyeds/hf_names.h"
@@ -118,8 +116,22 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
     PackedFile out;
     double layer_error = 0.0;
     const std::vector<ExpertMatrix> matrices = layer_expert_matrices(config, layer);
+    // One half-precision dtype per layer: the experts', which the router and shared gate must share.
+    const std::string dtype = ckpt.info(matrices.front().tensor).dtype;
+    auto check_dense = [&](const std::string& tensor, std::int64_t rows) {
+      const TensorInfo& info = ckpt.info(tensor);
+      const bool shape_ok = info.shape == std::vector<std::int64_t>{rows, config.hidden_size} ||
+                            (rows == 1 && info.shape == std::vector<std::int64_t>{config.hidden_size});
+      SAMOYEDS_CHECK(shape_ok && info.dtype == dtype, "convert: \"", tensor, "\" is ", info.dtype, " ",
+                     shape_string(info.shape), " but layer ", layer, " needs ", dtype, " [", rows, ", ",
+                     config.hidden_size, "] (the experts' dtype)");
+    };
+    check_dense(router_tensor_name(config, layer), config.num_experts);
+    if (const auto gate = shared_gate_tensor_name(config, layer)) check_dense(*gate, 1);
     for (const ExpertMatrix& m : matrices) {
       const TensorInfo& info = ckpt.info(m.tensor);
+      SAMOYEDS_CHECK(info.dtype == dtype, "convert: \"", m.tensor, "\" is ", info.dtype, " but the other experts of layer ",
+                     layer, " are ", dtype, "; a layer's experts must share one dtype");
       SAMOYEDS_CHECK(info.shape == (std::vector<std::int64_t>{m.rows, m.cols}), "convert: \"", m.tensor, "\" has shape ",
                      shape_string(info.shape), " but ", config.display_name, " needs [", m.rows, ", ", m.cols, "]");
       SAMOYEDS_CHECK(info.dtype == "BF16" || info.dtype == "F16", "convert: \"", m.tensor, "\" is ", info.dtype,
@@ -164,7 +176,8 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
     say("copied " + std::to_string(writer.num_tensors()) + " other tensors of " + ckpt.shard_names()[s]);
   }
 
-  fs::copy_file(fs::path(o.in_dir) / "config.json", tmp / "config.json");
+  detail::write_text_file((tmp / "config.json").string(),
+                          detail::read_text_file((fs::path(o.in_dir) / "config.json").string(), 16u << 20));
   json::Value manifest = json::Value::object();
   manifest.set("samoyeds_checkpoint_version", json::Value(std::string("1")));
   manifest.set("model", json::Value(config.display_name));
@@ -186,20 +199,28 @@ std::string expert_file_name(int layer) {
 
 ConvertReport convert_checkpoint(const ConvertOptions& o) {
   SAMOYEDS_CHECK(!o.in_dir.empty() && !o.out_dir.empty(), "convert: give the input and the output directory");
-  const fs::path out(o.out_dir);
+  const fs::path in = detail::normalized_dir(o.in_dir), out = detail::normalized_dir(o.out_dir);
   std::error_code ec;
-  SAMOYEDS_CHECK(fs::is_directory(o.in_dir, ec), "convert: '", o.in_dir, "' is not a checkpoint directory");
-  SAMOYEDS_CHECK(o.overwrite || !fs::exists(out, ec), "convert: '", o.out_dir,
-                 "' exists; choose another output directory or allow replacing it (--force)");
-  SAMOYEDS_CHECK(fs::weakly_canonical(out, ec) != fs::weakly_canonical(o.in_dir, ec),
-                 "convert: the output directory cannot be the input directory");
-  const fs::path tmp = out.string() + ".tmp." + std::to_string(::getpid());
+  SAMOYEDS_CHECK(fs::is_directory(in, ec), "convert: '", o.in_dir, "' is not a checkpoint directory");
+  SAMOYEDS_CHECK(!detail::is_within(out, in) && !detail::is_within(in, out), "convert: the output directory '",
+                 o.out_dir, "' must not be the input directory, lie inside it, or contain it");
+  if (fs::exists(out, ec)) {
+    SAMOYEDS_CHECK(o.overwrite, "convert: '", o.out_dir,
+                   "' exists; choose another output directory or allow replacing it (--force)");
+    // --force replaces an earlier conversion or an empty directory, never anything else.
+    SAMOYEDS_CHECK(fs::is_directory(out, ec) && (fs::exists(out / "samoyeds.json", ec) || fs::is_empty(out, ec)),
+                   "convert: --force replaces only an earlier conversion (a directory with samoyeds.json) or an empty "
+                   "directory; '", o.out_dir, "' is neither");
+  }
+  const fs::path tmp = detail::temporary_sibling(out);
   fs::remove_all(tmp, ec);
   SAMOYEDS_CHECK(fs::create_directories(tmp, ec), "convert: cannot create '", tmp.string(), "': ", ec.message());
   try {
     ConvertReport report = convert_into(o, tmp);
-    if (fs::exists(out, ec)) fs::remove_all(out);  // only reached with overwrite
+    detail::fsync_directory(tmp);
+    if (fs::exists(out, ec)) fs::remove_all(out);  // an earlier conversion, with --force
     fs::rename(tmp, out);
+    detail::fsync_directory(out.has_parent_path() ? out.parent_path() : fs::path("."));
     return report;
   } catch (...) {
     fs::remove_all(tmp, ec);

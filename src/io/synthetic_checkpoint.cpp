@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // Synthetic Hugging Face-style checkpoints: every tensor of a mapped family, seeded, sharded.
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -9,7 +7,7 @@
 
 #include "io/json.h"
 #include "core/parallel.h"
-#include "io/text_file.h"
+#include "io/file_util.h"
 #include "model/random_weights.h"
 #include "samoyeds/checkpoint.h"
 #include "samoyeds/hf_names.h"
@@ -89,10 +87,11 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
                                 std::uint64_t max_shard_bytes, const std::function<void(const std::string&)>& progress) {
   SAMOYEDS_CHECK(is_half_precision(dtype), "synthetic checkpoints are bf16 or fp16, got ", dtype_name(dtype));
   SAMOYEDS_CHECK(max_shard_bytes >= 1, "the shard size must be positive");
-  const std::string config_json = hf_config_json(config);  // validates; rejects OpenMoE
+  const std::string config_json = hf_config_json(config, dtype);  // validates; rejects OpenMoE
   const std::vector<PlannedTensor> tensors = plan_tensors(config);
   std::error_code ec;
-  SAMOYEDS_CHECK(!fs::exists(dir, ec), "synthetic checkpoint: '", dir, "' exists; choose a new directory");
+  const fs::path target = detail::normalized_dir(dir);
+  SAMOYEDS_CHECK(!fs::exists(target, ec), "synthetic checkpoint: '", dir, "' exists; choose a new directory");
 
   // Shards are planned up front so that their names can say "of N".
   std::vector<std::size_t> shard_of(tensors.size());
@@ -115,7 +114,7 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
     return std::string(name);
   };
 
-  const fs::path tmp = dir + ".tmp." + std::to_string(::getpid());
+  const fs::path tmp = detail::temporary_sibling(target);
   fs::remove_all(tmp, ec);
   SAMOYEDS_CHECK(fs::create_directories(tmp, ec), "synthetic checkpoint: cannot create '", tmp.string(), "': ", ec.message());
   try {
@@ -143,7 +142,9 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
       detail::write_text_file((tmp / "model.safetensors.index.json").string(), json::dump(index));
     }
     detail::write_text_file((tmp / "config.json").string(), config_json);
-    fs::rename(tmp, dir);
+    detail::fsync_directory(tmp);
+    fs::rename(tmp, target);
+    detail::fsync_directory(target.has_parent_path() ? target.parent_path() : fs::path("."));
   } catch (...) {
     fs::remove_all(tmp, ec);
     throw;

@@ -11,6 +11,14 @@ namespace samoyeds {
 
 namespace {
 
+// splitmix64 of (seed, salt): well-separated starting points for the per-layer seed ranges.
+std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t salt) {
+  std::uint64_t z = seed + 0x9E3779B97F4A7C15ull * (salt + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
 std::int64_t q_dim(const ModelConfig& c) { return c.num_attention_heads * c.head_dim; }
 std::int64_t kv_dim(const ModelConfig& c) { return c.num_kv_heads * c.head_dim; }
 
@@ -34,8 +42,9 @@ DecoderLayerWeights synthetic_decoder_layer(const ModelConfig& config, int layer
   SAMOYEDS_CHECK(is_half_precision(dtype), "synthetic weights need bf16 or fp16, got ", dtype_name(dtype));
   const bool moe = config.is_moe_layer(layer);  // throws for a layer out of range
   const std::int64_t H = config.hidden_size;
-  // Seeds of different layers and tensors never coincide: 64 per layer.
-  const std::uint64_t base = seed * 1000003 + 64 * static_cast<std::uint64_t>(layer);
+  // Each layer's seeds start at a hash of (seed, layer): the MoE block draws 16 seeds per expert from
+  // its own start, so layers spaced evenly would share experts.
+  const std::uint64_t base = mix_seed(seed, static_cast<std::uint64_t>(layer));
   const float in_std = 1.0f / std::sqrt(static_cast<float>(H));
 
   DecoderLayerWeights w;
@@ -109,12 +118,13 @@ ModelWeights synthetic_model(const ModelConfig& config, int num_layers, DType dt
   SAMOYEDS_CHECK(num_layers >= 1 && num_layers <= config.num_layers, config.display_name, " has ", config.num_layers,
                  " layers; asked for ", num_layers);
   ModelWeights w;
-  w.embedding = detail::random_matrix(dtype, config.vocab_size, config.hidden_size, 1.0f, seed * 7919 + 1);
+  const std::uint64_t model_seed = mix_seed(seed, ~std::uint64_t{0});  // apart from every layer's
+  w.embedding = detail::random_matrix(dtype, config.vocab_size, config.hidden_size, 1.0f, model_seed + 1);
   for (int l = 0; l < num_layers; ++l) w.layers.push_back(synthetic_decoder_layer(config, l, dtype, pattern, seed));
-  w.final_norm = random_around(dtype, config.hidden_size, 1.0f, 0.1f, seed * 7919 + 2);
+  w.final_norm = random_around(dtype, config.hidden_size, 1.0f, 0.1f, model_seed + 2);
   if (!config.tie_word_embeddings)
     w.lm_head = detail::random_matrix(dtype, config.vocab_size, config.hidden_size,
-                                      1.0f / std::sqrt(static_cast<float>(config.hidden_size)), seed * 7919 + 3);
+                                      1.0f / std::sqrt(static_cast<float>(config.hidden_size)), model_seed + 3);
   return w;
 }
 

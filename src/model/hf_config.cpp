@@ -466,10 +466,11 @@ ModelConfig load_hf_config(const std::string& path, std::string name) {
   }
 }
 
-std::string hf_config_json(const ModelConfig& c) {
+std::string hf_config_json(const ModelConfig& c, DType dtype) {
   c.validate();
   SAMOYEDS_CHECK(c.family != ModelFamily::openmoe, c.display_name,
                  ": writing OpenMoE's (ColossalAI) config.json is not supported");
+  SAMOYEDS_CHECK(is_half_precision(dtype), "hf_config_json: torch_dtype must be bf16 or fp16, got ", dtype_name(dtype));
   Value j = Value::object();
   auto set = [&](const char* key, Value v) { j.set(key, std::move(v)); };
   auto integer = [](std::int64_t v) { return Value(v); };
@@ -498,11 +499,19 @@ std::string hf_config_json(const ModelConfig& c) {
   set("rope_theta", Value(c.rope_theta));
   set("max_position_embeddings", integer(c.max_position_embeddings));
   set("tie_word_embeddings", Value(c.tie_word_embeddings));
-  set("torch_dtype", Value("bfloat16"));
+  set("torch_dtype", Value(dtype == DType::bf16 ? "bfloat16" : "float16"));
   set("num_experts_per_tok", integer(c.top_k));
   auto require = [&](bool ok, const char* what) {
     SAMOYEDS_CHECK(ok, c.display_name, ": ", family_name(c.family), "'s config.json cannot express ", what);
   };
+  // What no family but the one named writes: OpenMoE's activation, capacity routing, extra MLP and
+  // attention scale; Mixtral's sliding window; MiniCPM's scalings.
+  require(c.activation == ExpertActivation::silu_gated && !c.capacity_limited && !c.extra_dense_mlp &&
+              c.attention_scale == 0.0,
+          "OpenMoE's activation, capacity routing, extra MLP or attention scale");
+  require(c.family == ModelFamily::mixtral || c.sliding_window == 0, "a sliding window");
+  require(c.family == ModelFamily::minicpm_moe || (c.scale_emb == 1.0 && c.scale_depth == 0.0 && c.dim_model_base == 0),
+          "MiniCPM's embedding, residual or logit scaling");
   switch (c.family) {
     case ModelFamily::mixtral:
       require(c.renormalize && c.num_shared_experts == 0 && c.num_layers == c.num_moe_layers() && !c.attention_bias,
@@ -544,6 +553,7 @@ std::string hf_config_json(const ModelConfig& c) {
     }
     case ModelFamily::minicpm_moe:
       require(c.renormalize && c.num_shared_experts == 0 && !c.attention_bias, "this routing");
+      require(c.num_layers == c.num_moe_layers(), "dense layers");
       set("intermediate_size", integer(c.intermediate_size));
       set("num_experts", integer(c.num_experts));
       set("scale_emb", Value(c.scale_emb));

@@ -357,14 +357,26 @@ TEST(Convert, FailureLeavesNothingAndExistingOutputIsKept) {
   fs::create_directories(out);
   write_text(out / "keep.txt", "mine");
   EXPECT_THROW(convert_checkpoint(o), Error);
-  EXPECT_EQ(read_text(out / "keep.txt"), "mine");
   o.overwrite = true;
-  const ConvertReport report = convert_checkpoint(o);
-  EXPECT_FALSE(fs::exists(out / "keep.txt"));
+  EXPECT_THROW(convert_checkpoint(o), Error);  // --force replaces only an earlier conversion or an empty directory
+  EXPECT_EQ(read_text(out / "keep.txt"), "mine");
+  fs::remove(out / "keep.txt");
+  convert_checkpoint(o);  // an empty directory: replaced
+  write_text(out / "stale.txt", "from an earlier conversion");
+  const ConvertReport report = convert_checkpoint(o);  // an earlier conversion: replaced
+  EXPECT_FALSE(fs::exists(out / "stale.txt"));
   expect_converted(t, out, report, o.pattern);
 
+  // "OUT/" is OUT; the output is never the input, inside it, or around it.
+  o.out_dir = out.string() + "/";
+  expect_converted(t, out, convert_checkpoint(o), o.pattern);
   o.out_dir = t.dir.string();
-  EXPECT_THROW(convert_checkpoint(o), Error);  // output = input
+  EXPECT_THROW(convert_checkpoint(o), Error);
+  o.out_dir = (t.dir / "inside").string();
+  EXPECT_THROW(convert_checkpoint(o), Error);
+  o.out_dir = t.dir.parent_path().string();
+  EXPECT_THROW(convert_checkpoint(o), Error);
+  EXPECT_TRUE(fs::exists(t.dir / "config.json"));
   fs::remove_all(out);
   fs::remove_all(t.dir);
 }
@@ -522,7 +534,7 @@ TEST(SyntheticCheckpoint, EveryMappedFamilyConvertsAndRuns) {
     c.vocab_size = 40;
     const fs::path dir = fresh_dir(std::string("synth-") + family);
     fs::remove_all(dir);
-    write_synthetic_checkpoint(c, dir.string(), DType::bf16, 3, 64 << 10);  // 64 KiB shards: several
+    write_synthetic_checkpoint(c, dir.string() + "/", DType::bf16, 3, 64 << 10);  // 64 KiB shards: several; "DIR/" is DIR
     EXPECT_TRUE(fs::exists(dir / "model.safetensors.index.json"));
     ModelConfig back = load_hf_config(dir.string());
     back.name = c.name;

@@ -316,6 +316,11 @@ TEST(ReferenceDecoder, SyntheticWeightsAreSeededAndChecked) {
   EXPECT_TRUE(bitwise_equal(a.attention.q, b.attention.q));
   EXPECT_TRUE(bitwise_equal(a.attention.q_bias, b.attention.q_bias));
   EXPECT_FALSE(bitwise_equal(a.attention.q, synthetic_decoder_layer(c, 1, DType::bf16, kPattern, 7).attention.q));
+  // No expert of one layer reappears in the next (per-layer seed ranges do not overlap).
+  const DecoderLayerWeights next = synthetic_decoder_layer(c, 1, DType::bf16, kPattern, 7);
+  for (std::size_t e = 0; e < a.moe->experts.size(); ++e)
+    for (std::size_t f = 0; f < next.moe->experts.size(); ++f)
+      EXPECT_NE(a.moe->experts[e].gate.values, next.moe->experts[f].gate.values) << e << " vs " << f;
   EXPECT_NO_THROW(check_decoder_layer(c, 0, a));
 
   DecoderLayerWeights no_bias = a;

@@ -493,6 +493,21 @@ TEST(ModelConfigDescribe, SummarisesEveryModel) {
   expect_error([] { describe(ModelConfig()); }, {"hidden_size"});
 }
 
+TEST(HfConfigJson, RefusesWhatTheFamilyCannotExpress) {
+  ModelConfig minicpm = find_model("minicpm-moe-8x2b");
+  minicpm.dense_layers = {3};
+  minicpm.dense_intermediate_size = 5760;
+  EXPECT_THROW(hf_config_json(minicpm), Error);  // MiniCPM-MoE has no dense layers
+  ModelConfig qwen = find_model("qwen1.5-moe-a2.7b");
+  qwen.sliding_window = 64;
+  EXPECT_THROW(hf_config_json(qwen), Error);
+  ModelConfig mixtral = find_model("mixtral-8x7b");
+  mixtral.scale_emb = 2.0;
+  EXPECT_THROW(hf_config_json(mixtral), Error);
+  EXPECT_NE(hf_config_json(find_model("mixtral-8x7b"), DType::f16).find("\"float16\""), std::string::npos);
+  EXPECT_THROW(hf_config_json(find_model("mixtral-8x7b"), DType::f32), Error);
+}
+
 // hf_config_json writes what parse_hf_config reads back as the same config, for every mapped family,
 // at real and at changed sizes.
 TEST(HfConfigJson, RoundTripsThroughTheParser) {
