@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "samoyeds/moe.h"
+
 namespace samoyeds::cli {
 
 namespace {
@@ -96,6 +98,16 @@ std::string usage(const Command& command) {
   }
   out << "  --help                       show this help\n";
   return out.str();
+}
+
+ModelConfig model_from_args(const Args& args) {
+  ModelConfig config = find_model(args.get("model"));
+  if (args.has("scale")) {
+    const std::vector<std::int64_t> hi = args.get_int_list("scale");
+    if (hi.size() != 2) throw UsageError{"--scale takes H,I (e.g. 256,512)"};
+    config = scaled_config(config, hi[0], hi[1]);
+  }
+  return config;
 }
 
 std::string format_bytes(double bytes) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "samoyeds/model_config.h"
+
 namespace samoyeds::cli {
 
 struct Option {
@@ -60,6 +62,9 @@ Command convert_command();
 Command moe_command();
 Command run_command();
 Command synth_command();
+
+// find_model(--model), resized by --scale H,I when given (scaled_config).
+ModelConfig model_from_args(const Args& args);
 
 // "117.44 MB", "28.67 KB" (powers of 1000, as storage sizes are quoted).
 std::string format_bytes(double bytes);

@@ -69,12 +69,7 @@ int run_run(const Args& args) {
     std::printf("loading %s from %s ...\n", config.display_name.c_str(), args.get("checkpoint").c_str());
     weights = ck.model(static_cast<int>(layers_wanted));
   } else {
-    config = find_model(args.get("model"));
-    if (args.has("scale")) {
-      const std::vector<std::int64_t> hi = args.get_int_list("scale");
-      if (hi.size() != 2) throw UsageError{"--scale takes H,I (e.g. 256,512)"};
-      config = scaled_config(config, hi[0], hi[1]);
-    }
+    config = model_from_args(args);
     if (layers_wanted < 0 || layers_wanted > config.num_layers)
       throw UsageError{"--layers must be in [1, " + std::to_string(config.num_layers) + "]"};
     const int layers = layers_wanted == 0 ? config.num_layers : static_cast<int>(layers_wanted);

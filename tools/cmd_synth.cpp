@@ -13,12 +13,7 @@ namespace {
 
 int run_synth(const Args& args) {
   if (!args.has("model") || !args.has("out")) throw UsageError{"give --model NAME and --out DIR"};
-  ModelConfig config = find_model(args.get("model"));
-  if (args.has("scale")) {
-    const std::vector<std::int64_t> hi = args.get_int_list("scale");
-    if (hi.size() != 2) throw UsageError{"--scale takes H,I (e.g. 256,512)"};
-    config = scaled_config(config, hi[0], hi[1]);
-  }
+  ModelConfig config = model_from_args(args);
   if (args.has("layers")) {
     const std::int64_t layers = args.get_int("layers");
     if (layers < 1 || layers > config.num_layers)
