@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "cli.h"
+#include "io/tensor_dtype.h"
 #include "samoyeds/convert.h"
 #include "samoyeds/reference.h"
 
@@ -45,7 +46,7 @@ int run_moe_command(const Args& args) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   SafetensorsWriter writer;
-  writer.add("y", x.dtype() == DType::bf16 ? "BF16" : "F16", {y.rows(), y.cols()},
+  writer.add("y", detail::safetensors_dtype_of(y.dtype()), {y.rows(), y.cols()},
              {static_cast<const std::uint8_t*>(y.data()), y.bytes()});
   writer.set_metadata("samoyeds.model", config.display_name);
   writer.set_metadata("samoyeds.layer", std::to_string(layer));

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "io/json.h"
+#include "io/tensor_dtype.h"
 #include "io/file_util.h"
 #include "samoyeds/error.h"
 
@@ -28,15 +29,10 @@ void check_shard_name(const std::string& index_path, const std::string& name) {
 }  // namespace
 
 Matrix read_matrix(const SafetensorsFile& file, const TensorInfo& info, const std::string& where) {
-  DType dtype = DType::f32;
-  if (info.dtype == "BF16") {
-    dtype = DType::bf16;
-  } else if (info.dtype == "F16") {
-    dtype = DType::f16;
-  } else {
-    SAMOYEDS_CHECK(info.dtype == "F32", where, ": tensor \"", info.name, "\" is ", info.dtype,
-                   "; only BF16, F16 and F32 tensors can be read as matrices");
-  }
+  const std::optional<DType> matrix_dtype = detail::matrix_dtype_of(info.dtype);
+  SAMOYEDS_CHECK(matrix_dtype.has_value(), where, ": tensor \"", info.name, "\" is ", info.dtype,
+                 "; only BF16, F16 and F32 tensors can be read as matrices");
+  const DType dtype = *matrix_dtype;
   SAMOYEDS_CHECK(info.shape.size() == 1 || info.shape.size() == 2, where, ": tensor \"", info.name, "\" has ",
                  info.shape.size(), " dimensions; a matrix needs 1 or 2");
   const std::int64_t rows = info.shape.size() == 2 ? info.shape[0] : 1;

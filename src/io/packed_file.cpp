@@ -7,12 +7,14 @@
 
 #include <array>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <span>
 #include <string_view>
 #include <vector>
 
 #include "io/json.h"
+#include "io/tensor_dtype.h"
 #include "samoyeds/error.h"
 #include "samoyeds/safetensors.h"
 
@@ -27,14 +29,7 @@ constexpr std::array<std::string_view, 3> kSuffixes = {".values", ".metadata", "
 // Bounds the declared sizes so the geometry arithmetic cannot overflow on a hostile header.
 constexpr std::int64_t kMaxExtent = std::int64_t{1} << 31;
 
-const char* safetensors_dtype_of(DType dtype) {
-  switch (dtype) {
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
-    case DType::f32: return "F32";
-  }
-  return "?";
-}
+using detail::safetensors_dtype_of;
 
 template <class T>
 std::span<const std::uint8_t> as_bytes(const std::vector<T>& items) {
@@ -257,15 +252,10 @@ PackedFile read_packed_file(const SafetensorsFile& file) {
     SAMOYEDS_CHECK(owner == nullptr, "packed file '", where, "': tensor \"", info.name,
                    "\" is not part of packed matrix \"", *owner, "\" (", out.matrices.at(*owner).pattern.to_string(),
                    ") but its name collides with it");
-    DType dtype = DType::f32;
-    if (info.dtype == "BF16") {
-      dtype = DType::bf16;
-    } else if (info.dtype == "F16") {
-      dtype = DType::f16;
-    } else {
-      SAMOYEDS_CHECK(info.dtype == "F32", "packed file '", where, "': dense tensor \"", info.name, "\" is ", info.dtype,
+    const std::optional<DType> matrix_dtype = detail::matrix_dtype_of(info.dtype);
+    SAMOYEDS_CHECK(matrix_dtype.has_value(), "packed file '", where, "': dense tensor \"", info.name, "\" is ", info.dtype,
                      "; dense tensors must be BF16, F16 or F32");
-    }
+    const DType dtype = *matrix_dtype;
     SAMOYEDS_CHECK(info.shape.size() == 2, "packed file '", where, "': dense tensor \"", info.name, "\" has shape ",
                    shape_string(info.shape), "; dense tensors must be 2-D");
     Matrix dense(dtype, info.shape[0], info.shape[1]);

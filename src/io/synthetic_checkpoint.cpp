@@ -6,6 +6,7 @@
 #include <random>
 
 #include "io/json.h"
+#include "io/tensor_dtype.h"
 #include "core/parallel.h"
 #include "io/file_util.h"
 #include "model/random_weights.h"
@@ -132,7 +133,7 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
       const Matrix m = make_tensor(tensors[i], dtype, seed * 7919 + i);
       std::vector<std::uint8_t> bytes(m.bytes());
       std::memcpy(bytes.data(), m.data(), bytes.size());
-      writer.add_owned(tensors[i].name, dtype == DType::bf16 ? "BF16" : "F16", tensors[i].shape, std::move(bytes));
+      writer.add_owned(tensors[i].name, detail::safetensors_dtype_of(dtype), tensors[i].shape, std::move(bytes));
       weight_map.set(tensors[i].name, json::Value(shard_name(shard)));
     }
     if (num_shards > 1) {
