@@ -25,6 +25,11 @@ class MoeLayer {
  public:
   // Uploads the layer (checks the weights against `config`). `path` selects the SSMM kernels.
   MoeLayer(const ModelConfig& config, const PackedMoeWeights& weights, SsmmPath path = SsmmPath::automatic);
+  // Seeded random packed experts made on the device (random 2:4 positions and row selections, normal
+  // values with std 2/sqrt(fan_in)) and a router drawn like synthetic_moe_weights': a real-size layer
+  // in milliseconds, for timing and memory runs. These are not the pruning of dense weights.
+  static MoeLayer synthetic(const ModelConfig& config, DType dtype, const SparsityPattern& pattern, std::uint64_t seed,
+                            SsmmPath path = SsmmPath::automatic);
   ~MoeLayer();
   MoeLayer(MoeLayer&&) noexcept;
   MoeLayer& operator=(MoeLayer&&) noexcept;
@@ -47,9 +52,13 @@ class MoeLayer {
   // The routing of the last forward, copied to the host (synchronises that stream); its workspace
   // must still be alive. For tests and tools.
   Routing last_routing() const;
+  // Host copy of the weights (synchronises): checks of synthetic layers, dense twins on the host.
+  PackedMoeWeights download() const;
 
  private:
   struct Impl;
+  explicit MoeLayer(std::unique_ptr<Impl> impl);
+  friend class DenseMoeLayer;
   std::unique_ptr<Impl> impl_;
 };
 
@@ -58,6 +67,9 @@ class DenseMoeLayer {
   // Dense expert weights (e.g. the effective weights Ŵ = unpack_moe_weights(packed) for a like-for-
   // like comparison, or the original W).
   DenseMoeLayer(const ModelConfig& config, const DenseMoeWeights& weights);
+  // The dense twin of a sparse layer: every expert's Ŵ unpacked on the device, the same router. Both
+  // layers then route identically and differ only by the expert products.
+  explicit DenseMoeLayer(const MoeLayer& sparse);
   ~DenseMoeLayer();
   DenseMoeLayer(DenseMoeLayer&&) noexcept;
   DenseMoeLayer& operator=(DenseMoeLayer&&) noexcept;

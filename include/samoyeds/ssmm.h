@@ -37,6 +37,11 @@ class DevicePackedMatrix {
   explicit DevicePackedMatrix(const PackedMatrix& host);  // validates, allocates and copies
   // A stack (view().num_stacked = stack.size() >= 1); every matrix must share dtype, shape and pattern.
   explicit DevicePackedMatrix(const std::vector<const PackedMatrix*>& stack);
+  // A stack of `count` matrices allocated on the device and zero-filled (to be written by a kernel:
+  // the seeded random weights of synthetic models).
+  DevicePackedMatrix(const SparsityPattern& pattern, DType dtype, std::int64_t rows, std::int64_t cols, int count);
+  // Host copy of matrix `index` of the stack (synchronises the device).
+  PackedMatrix download(int index) const;
   ~DevicePackedMatrix();
   DevicePackedMatrix(DevicePackedMatrix&& other) noexcept;
   DevicePackedMatrix& operator=(DevicePackedMatrix&& other) noexcept;

@@ -63,6 +63,58 @@ DevicePackedMatrix::DevicePackedMatrix(const std::vector<const PackedMatrix*>& s
   view_.num_stacked = static_cast<int>(count);
 }
 
+DevicePackedMatrix::DevicePackedMatrix(const SparsityPattern& pattern, DType dtype, std::int64_t rows,
+                                       std::int64_t cols, int count) {
+  pattern.validate();
+  SAMOYEDS_CHECK(is_half_precision(dtype), "DevicePackedMatrix: values must be bf16 or fp16, got ", dtype_name(dtype));
+  SAMOYEDS_CHECK(rows >= 1 && cols >= 1, "DevicePackedMatrix: [", rows, ", ", cols, "] has no elements");
+  SAMOYEDS_CHECK(count >= 1 && count <= 65535, "DevicePackedMatrix: ", count, " matrices in one stack; 1 to 65535");
+  const PackedGeometry g = packed_geometry(pattern, rows, cols);
+  const auto n = static_cast<std::size_t>(count);
+  const std::size_t metadata_at = align_up(static_cast<std::size_t>(g.values_bytes()) * n);
+  const std::size_t select_at = metadata_at + align_up(static_cast<std::size_t>(g.metadata_bytes()) * n);
+  const std::size_t total = select_at + align_up(static_cast<std::size_t>(g.select_bytes()) * n);
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&allocation_, total));
+  auto* base = static_cast<std::uint8_t*>(allocation_);
+  const cudaError_t zeroed = cudaMemset(base, 0, total);
+  if (zeroed != cudaSuccess) {
+    release();
+    SAMOYEDS_CUDA_CHECK(zeroed);
+  }
+  view_.pattern = pattern;
+  view_.dtype = dtype;
+  view_.rows = rows;
+  view_.cols = cols;
+  view_.values = reinterpret_cast<const std::uint16_t*>(base);
+  view_.metadata = reinterpret_cast<const std::uint32_t*>(base + metadata_at);
+  view_.row_select = g.select_bytes() ? reinterpret_cast<const std::uint32_t*>(base + select_at) : nullptr;
+  view_.num_stacked = count;
+}
+
+PackedMatrix DevicePackedMatrix::download(int index) const {
+  SAMOYEDS_CHECK(allocation_, "DevicePackedMatrix::download: the matrix is empty");
+  SAMOYEDS_CHECK(index >= 0 && index < view_.num_stacked, "DevicePackedMatrix::download: matrix ", index,
+                 " of a stack of ", view_.num_stacked);
+  PackedMatrix m;
+  m.pattern = view_.pattern;
+  m.dtype = view_.dtype;
+  m.rows = view_.rows;
+  m.cols = view_.cols;
+  const PackedGeometry g = m.geometry();
+  m.values.resize(static_cast<std::size_t>(g.num_values()));
+  m.metadata.resize(static_cast<std::size_t>(g.num_metadata_words()));
+  m.row_select.resize(static_cast<std::size_t>(g.num_select_words()));
+  const auto i = static_cast<std::size_t>(index);
+  SAMOYEDS_CUDA_CHECK(cudaMemcpy(m.values.data(), view_.values + i * m.values.size(), m.values.size() * 2,
+                                 cudaMemcpyDeviceToHost));
+  SAMOYEDS_CUDA_CHECK(cudaMemcpy(m.metadata.data(), view_.metadata + i * m.metadata.size(), m.metadata.size() * 4,
+                                 cudaMemcpyDeviceToHost));
+  if (!m.row_select.empty())
+    SAMOYEDS_CUDA_CHECK(cudaMemcpy(m.row_select.data(), view_.row_select + i * m.row_select.size(),
+                                   m.row_select.size() * 4, cudaMemcpyDeviceToHost));
+  return m;
+}
+
 void DevicePackedMatrix::release() {
   if (allocation_) cudaFree(allocation_);  // no throw from destructors
   allocation_ = nullptr;

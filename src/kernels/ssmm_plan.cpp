@@ -129,6 +129,12 @@ DevicePackedMatrix::DevicePackedMatrix(const PackedMatrix&) {
 DevicePackedMatrix::DevicePackedMatrix(const std::vector<const PackedMatrix*>&) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: cannot upload packed matrices");
 }
+DevicePackedMatrix::DevicePackedMatrix(const SparsityPattern&, DType, std::int64_t, std::int64_t, int) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: cannot allocate packed matrices on a GPU");
+}
+PackedMatrix DevicePackedMatrix::download(int) const {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: there is no device copy to download");
+}
 DevicePackedMatrix::~DevicePackedMatrix() = default;
 DevicePackedMatrix::DevicePackedMatrix(DevicePackedMatrix&&) noexcept = default;
 DevicePackedMatrix& DevicePackedMatrix::operator=(DevicePackedMatrix&&) noexcept = default;

@@ -9,17 +9,23 @@
 
 #include <algorithm>
 #include <optional>
-#include <type_traits>
 #include <vector>
 
 #include "kernels/cuda_check.h"
+#include "kernels/decoder_ops.h"
+#include "kernels/half_math.cuh"
 #include "kernels/moe_routing.h"
+#include "kernels/packed_device.h"
+#include "moe/moe_layer_impl.h"
 #include "moe/moe_router.h"
 #include "samoyeds/moe_layer.h"
 
 namespace samoyeds::gpu {
 
 namespace {
+
+using kernels::narrow;
+using kernels::widen;
 
 // x_g[s, :] = x[slot_token[s], :] for s < *num_used (16-byte copies; H % 8 == 0).
 __global__ void gather_rows(const uint4* x, const std::int32_t* slot_token, const std::int32_t* num_used, uint4* x_g,
@@ -29,31 +35,6 @@ __global__ void gather_rows(const uint4* x, const std::int32_t* slot_token, cons
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t s = i / row_chunks, c = i % row_chunks;
     x_g[i] = x[static_cast<std::int64_t>(slot_token[s]) * row_chunks + c];
-  }
-}
-
-template <class T>
-__device__ __forceinline__ float widen(T v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v); else return __half2float(v);
-}
-template <class T>
-__device__ __forceinline__ T narrow(float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v); else return __float2half_rn(v);
-}
-
-// a[r, i] = SiLU(gu[r, i]) * gu[r, I + i] (* gu[r, 2I + i]) for r < rows; gu [rows, n*I], a [rows, I].
-template <class T>
-__global__ void silu_mul(const T* gu, T* a, const std::int32_t* num_rows_dev, std::int64_t num_rows, std::int64_t I,
-                         int num_mats) {
-  const std::int64_t rows = num_rows_dev ? min(static_cast<std::int64_t>(*num_rows_dev), num_rows) : num_rows;
-  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < rows * I;
-       e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
-    const std::int64_t r = e / I, i = e % I;
-    const T* row = gu + r * num_mats * I;
-    const float g = widen(row[i]);
-    float v = g / (1.0f + __expf(-g)) * widen(row[I + i]);
-    if (num_mats == 3) v *= widen(row[2 * I + i]);
-    a[e] = narrow<T>(v);
   }
 }
 
@@ -97,6 +78,25 @@ struct DenseStack {
                                      matrix_bytes, cudaMemcpyHostToDevice));
     }
   }
+  // Ŵ of every stacked expert, unpacked on the device (the dense twin of a sparse layer).
+  void unpack(const DeviceExperts& experts) {
+    const PackedMatrixView& g = experts.gate.view();
+    const std::size_t count = static_cast<std::size_t>(g.num_stacked);
+    num_mats = experts.has_gate_linear ? 3 : 2;
+    width = g.rows;
+    const std::size_t matrix_bytes = static_cast<std::size_t>(g.rows * g.cols) * 2;
+    SAMOYEDS_CUDA_CHECK(cudaMalloc(&gate_up, matrix_bytes * num_mats * count));
+    SAMOYEDS_CUDA_CHECK(cudaMalloc(&down, matrix_bytes * count));
+    auto* gu = static_cast<std::uint8_t*>(gate_up);
+    const DevicePackedMatrix* parts[3] = {&experts.gate, &experts.up, &experts.gate_linear};
+    for (std::size_t e = 0; e < count; ++e) {
+      for (int m = 0; m < num_mats; ++m)
+        kernels::unpack_packed(parts[m]->view(), static_cast<int>(e), gu + (e * num_mats + m) * matrix_bytes, nullptr);
+      kernels::unpack_packed(experts.down.view(), static_cast<int>(e), static_cast<std::uint8_t*>(down) + e * matrix_bytes,
+                             nullptr);
+    }
+    SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
+  }
   std::size_t bytes(std::int64_t H, std::size_t count) const {
     return static_cast<std::size_t>((num_mats + 1) * width * H) * 2 * count;
   }
@@ -117,12 +117,9 @@ struct DenseMoeLayer::Impl {
   cudaStream_t last_stream = nullptr;
   bool has_forward = false;
 
-  Impl(const ModelConfig& c, const DenseMoeWeights& w)
-      : config(c), dtype(w.router.dtype()), router(c, w.router, w.shared_gate) {
-    std::vector<const DenseExpert*> experts;
-    for (const DenseExpert& e : w.experts) experts.push_back(&e);
-    routed.upload(experts);
-    if (w.shared) shared.emplace().upload({&*w.shared});
+  // Experts are filled in by the caller (uploaded or unpacked on the device).
+  Impl(const ModelConfig& c, const Matrix& router_w, const Matrix& shared_gate_w)
+      : config(c), dtype(router_w.dtype()), router(c, router_w, shared_gate_w) {
     SAMOYEDS_CUDA_CHECK(cudaMallocHost(&host_offsets, sizeof(std::int32_t) * (c.num_experts + 1)));
   }
   ~Impl() { cudaFreeHost(host_offsets); }
@@ -151,24 +148,28 @@ struct DenseMoeLayer::Impl {
     return l;
   }
 
-  template <class T>
-  void launch_silu_mul(const void* gu, void* a, const std::int32_t* rows_dev, std::int64_t rows, std::int64_t I,
-                       int num_mats, cudaStream_t stream) {
-    silu_mul<T><<<grid_for(rows * I), 256, 0, stream>>>(static_cast<const T*>(gu), static_cast<T*>(a), rows_dev, rows, I,
-                                                        num_mats);
-    SAMOYEDS_CHECK_LAUNCH("silu_mul");
-  }
   void silu(const void* gu, void* a, const std::int32_t* rows_dev, std::int64_t rows, std::int64_t I, int num_mats,
-            cudaStream_t stream) {
-    if (dtype == DType::bf16) launch_silu_mul<__nv_bfloat16>(gu, a, rows_dev, rows, I, num_mats, stream);
-    else launch_silu_mul<__half>(gu, a, rows_dev, rows, I, num_mats, stream);
+            cudaStream_t stream) const {
+    kernels::silu_mul(gu, a, rows_dev, rows, I, num_mats, dtype, stream);
   }
 };
 
 DenseMoeLayer::DenseMoeLayer(const ModelConfig& config, const DenseMoeWeights& weights) {
   check_moe_weights(config, weights);
   SAMOYEDS_CHECK(config.hidden_size % 8 == 0, "DenseMoeLayer: H = ", config.hidden_size, " must be a multiple of 8");
-  impl_ = std::make_unique<Impl>(config, weights);
+  impl_ = std::make_unique<Impl>(config, weights.router, weights.shared_gate);
+  std::vector<const DenseExpert*> experts;
+  for (const DenseExpert& e : weights.experts) experts.push_back(&e);
+  impl_->routed.upload(experts);
+  if (weights.shared) impl_->shared.emplace().upload({&*weights.shared});
+}
+
+DenseMoeLayer::DenseMoeLayer(const MoeLayer& sparse) {
+  const MoeLayer::Impl& s = *sparse.impl_;
+  SAMOYEDS_CHECK(s.config.hidden_size % 8 == 0, "DenseMoeLayer: H = ", s.config.hidden_size, " must be a multiple of 8");
+  impl_ = std::make_unique<Impl>(s.config, s.router_weights, s.shared_gate_weights);
+  impl_->routed.unpack(s.routed);
+  if (s.shared) impl_->shared.emplace().unpack(*s.shared);
 }
 DenseMoeLayer::~DenseMoeLayer() = default;
 DenseMoeLayer::DenseMoeLayer(DenseMoeLayer&&) noexcept = default;

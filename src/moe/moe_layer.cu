@@ -3,171 +3,107 @@
 //   MoeRouter (GEMM, softmax/top-k, lists) -> grouped gate/up SSMM -> grouped down SSMM (weighted)
 //   -> shared experts -> combine. Grouped SSMM launches size their grids from T alone (the expert
 // sizes stay on the device), so a fixed T replays from a CUDA graph.
-#include <algorithm>
-#include <optional>
+#include <cmath>
 
 #include "kernels/cuda_check.h"
 #include "kernels/moe_routing.h"
-#include "moe/moe_router.h"
-#include "samoyeds/moe_layer.h"
+#include "kernels/packed_device.h"
+#include "model/random_weights.h"
+#include "moe/moe_layer_impl.h"
 
 namespace samoyeds::gpu {
 
-namespace {
-
-// One expert MLP's matrices as stacks on the device (E matrices for the routed experts, 1 for the
-// fused shared experts).
-struct DeviceExperts {
-  DevicePackedMatrix gate, up, down, gate_linear;
-  bool has_gate_linear = false;
-
-  static DeviceExperts upload(const std::vector<const PackedExpert*>& experts) {
-    auto stack = [&](auto member) {
-      std::vector<const PackedMatrix*> matrices;
-      for (const PackedExpert* e : experts) matrices.push_back(&member(*e));
-      return DevicePackedMatrix(matrices);
-    };
-    DeviceExperts d;
-    d.gate = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.gate; });
-    d.up = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.up; });
-    d.down = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.down; });
-    d.has_gate_linear = experts.front()->gate_linear.has_value();
-    if (d.has_gate_linear) d.gate_linear = stack([](const PackedExpert& e) -> const PackedMatrix& { return *e.gate_linear; });
-    return d;
-  }
-
-  std::size_t bytes() const {
-    auto one = [](const DevicePackedMatrix& m) -> std::size_t {
-      const PackedMatrixView& v = m.view();
-      if (!v.values) return 0;
-      return static_cast<std::size_t>(packed_geometry(v.pattern, v.rows, v.cols).total_bytes()) * v.num_stacked;
-    };
-    return one(gate) + one(up) + one(down) + one(gate_linear);
-  }
-};
-
-
-}  // namespace
-
-struct MoeLayer::Impl {
-  ModelConfig config;
-  DType dtype;
-  SsmmPath path;
-  moe::MoeRouter router;
-  DeviceExperts routed;
-  std::optional<DeviceExperts> shared;
-  moe::OwnedBuffer own_workspace;
-  moe::RoutingBuffers last;  // of the last forward (for last_routing)
-  cudaStream_t last_stream = nullptr;
-  bool has_forward = false;
-
-  Impl(const ModelConfig& c, const PackedMoeWeights& w, SsmmPath p)
-      : config(c), dtype(w.router.dtype()), path(p), router(c, w.router, w.shared_gate) {
-    std::vector<const PackedExpert*> experts;
-    for (const PackedExpert& e : w.experts) experts.push_back(&e);
-    routed = DeviceExperts::upload(experts);
-    if (w.shared) shared = DeviceExperts::upload({&*w.shared});
-  }
-
-  // The SSMM calls of a forward with T tokens; pointers are filled from `b` and the layout (or left
-  // null for sizing: the split-K workspace depends on shapes only).
-  struct Calls {
-    SsmmArgs gate_up, down, shared_gate_up, shared_down;
+DeviceExperts DeviceExperts::upload(const std::vector<const PackedExpert*>& experts) {
+  auto stack = [&](auto member) {
+    std::vector<const PackedMatrix*> matrices;
+    for (const PackedExpert* e : experts) matrices.push_back(&member(*e));
+    return DevicePackedMatrix(matrices);
   };
-  struct Layout {
-    moe::RoutingBuffers routing;
-    void* a = nullptr;            // [S, I] dtype: SiLU(gate) ⊙ up per slot
-    void* slot_rows = nullptr;    // [S, H] dtype: weighted down output per slot
-    void* shared_a = nullptr;     // [T, I_shared] dtype
-    void* shared_rows = nullptr;  // [T, H] dtype
-    void* split_workspace = nullptr;
-    std::size_t split_bytes = 0;
-    std::size_t total = 0;
+  DeviceExperts d;
+  d.gate = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.gate; });
+  d.up = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.up; });
+  d.down = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.down; });
+  d.has_gate_linear = experts.front()->gate_linear.has_value();
+  if (d.has_gate_linear) d.gate_linear = stack([](const PackedExpert& e) -> const PackedMatrix& { return *e.gate_linear; });
+  return d;
+}
+
+DeviceExperts DeviceExperts::random(int count, std::int64_t H, std::int64_t I, bool gate_linear,
+                                    const SparsityPattern& pattern, DType dtype, std::uint64_t seed) {
+  DeviceExperts d;
+  const float in_std = 2.0f / std::sqrt(static_cast<float>(H)), out_std = 2.0f / std::sqrt(static_cast<float>(I));
+  auto make = [&](std::int64_t rows, std::int64_t cols, float stddev, std::uint64_t salt) {
+    DevicePackedMatrix m(pattern, dtype, rows, cols, count);
+    kernels::fill_random_packed(m.view(), stddev, seed * 8 + salt, nullptr);
+    return m;
   };
+  d.gate = make(I, H, in_std, 0);
+  d.up = make(I, H, in_std, 1);
+  d.down = make(H, I, out_std, 2);
+  d.has_gate_linear = gate_linear;
+  if (gate_linear) d.gate_linear = make(I, H, in_std, 3);
+  SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());  // kernel faults surface here, not in a later forward
+  return d;
+}
 
-  Calls calls(const Layout& l, const void* x, std::int64_t T) const {
-    const std::int64_t S = T * config.top_k;
-    Calls c;
-    c.gate_up.epilogue = SsmmEpilogue::gate_up;
-    c.gate_up.weight = routed.gate.view();
-    c.gate_up.up = routed.up.view();
-    if (routed.has_gate_linear) c.gate_up.gate_linear = routed.gate_linear.view();
-    c.gate_up.x = x;
-    c.gate_up.num_x_rows = T;
-    c.gate_up.x_dtype = c.gate_up.y_dtype = dtype;
-    c.gate_up.token_idx = l.routing.slot_token;
-    c.gate_up.num_tokens = S;
-    c.gate_up.y = l.a;
-    c.gate_up.expert_offsets = l.routing.expert_offsets;
-
-    c.down.epilogue = SsmmEpilogue::down_weighted;
-    c.down.weight = routed.down.view();
-    c.down.x = l.a;
-    c.down.num_x_rows = S;  // slot j reads row j of A: no list
-    c.down.x_dtype = c.down.y_dtype = dtype;
-    c.down.num_tokens = S;
-    c.down.slot_weight = l.routing.slot_weight;
-    c.down.y = l.slot_rows;
-    c.down.expert_offsets = l.routing.expert_offsets;
-
-    if (shared) {
-      c.shared_gate_up.epilogue = SsmmEpilogue::gate_up;
-      c.shared_gate_up.weight = shared->gate.view();
-      c.shared_gate_up.up = shared->up.view();
-      if (shared->has_gate_linear) c.shared_gate_up.gate_linear = shared->gate_linear.view();
-      c.shared_gate_up.x = x;
-      c.shared_gate_up.num_x_rows = c.shared_gate_up.num_tokens = T;
-      c.shared_gate_up.x_dtype = c.shared_gate_up.y_dtype = dtype;
-      c.shared_gate_up.y = l.shared_a;
-
-      // Qwen2-MoE scales the shared output by its sigmoid gate (the routing's shared_weight); DeepSeek
-      // adds it as is (the plain product).
-      c.shared_down.epilogue = config.shared_expert_sigmoid_gate ? SsmmEpilogue::down_weighted : SsmmEpilogue::plain;
-      c.shared_down.weight = shared->down.view();
-      c.shared_down.x = l.shared_a;
-      c.shared_down.num_x_rows = c.shared_down.num_tokens = T;
-      c.shared_down.x_dtype = c.shared_down.y_dtype = dtype;
-      c.shared_down.slot_weight = l.routing.shared_weight;
-      c.shared_down.y = l.shared_rows;
-    }
-    return c;
+std::vector<PackedExpert> DeviceExperts::download() const {
+  std::vector<PackedExpert> experts;
+  for (int e = 0; e < gate.view().num_stacked; ++e) {
+    PackedExpert x{gate.download(e), up.download(e), down.download(e), std::nullopt};
+    if (has_gate_linear) x.gate_linear = gate_linear.download(e);
+    experts.push_back(std::move(x));
   }
+  return experts;
+}
 
-  Layout layout(void* base, std::int64_t T) const {
-    moe::WorkspaceCarver carver(base);
-    Layout l;
-    const std::int64_t S = T * config.top_k, H = config.hidden_size;
-    const std::size_t elem = dtype_size(dtype);
-    l.routing = router.carve(carver, T);
-    l.a = carver.take_bytes(static_cast<std::size_t>(S * config.intermediate_size) * elem);
-    l.slot_rows = carver.take_bytes(static_cast<std::size_t>(S * H) * elem);
-    if (shared) {
-      l.shared_a = carver.take_bytes(static_cast<std::size_t>(T * config.shared_intermediate_size) * elem);
-      l.shared_rows = carver.take_bytes(static_cast<std::size_t>(T * H) * elem);
-    }
-    // The products run one after another on one stream: they share one split-K scratch.
-    const Calls c = calls(l, nullptr, T);
-    l.split_bytes = std::max(ssmm_workspace_bytes(c.gate_up, path), ssmm_workspace_bytes(c.down, path));
-    if (shared)
-      l.split_bytes = std::max({l.split_bytes, ssmm_workspace_bytes(c.shared_gate_up, path),
-                                ssmm_workspace_bytes(c.shared_down, path)});
-    l.split_workspace = carver.take_bytes(l.split_bytes);
-    l.total = carver.used();
-    return l;
-  }
-
-  void check_tokens(std::int64_t T) const {
-    SAMOYEDS_CHECK(T >= 0, "MoeLayer: num_tokens is ", T, "; it must be >= 0");
-    SAMOYEDS_CHECK(T <= (std::int64_t{1} << 31) / config.top_k / 2, "MoeLayer: ", T,
-                   " tokens give too many slots for int32 slot ids; call forward on fewer tokens at a time");
-  }
-};
+std::size_t DeviceExperts::bytes() const {
+  auto one = [](const DevicePackedMatrix& m) -> std::size_t {
+    const PackedMatrixView& v = m.view();
+    if (!v.values) return 0;
+    return static_cast<std::size_t>(packed_geometry(v.pattern, v.rows, v.cols).total_bytes()) * v.num_stacked;
+  };
+  return one(gate) + one(up) + one(down) + one(gate_linear);
+}
 
 MoeLayer::MoeLayer(const ModelConfig& config, const PackedMoeWeights& weights, SsmmPath path) {
   check_moe_weights(config, weights);
   SAMOYEDS_CHECK(weights.router.dtype() == DType::bf16 || weights.router.dtype() == DType::f16,
                  "MoeLayer: weights must be bf16 or fp16");
-  impl_ = std::make_unique<Impl>(config, weights, path);
+  impl_ = std::make_unique<Impl>(config, weights.router, weights.shared_gate, path);
+  std::vector<const PackedExpert*> experts;
+  for (const PackedExpert& e : weights.experts) experts.push_back(&e);
+  impl_->routed = DeviceExperts::upload(experts);
+  if (weights.shared) impl_->shared = DeviceExperts::upload({&*weights.shared});
+}
+
+MoeLayer::MoeLayer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+MoeLayer MoeLayer::synthetic(const ModelConfig& config, DType dtype, const SparsityPattern& pattern, std::uint64_t seed,
+                             SsmmPath path) {
+  config.validate();
+  pattern.validate();
+  SAMOYEDS_CHECK(is_half_precision(dtype), "MoeLayer::synthetic: weights must be bf16 or fp16, got ", dtype_name(dtype));
+  const std::int64_t H = config.hidden_size;
+  // Router as synthetic_moe_weights draws it; Qwen's shared gate std 1/sqrt(H).
+  const Matrix router = detail::random_matrix(dtype, config.num_experts, H, 4.0f / std::sqrt(static_cast<float>(H)), seed);
+  const Matrix shared_gate = config.shared_expert_sigmoid_gate
+                                 ? detail::random_matrix(dtype, 1, H, 1.0f / std::sqrt(static_cast<float>(H)), seed + 1)
+                                 : Matrix{};
+  auto impl = std::make_unique<Impl>(config, router, shared_gate, path);
+  const bool openmoe = config.activation == ExpertActivation::openmoe_swiglu;
+  impl->routed = DeviceExperts::random(config.num_experts, H, config.intermediate_size, openmoe, pattern, dtype, seed + 2);
+  if (config.num_shared_experts > 0)
+    impl->shared = DeviceExperts::random(1, H, config.shared_intermediate_size, openmoe, pattern, dtype, seed + 3);
+  return MoeLayer(std::move(impl));
+}
+
+PackedMoeWeights MoeLayer::download() const {
+  PackedMoeWeights w;
+  w.router = impl_->router_weights;
+  w.shared_gate = impl_->shared_gate_weights;
+  w.experts = impl_->routed.download();
+  if (impl_->shared) w.shared = std::move(impl_->shared->download().front());
+  return w;
 }
 MoeLayer::~MoeLayer() = default;
 MoeLayer::MoeLayer(MoeLayer&&) noexcept = default;

@@ -11,12 +11,18 @@ struct MoeLayer::Impl {};
 MoeLayer::MoeLayer(const ModelConfig&, const PackedMoeWeights&, SsmmPath) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU MoE layer is unavailable (", cuda_status(), ")");
 }
+MoeLayer MoeLayer::synthetic(const ModelConfig&, DType, const SparsityPattern&, std::uint64_t, SsmmPath) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU MoE layer is unavailable (", cuda_status(), ")");
+}
 MoeLayer::~MoeLayer() = default;
 MoeLayer::MoeLayer(MoeLayer&&) noexcept = default;
 MoeLayer& MoeLayer::operator=(MoeLayer&&) noexcept = default;
 
 struct DenseMoeLayer::Impl {};
 DenseMoeLayer::DenseMoeLayer(const ModelConfig&, const DenseMoeWeights&) {
+  SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU MoE layer is unavailable (", cuda_status(), ")");
+}
+DenseMoeLayer::DenseMoeLayer(const MoeLayer&) {
   SAMOYEDS_FAIL("samoyeds was built without CUDA: the GPU MoE layer is unavailable (", cuda_status(), ")");
 }
 DenseMoeLayer::~DenseMoeLayer() = default;

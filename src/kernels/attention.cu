@@ -1,0 +1,267 @@
+// SPDX-License-Identifier: Apache-2.0
+// Causal grouped-query attention over the KV cache (flash-attention style, warp-level mma.sync):
+//
+// Grid (ceil(n * group / 64), kv_heads, B); 4 warps. The query heads that share a key/value head are
+// packed into the M dimension: CTA row r is token i = r / group, head kv_head * group + r % group, so
+// a decode step (n = 1) still fills part of a 16-row MMA and every key/value tile is read once per
+// group instead of once per query head. Each warp owns 16 rows and keeps Q (16 x d) in registers as
+// MMA A fragments. Key/value tiles of 64 positions stream through a two-stage cp.async ring
+// (zero-filled past the last needed key, so masked positions are finite zeros); per tile a warp computes
+// S = Q K^T (m16n8k16, K read with 4-byte shared loads), masks causally (and by the sliding window),
+// updates the running max/sum in the log2 domain, turns P into bf16/fp16 A fragments in registers
+// (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
+// fragments by ldmatrix.trans). O is divided by the row sums at the end.
+//
+// Budget (d = 128): shared 2 stages x (K + V) x 64 x (128 + 8) x 2 B = 68 KB (row padding of 8 keeps
+// ldmatrix and the 4-byte K reads conflict-free); registers per thread: Q 32, O 64, S 32 (~170 total).
+// Numerics differ from the CPU reference (fp32 probabilities) by the rounding of P to 16 bits.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/attention.h"
+#include "kernels/cuda_check.h"
+#include "kernels/ptx.cuh"
+
+namespace samoyeds::kernels {
+
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kBlockM = 64;  // query rows per CTA (16 per warp)
+constexpr int kBlockN = 64;  // key positions per tile
+
+template <class T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// One of the two rows (g or g + 8 of the warp's 16) that a thread holds.
+struct RowState {
+  bool valid;
+  std::int64_t position;  // of its token
+  std::int64_t token;     // b * n + i
+  int head;
+  float max = -INFINITY;  // running max of the scaled scores (log2 domain)
+  float sum = 0.0f;       // this thread's part of the running sum
+};
+
+template <class T, int D>
+__global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
+  constexpr int kStride = D + 8;  // shared row stride in elements
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* k_smem = reinterpret_cast<T*>(smem);      // [2][kBlockN][kStride]
+  T* v_smem = k_smem + 2 * kBlockN * kStride;  // [2][kBlockN][kStride]
+
+  const int b = blockIdx.z, kv_head = blockIdx.y;
+  const int group = a.num_heads / a.num_kv_heads;
+  const int rows_total = a.tokens_per_sequence * group;
+  const int row0 = blockIdx.x * kBlockM;
+  const std::int64_t len0 = a.seq_len[b];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
+
+  // Keys this CTA needs: up to its last row's position, from its first row's window start.
+  const int last_row = min(row0 + kBlockM, rows_total) - 1;
+  const std::int64_t key_end = len0 + last_row / group + 1;
+  std::int64_t key_begin = a.window > 0 ? max(std::int64_t{0}, len0 + row0 / group - a.window + 1) : 0;
+  key_begin = key_begin / kBlockN * kBlockN;
+  const int num_tiles = static_cast<int>((key_end - key_begin + kBlockN - 1) / kBlockN);
+
+  RowState rows[2];
+  for (int h = 0; h < 2; ++h) {
+    const int r = row0 + warp * 16 + g + 8 * h;
+    rows[h].valid = r < rows_total;
+    const int i = rows[h].valid ? r / group : 0;
+    rows[h].position = len0 + i;
+    rows[h].token = static_cast<std::int64_t>(b) * a.tokens_per_sequence + i;
+    rows[h].head = kv_head * group + (rows[h].valid ? r % group : 0);
+  }
+  const bool warp_active = row0 + warp * 16 < rows_total;
+
+  // Q as A fragments: [k-step][reg]: (row g, cols 2t..), (row g+8, cols 2t..), (g, 8+2t..), (g+8, 8+2t..).
+  std::uint32_t q_frag[D / 16][4];
+  const T* q = static_cast<const T*>(a.q);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk)
+#pragma unroll
+    for (int reg = 0; reg < 4; ++reg) {
+      const RowState& row = rows[reg % 2];
+      const int col = kk * 16 + (reg / 2) * 8 + tig * 2;
+      q_frag[kk][reg] = row.valid ? *reinterpret_cast<const std::uint32_t*>(q + (row.token * a.num_heads + row.head) * D + col) : 0u;
+    }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int nd = 0; nd < D / 8; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  auto load_tile = [&](int tile, int stage) {
+    const std::int64_t key0 = key_begin + static_cast<std::int64_t>(tile) * kBlockN;
+    for (int c = threadIdx.x; c < kBlockN * D / 8; c += kThreads) {
+      const int row = c / (D / 8), col = c % (D / 8) * 8;
+      const std::int64_t j = key0 + row;
+      const bool needed = j < key_end;
+      const std::int64_t at = ((static_cast<std::int64_t>(b) * a.capacity + (needed ? j : 0)) * a.num_kv_heads + kv_head) * D + col;
+      const int offset = (stage * kBlockN + row) * kStride + col;
+      ptx::cp_async_16(k_smem + offset, k_cache + at, needed ? 16 : 0);
+      ptx::cp_async_16(v_smem + offset, v_cache + at, needed ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+  };
+
+  const float scale_log2 = a.scale * 1.4426950408889634f;
+  load_tile(0, 0);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    if (tile + 1 < num_tiles) load_tile(tile + 1, (tile + 1) & 1);
+    else ptx::cp_async_commit();  // an empty group keeps wait<1> meaning "tile `tile` has landed"
+    ptx::cp_async_wait<1>();
+    __syncthreads();
+    if (warp_active) {
+      const T* ks = k_smem + (tile & 1) * kBlockN * kStride;
+      const T* vs = v_smem + (tile & 1) * kBlockN * kStride;
+      float s[kBlockN / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kBlockN / 8; ++nt) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const T* key_row = ks + (nt * 8 + g) * kStride + kk * 16 + tig * 2;
+          ptx::mma_16816<kBf16>(s[nt], q_frag[kk], *reinterpret_cast<const std::uint32_t*>(key_row),
+                                *reinterpret_cast<const std::uint32_t*>(key_row + 8));
+        }
+      }
+      // Mask, scale, running max and sum; o rescaled by exp2(old max - new max).
+      const std::int64_t key0 = key_begin + static_cast<std::int64_t>(tile) * kBlockN;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        RowState& row = rows[h];
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const std::int64_t j = key0 + nt * 8 + tig * 2 + e;
+            const bool visible = row.valid && j <= row.position && (a.window == 0 || j > row.position - a.window);
+            float& v = s[nt][2 * h + e];
+            v = visible ? v * scale_log2 : -INFINITY;
+            tile_max = fmaxf(tile_max, v);
+          }
+        const float new_max = fmaxf(row.max, quad_max(tile_max));
+        // Rows with nothing visible yet keep max -inf: their probabilities and rescale stay 0 and 1.
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        const float rescale = new_max == -INFINITY ? 1.0f : exp2f(row.max - new_max);
+        float tile_sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kBlockN / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& v = s[nt][2 * h + e];
+            v = exp2f(v - base);
+            tile_sum += v;
+          }
+        row.sum = row.sum * rescale + tile_sum;
+        row.max = new_max;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          o[nd][2 * h] *= rescale;
+          o[nd][2 * h + 1] *= rescale;
+        }
+      }
+      // O += P V: P's accumulator pairs are the A fragment of keys 16kk .. 16kk + 15.
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        const std::uint32_t p[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int nd = 0; nd < D / 8; nd += 2) {
+          // Matrices: keys +0..7 / +8..15 of d-tile nd, then the same of d-tile nd + 1.
+          const T* v_row = vs + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride + (nd + lane / 16) * 8;
+          std::uint32_t v_frag[4];
+          ptx::ldmatrix_x4_trans(v_frag, v_row);
+          ptx::mma_16816<kBf16>(o[nd], p, v_frag[0], v_frag[1]);
+          ptx::mma_16816<kBf16>(o[nd + 1], p, v_frag[2], v_frag[3]);
+        }
+      }
+    }
+    __syncthreads();  // this stage is refilled by the load issued two tiles on
+  }
+  ptx::cp_async_wait<0>();
+
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const RowState& row = rows[h];
+    const float total = quad_sum(row.sum);
+    if (!row.valid) continue;
+    const float inv = 1.0f / total;
+    T* out_row = out + (row.token * a.num_heads + row.head) * D;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd)
+      *reinterpret_cast<std::uint32_t*>(out_row + nd * 8 + tig * 2) = pack2<T>(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+  }
+}
+
+template <class T, int D>
+void launch(const AttentionArgs& a, cudaStream_t stream) {
+  constexpr int kSmemBytes = 2 * 2 * kBlockN * (D + 8) * static_cast<int>(sizeof(T));
+  static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
+  if (!configured) {
+    SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
+    configured = true;
+  }
+  const int group = a.num_heads / a.num_kv_heads;
+  const std::int64_t rows = static_cast<std::int64_t>(a.tokens_per_sequence) * group;
+  const dim3 grid(static_cast<unsigned>((rows + kBlockM - 1) / kBlockM), static_cast<unsigned>(a.num_kv_heads),
+                  static_cast<unsigned>(a.num_sequences));
+  attention_kernel<T, D><<<grid, kThreads, kSmemBytes, stream>>>(a);
+  SAMOYEDS_CHECK_LAUNCH("attention_kernel");
+}
+
+}  // namespace
+
+bool attention_supported(int head_dim, int num_heads, int num_kv_heads, int num_sequences, DType dtype,
+                         const char** reason) {
+  const char* why = nullptr;
+  if (head_dim != 64 && head_dim != 128) why = "the GPU attention handles head_dim 64 and 128";
+  else if (dtype != DType::bf16 && dtype != DType::f16) why = "the GPU attention runs bf16 or fp16";
+  else if (num_kv_heads < 1 || num_heads % num_kv_heads != 0) why = "num_kv_heads must divide num_heads";
+  else if (num_kv_heads > 65535 || num_sequences > 65535) why = "at most 65535 key/value heads and 65535 sequences";
+  if (reason) *reason = why;
+  return why == nullptr;
+}
+
+void attention(const AttentionArgs& a, cudaStream_t stream) {
+  const char* reason = nullptr;
+  SAMOYEDS_CHECK(attention_supported(a.head_dim, a.num_heads, a.num_kv_heads, a.num_sequences, a.dtype, &reason),
+                 "attention: ", reason, " (head_dim ", a.head_dim, ", ", a.num_heads, " heads, ", a.num_kv_heads,
+                 " KV heads, ", a.num_sequences, " sequences, ", dtype_name(a.dtype), ")");
+  SAMOYEDS_CHECK(a.window >= 0 && a.capacity >= 1, "attention: window must be >= 0 and capacity >= 1");
+  SAMOYEDS_CHECK(static_cast<std::int64_t>(a.tokens_per_sequence) * (a.num_heads / a.num_kv_heads) <= (std::int64_t{1} << 30),
+                 "attention: ", a.tokens_per_sequence, " tokens per sequence is too many for one step");
+  if (a.num_sequences == 0 || a.tokens_per_sequence == 0) return;
+  const bool bf16 = a.dtype == DType::bf16;
+  if (a.head_dim == 128) bf16 ? launch<__nv_bfloat16, 128>(a, stream) : launch<__half, 128>(a, stream);
+  else bf16 ? launch<__nv_bfloat16, 64>(a, stream) : launch<__half, 64>(a, stream);
+}
+
+}  // namespace samoyeds::kernels

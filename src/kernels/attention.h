@@ -1,0 +1,35 @@
+// SPDX-License-Identifier: Apache-2.0
+// Causal grouped-query attention over a KV cache, for prefill and decode alike (attention.cu has the
+// algorithm). Token layout as in decoder_ops.h: B sequences, n new tokens each, token t = b * n + i at
+// position seq_len[b] + i; the new tokens' keys and values are already in the cache.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "samoyeds/dtype.h"
+
+namespace samoyeds::kernels {
+
+struct AttentionArgs {
+  const void* q = nullptr;        // [B * n, heads, d] dtype, RoPE applied
+  const void* k_cache = nullptr;  // [B, capacity, kv_heads, d] dtype
+  const void* v_cache = nullptr;  // [B, capacity, kv_heads, d] dtype
+  void* out = nullptr;            // [B * n, heads, d] dtype
+  const std::int32_t* seq_len = nullptr;  // [B] cached positions before this step (device)
+  int num_sequences = 0, tokens_per_sequence = 0;
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  std::int64_t capacity = 0;
+  std::int64_t window = 0;  // sliding window (keys p - window < j <= p); 0 = full causal
+  float scale = 0.0f;       // softmax scale
+  DType dtype = DType::bf16;
+};
+
+// Whether the kernel handles the shape (head_dim 64 or 128, bf16/fp16, grid limits); if not, `reason`
+// says what is unsupported. attention() throws with that reason.
+bool attention_supported(int head_dim, int num_heads, int num_kv_heads, int num_sequences, DType dtype,
+                         const char** reason);
+void attention(const AttentionArgs& args, cudaStream_t stream);
+
+}  // namespace samoyeds::kernels

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// bf16/fp16 element helpers for the elementwise kernels: widen to fp32, round back (nearest even).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+namespace samoyeds::kernels {
+
+template <class T>
+__device__ __forceinline__ float widen(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v); else return __half2float(v);
+}
+template <class T>
+__device__ __forceinline__ T narrow(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v); else return __float2half_rn(v);
+}
+// fp32 -> dtype -> fp32: the value a rounded intermediate holds.
+template <class T>
+__device__ __forceinline__ float round_as(float v) { return widen(narrow<T>(v)); }
+
+}  // namespace samoyeds::kernels
