@@ -61,6 +61,7 @@ Command bench_command();
 Command convert_command();
 Command moe_command();
 Command run_command();
+Command maxbatch_command();
 Command synth_command();
 
 // find_model(--model), resized by --scale H,I when given (scaled_config).

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// `samoyeds run`: greedy generation with a whole model (synthetic seeded weights or a converted
-// checkpoint): prefill of a batch of prompts, then one token per sequence per step from the KV caches.
-// This build runs it on the CPU reference (reference::model_forward); the GPU runner is not written yet.
+// `samoyeds run` and `samoyeds maxbatch`: greedy generation with a whole model (synthetic seeded
+// weights or a converted checkpoint): prefill of a batch of prompts, then one token per sequence per
+// step from the KV caches. On a GPU it runs gpu::Model (bench/run_model.cu: the dense baseline, the
+// check, peak memory, records); without one, the CPU reference (reference::model_forward).
 #include <chrono>
 #include <cstdio>
 #include <random>
@@ -9,7 +10,11 @@
 
 #include "cli.h"
 #include "samoyeds/convert.h"
+#include "samoyeds/device.h"
 #include "samoyeds/reference.h"
+#if SAMOYEDS_WITH_CUDA
+#include "bench/run_model.h"
+#endif
 
 namespace samoyeds::cli {
 
@@ -44,17 +49,11 @@ std::int64_t weight_bytes(const ModelWeights& w) {
   return bytes;
 }
 
-int run_run(const Args& args) {
-  if (args.has("model") == args.has("checkpoint"))
-    throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
-  const std::int64_t batch = args.get_int("batch"), prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
-  if (batch < 1 || prompt_len < 1 || gen_len < 1) throw UsageError{"--batch, --prompt-len and --gen-len must be at least 1"};
-  constexpr std::int64_t kMaxBatch = 1 << 16, kMaxLength = 1 << 24;  // bounds before any arithmetic on them
-  if (batch > kMaxBatch || prompt_len > kMaxLength || gen_len > kMaxLength)
-    throw UsageError{"--batch is at most " + std::to_string(kMaxBatch) + ", --prompt-len and --gen-len at most " +
-                     std::to_string(kMaxLength)};
+int run_on_cpu(const Args& args) {
+  const std::vector<std::int64_t> batches = args.get_int_list("batch");
+  if (batches.size() != 1) throw UsageError{"the CPU reference runs one --batch size at a time"};
+  const std::int64_t batch = batches[0], prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
   const std::int64_t layers_wanted = args.has("layers") ? args.get_int("layers") : 0;  // 0: every layer
-  if (args.has("layers") && layers_wanted < 1) throw UsageError{"--layers must be at least 1"};
   const auto seed = static_cast<std::uint64_t>(args.get_int("seed"));
 
   ModelConfig config;
@@ -129,28 +128,134 @@ int run_run(const Args& args) {
   return 0;
 }
 
+
+// Bounds shared by the CPU and GPU runs, checked before any arithmetic on the sizes.
+void check_sizes(const Args& args) {
+  if (args.has("model") == args.has("checkpoint"))
+    throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
+  constexpr std::int64_t kMaxBatch = 65535, kMaxLength = 1 << 24;
+  for (const std::int64_t b : args.get_int_list("batch"))
+    if (b < 1 || b > kMaxBatch) throw UsageError{"--batch sizes must be in [1, " + std::to_string(kMaxBatch) + "]"};
+  const std::int64_t prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
+  if (prompt_len < 1 || gen_len < 1 || prompt_len > kMaxLength || gen_len > kMaxLength)
+    throw UsageError{"--prompt-len and --gen-len must be in [1, " + std::to_string(kMaxLength) + "]"};
+  if (args.has("layers") && args.get_int("layers") < 1) throw UsageError{"--layers must be at least 1"};
+}
+
+bool use_gpu(const Args& args) {
+  const std::string device = args.get("device");
+  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
+  const bool have_gpu = !cuda_devices().empty();
+  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
+  return device == "gpu" || (device == "auto" && have_gpu);
+}
+
+#if SAMOYEDS_WITH_CUDA
+bench::ModelRunOptions gpu_options(const Args& args) {
+  bench::ModelRunOptions o;
+  if (args.has("checkpoint")) {
+    if (args.has("scale")) throw UsageError{"--scale applies to synthetic models only"};
+    o.checkpoint = args.get("checkpoint");
+    o.config = ConvertedCheckpoint::open(o.checkpoint).config();
+  } else {
+    o.config = model_from_args(args);
+  }
+  o.layers = args.has("layers") ? static_cast<int>(args.get_int("layers")) : 0;
+  if (o.layers > o.config.num_layers)
+    throw UsageError{"--layers must be in [1, " + std::to_string(o.config.num_layers) + "]"};
+  o.batches = args.get_int_list("batch");
+  o.prompt_len = args.get_int("prompt-len");
+  o.gen_len = args.get_int("gen-len");
+  if (o.prompt_len + o.gen_len > o.config.max_position_embeddings)
+    throw UsageError{"--prompt-len + --gen-len = " + std::to_string(o.prompt_len + o.gen_len) + " exceeds " +
+                     o.config.display_name + "'s " + std::to_string(o.config.max_position_embeddings) + " positions"};
+  o.dense = args.flag("dense");
+  o.compare = args.flag("compare");
+  if (o.dense && o.compare) throw UsageError{"--dense runs the baseline alone and --compare runs both: give one"};
+  const std::string graph = args.get("graph");
+  if (graph != "on" && graph != "off") throw UsageError{"--graph must be on or off, got '" + graph + "'"};
+  o.graph = graph == "on";
+  o.pattern = SparsityPattern::parse(args.get("pattern"));
+  o.seed = static_cast<std::uint64_t>(args.get_int("seed"));
+  o.out_path = args.get("out");
+  return o;
+}
+#endif
+
+int run_run(const Args& args) {
+  check_sizes(args);
+  if (!use_gpu(args)) {
+    if (args.flag("dense") || args.flag("compare") || args.has("out"))
+      throw UsageError{"--dense, --compare and --out need the GPU runner (a GPU machine)"};
+    return run_on_cpu(args);
+  }
+#if SAMOYEDS_WITH_CUDA
+  return bench::run_model(gpu_options(args));
+#else
+  SAMOYEDS_FAIL("this build has no CUDA support (", cuda_status(), ")");
+#endif
+}
+
+int run_maxbatch(const Args& args) {
+  check_sizes(args);
+  if (!use_gpu(args)) {
+    std::fprintf(stderr, "samoyeds maxbatch: needs an NVIDIA GPU: %s\n", cuda_status().c_str());
+    return 1;
+  }
+#if SAMOYEDS_WITH_CUDA
+  return bench::max_batch(gpu_options(args));
+#else
+  SAMOYEDS_FAIL("this build has no CUDA support (", cuda_status(), ")");
+#endif
+}
+
+std::vector<Option> model_options(bool with_batch) {
+  std::vector<Option> options = {
+      {"model", "NAME", "a registered model with synthetic weights", ""},
+      {"checkpoint", "DIR", "a directory written by `samoyeds convert`", ""},
+      {"scale", "H,I", "synthetic models: hidden and expert widths (e.g. 256,512)", ""},
+      {"layers", "N", "run only the first N layers", ""}};
+  if (with_batch) options.push_back({"batch", "B[,B...]", "sequences (on a GPU a list runs each size)", "1"});
+  std::vector<Option> rest = {
+      {"prompt-len", "P", "prompt tokens per sequence", "128"},
+      {"gen-len", "G", "tokens generated per sequence (the first by the prefill)", "32"},
+      {"pattern", "N:M:V", "synthetic models: sparsity pattern of the experts", "1:2:128"},
+      {"seed", "S", "random seed (weights and prompts)", "1"},
+      {"dense", "", "GPU: the dense baseline alone (experts as W-hat through cuBLAS)", ""},
+      {"compare", "", "GPU: Samoyeds and the dense baseline side by side, with ratios", ""},
+      {"graph", "on|off", "GPU: decode steps of the Samoyeds path from CUDA graphs", "on"},
+      {"out", "FILE", "GPU: append JSON Lines records to FILE", ""},
+      {"device", "auto|gpu|cpu", "where to run (auto: the GPU when there is one)", "auto"}};
+  options.insert(options.end(), rest.begin(), rest.end());
+  return options;
+}
+
 }  // namespace
 
 Command run_command() {
   return Command{
       "run",
-      "greedy generation with a whole model (CPU reference for now)",
+      "greedy generation with a whole model: prefill and decode speed, peak memory",
       "Builds a model from synthetic seeded weights (--model, optionally --scale H,I and --layers N for a\n"
       "prefix) or loads a converted checkpoint (--checkpoint), prefills a batch of seeded random prompts,\n"
       "then generates one token per sequence per step from the KV caches (greedy). Prints prefill time,\n"
-      "decode tokens/s, time per output token, weight and KV-cache bytes and sequence 0's tokens.\n"
-      "This build runs on the CPU reference (slow at real sizes: use --scale/--layers); the GPU runner\n"
-      "is not written yet.",
-      {{"model", "NAME", "a registered model with synthetic weights", ""},
-       {"checkpoint", "DIR", "a directory written by `samoyeds convert`", ""},
-       {"scale", "H,I", "synthetic models: hidden and expert widths (e.g. 256,512)", ""},
-       {"layers", "N", "run only the first N layers", ""},
-       {"batch", "B", "sequences", "1"},
-       {"prompt-len", "P", "prompt tokens per sequence", "8"},
-       {"gen-len", "G", "tokens to generate per sequence", "8"},
-       {"pattern", "N:M:V", "synthetic models: sparsity pattern of the experts", "1:2:128"},
-       {"seed", "S", "random seed (weights and prompts)", "1"}},
-      run_run};
+      "decode tokens/s, time per output token (TPOT), peak GPU memory and sequence 0's tokens.\n"
+      "On a GPU: synthetic weights are made on the device; decode steps replay a CUDA graph; --compare\n"
+      "also runs the dense baseline on the same weights and prints the ratios; before any timing the\n"
+      "first layer is checked against the other path. Without a GPU (or with --device cpu) it runs the\n"
+      "CPU reference, one batch size (slow at real sizes: use --scale and --layers).",
+      model_options(true), run_run};
+}
+
+Command maxbatch_command() {
+  return Command{
+      "maxbatch",
+      "the largest batch that fits in GPU memory, planned and confirmed by a run",
+      "Builds the model (--model or --checkpoint, --layers N for a prefix), plans the largest batch\n"
+      "whose KV caches (prompt + generated positions) and workspace fit in the free GPU memory from exact\n"
+      "sizes, then confirms it with a run (prefill and every decode step). --compare does the same for\n"
+      "the dense baseline afterwards and prints the ratio; --dense runs the baseline alone.",
+      model_options(false), run_maxbatch};
 }
 
 }  // namespace samoyeds::cli

@@ -14,7 +14,7 @@ using samoyeds::cli::Command;
 std::vector<Command> commands() {
   return {samoyeds::cli::demo_command(), samoyeds::cli::info_command(), samoyeds::cli::models_command(),
           samoyeds::cli::bench_command(), samoyeds::cli::convert_command(),
-          samoyeds::cli::moe_command(), samoyeds::cli::run_command(),
+          samoyeds::cli::moe_command(), samoyeds::cli::run_command(), samoyeds::cli::maxbatch_command(),
           samoyeds::cli::synth_command()};
 }
 

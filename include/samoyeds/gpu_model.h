@@ -61,6 +61,7 @@ class Model {
   // starts empty. A later start() replaces both.
   void start(int num_sequences, std::int64_t capacity);
   void clear();  // every sequence empty again (the allocation and the decode graph stay)
+  void stop();   // frees the KV caches and the workspace (start() again before the next step)
   int num_sequences() const;
   std::int64_t capacity() const;
   std::int64_t length() const;  // positions cached per sequence
@@ -76,6 +77,12 @@ class Model {
   // (sparse path only) every step replays one captured CUDA graph.
   std::vector<std::int32_t> decode(std::span<const std::int32_t> tokens, int steps, bool use_graph = true);
   void synchronize() const;
+
+  // Runs only the first n layers from now on (1 <= n <= num_layers(); the KV caches of the others are
+  // left alone): quick checks of a model too deep for its differences to stay small, e.g. the sparse
+  // path against its dense twin on one layer, where both route identically.
+  void set_active_layers(int n);
+  int active_layers() const;
 
  private:
   struct Impl;

@@ -79,6 +79,10 @@ class DenseMoeLayer {
   void reserve(std::int64_t num_tokens);
   // Synchronises `stream` once (expert sizes to the host) and returns after queuing the rest.
   void forward(const void* x, void* y, std::int64_t num_tokens, void* stream = nullptr);
+  // The same with caller-provided workspace (device, 256-byte aligned, >= workspace_bytes(T) bytes), so
+  // that the layers of a model can share one.
+  void forward(const void* x, void* y, std::int64_t num_tokens, void* workspace, std::size_t workspace_bytes,
+               void* stream);
   Routing last_routing() const;
 
  private:

@@ -125,6 +125,7 @@ struct Model::Impl {
   moe::OwnedBuffer history;      // [steps, B] int32, for decode()
   std::int64_t history_steps = 0;
   cudaGraphExec_t decode_graph = nullptr;
+  int active_layers = 0;  // layers a pass runs (all unless set_active_layers)
 
   Impl(const ModelConfig& c, DType d, const ModelOptions& o) : config(c), dtype(d), options(o) {
     config.validate();
@@ -193,9 +194,11 @@ struct Model::Impl {
       b.mlp_gu = half(T * 3 * width);
       b.mlp_a = half(T * width);
     }
-    std::size_t moe_ws = 0;
-    for (const Layer& l : layers)
+    std::size_t moe_ws = 0;  // one workspace for every MoE layer: they run one after another
+    for (const Layer& l : layers) {
       if (l.moe) moe_ws = std::max(moe_ws, l.moe->workspace_bytes(T));
+      if (l.dense_moe) moe_ws = std::max(moe_ws, l.dense_moe->workspace_bytes(T));
+    }
     b.moe_workspace = c.take_bytes(moe_ws);
     b.moe_workspace_bytes = moe_ws;
     b.last_rows = half(static_cast<std::int64_t>(B) * H);
@@ -214,12 +217,7 @@ struct Model::Impl {
   }
 
   std::size_t workspace_bytes(int B, std::int64_t cap) const {
-    const std::int64_t T = pass_tokens_for(B, cap);
-    std::size_t bytes = carve(nullptr, T, B).total;
-    // The dense baseline's MoE layers keep their own workspaces, one per layer.
-    for (const Layer& l : layers)
-      if (l.dense_moe) bytes += l.dense_moe->workspace_bytes(T);
-    return bytes;
+    return carve(nullptr, pass_tokens_for(B, cap), B).total;
   }
 
   std::size_t kv_bytes(int B, std::int64_t cap) const {
@@ -234,18 +232,30 @@ struct Model::Impl {
            static_cast<std::size_t>(first_sequence) * sequence_bytes;
   }
 
+  void drop_graph() {
+    if (decode_graph) SAMOYEDS_CUDA_CHECK(cudaGraphExecDestroy(decode_graph));
+    decode_graph = nullptr;
+  }
+
+  void stop() {
+    drop_graph();
+    SAMOYEDS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    kv.release();
+    workspace.release();
+    all_logits.release();
+    history.release();
+    history_steps = 0;
+    num_sequences = 0;
+    capacity = length = 0;
+  }
+
   void start(int B, std::int64_t cap) {
     SAMOYEDS_CHECK(B >= 1 && B <= 65535, "gpu::Model::start: num_sequences must be in [1, 65535], got ", B);
     SAMOYEDS_CHECK(cap >= 1 && cap <= INT32_MAX, "gpu::Model::start: capacity must be in [1, 2^31), got ", cap);
-    if (decode_graph) {
-      SAMOYEDS_CUDA_CHECK(cudaGraphExecDestroy(decode_graph));
-      decode_graph = nullptr;
-    }
+    stop();  // the old caches go before the new ones are allocated
     num_sequences = B;
     capacity = cap;
     pass_tokens = pass_tokens_for(B, cap);
-    for (Layer& l : layers)
-      if (l.dense_moe) l.dense_moe->reserve(pass_tokens);
     kv.ensure(kv_bytes(B, cap));
     const std::size_t ws = carve(nullptr, pass_tokens, B).total;
     workspace.ensure(ws);
@@ -314,7 +324,7 @@ struct Model::Impl {
 
     kernels::rms_norm(b.x, l.post_norm.ptr(), b.normed, T, H, config.rms_norm_eps, 1.0f, dtype, stream);
     if (l.moe) l.moe->forward(b.normed, b.branch, T, b.moe_workspace, b.moe_workspace_bytes, stream);
-    else if (l.dense_moe) l.dense_moe->forward(b.normed, b.branch, T, stream);
+    else if (l.dense_moe) l.dense_moe->forward(b.normed, b.branch, T, b.moe_workspace, b.moe_workspace_bytes, stream);
     else mlp_forward(*l.mlp, b.normed, b.branch, T);
     kernels::add_residual(b.x, b.branch, b.x, T * H, scale, dtype, stream);
     if (l.extra_mlp) {
@@ -339,7 +349,7 @@ struct Model::Impl {
     PassBuffers& b = buffers;
     kernels::embed(b.token_ids, embedding.ptr(), b.x, T, H, config.vocab_size, static_cast<float>(config.scale_emb),
                    dtype, nullptr, stream);  // ids were checked on the host or come from argmax
-    for (int l = 0; l < static_cast<int>(layers.size()); ++l) layer_forward(l, s0, nb, n);
+    for (int l = 0; l < active_layers; ++l) layer_forward(l, s0, nb, n);
     if (logits_all) {
       kernels::rms_norm(b.x, final_norm.ptr(), b.normed, T, H, config.rms_norm_eps, final_scale(), dtype, stream);
       moe::gemm_xwt(cublas, dtype, head(), b.normed, logits_all, DType::f32, config.vocab_size, T, H);
@@ -439,12 +449,13 @@ void random_mlp(DenseMlp& out, const ModelConfig& c, std::int64_t width, DType d
 
 }  // namespace
 
-Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) { impl_->active_layers = static_cast<int>(impl_->layers.size()); }
 
 Model::Model(const ModelConfig& config, const ModelWeights& weights, const ModelOptions& options) {
   check_model(config, weights);
   impl_ = std::make_unique<Impl>(config, weights.embedding.dtype(), options);
   Impl& m = *impl_;
+  m.active_layers = static_cast<int>(weights.layers.size());
   m.embedding.upload({&weights.embedding});
   m.final_norm.upload({&weights.final_norm});
   if (!config.tie_word_embeddings) m.lm_head.upload({&weights.lm_head});
@@ -537,6 +548,13 @@ std::size_t Model::workspace_bytes(int num_sequences, std::int64_t capacity) con
 }
 void Model::start(int num_sequences, std::int64_t capacity) { impl_->start(num_sequences, capacity); }
 void Model::clear() { impl_->clear(); }
+void Model::stop() { impl_->stop(); }
+void Model::set_active_layers(int n) {
+  SAMOYEDS_CHECK(n >= 1 && n <= num_layers(), "gpu::Model::set_active_layers: n must be in [1, ", num_layers(), "], got ", n);
+  if (n != impl_->active_layers) impl_->drop_graph();
+  impl_->active_layers = n;
+}
+int Model::active_layers() const { return impl_->active_layers; }
 int Model::num_sequences() const { return impl_->num_sequences; }
 std::int64_t Model::capacity() const { return impl_->capacity; }
 std::int64_t Model::length() const { return impl_->length; }
@@ -581,9 +599,7 @@ std::vector<std::int32_t> Model::decode(std::span<const std::int32_t> tokens, in
   std::vector<std::int32_t> picked(static_cast<std::size_t>(steps) * B);
   if (steps == 0) return picked;
   if (steps > m.history_steps) {
-    // A new history buffer moves the pointer the graph recorded.
-    if (m.decode_graph) SAMOYEDS_CUDA_CHECK(cudaGraphExecDestroy(m.decode_graph));
-    m.decode_graph = nullptr;
+    m.drop_graph();  // a new history buffer moves the pointer the graph recorded
     m.history.ensure(static_cast<std::size_t>(steps) * B * sizeof(std::int32_t));
     m.history_steps = steps;
   }

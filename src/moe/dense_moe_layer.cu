@@ -189,12 +189,22 @@ std::size_t DenseMoeLayer::workspace_bytes(std::int64_t num_tokens) const {
 
 void DenseMoeLayer::reserve(std::int64_t num_tokens) { impl_->workspace.ensure(workspace_bytes(num_tokens)); }
 
-void DenseMoeLayer::forward(const void* x, void* y, std::int64_t T, void* stream_ptr) {
-  Impl& m = *impl_;
+void DenseMoeLayer::forward(const void* x, void* y, std::int64_t T, void* stream) {
   reserve(T);
+  forward(x, y, T, impl_->workspace.ptr(), impl_->workspace.bytes(), stream);
+}
+
+void DenseMoeLayer::forward(const void* x, void* y, std::int64_t T, void* workspace, std::size_t workspace_bytes,
+                            void* stream_ptr) {
+  Impl& m = *impl_;
+  const std::size_t needed = this->workspace_bytes(T);
   SAMOYEDS_CHECK(T == 0 || (x && y), "DenseMoeLayer::forward: x and y must be device pointers");
+  SAMOYEDS_CHECK(workspace_bytes >= needed && (needed == 0 || workspace), "DenseMoeLayer::forward: the workspace has ",
+                 workspace_bytes, " bytes; ", T, " tokens need ", needed, " (workspace_bytes(T))");
+  SAMOYEDS_CHECK(reinterpret_cast<std::uintptr_t>(workspace) % 256 == 0,
+                 "DenseMoeLayer::forward: the workspace must be 256-byte aligned");
   auto stream = static_cast<cudaStream_t>(stream_ptr);
-  const Impl::Layout l = m.layout(m.workspace.ptr(), T);
+  const Impl::Layout l = m.layout(workspace, T);
   m.last = l.routing;
   m.last_stream = stream;
   m.has_forward = true;

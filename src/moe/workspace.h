@@ -45,6 +45,11 @@ class OwnedBuffer {
     SAMOYEDS_CUDA_CHECK(cudaMalloc(&ptr_, wanted));
     bytes_ = wanted;
   }
+  void release() {
+    cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
   void* ptr() const { return ptr_; }
   std::size_t bytes() const { return bytes_; }
 

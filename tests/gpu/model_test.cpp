@@ -351,8 +351,8 @@ TEST(GpuModel, RejectsBadArguments) {
   EXPECT_THROW(model.forward(ids), Error);                                      // 6 > 4
 
   ModelConfig odd = config;
-  odd.head_dim = 32;  // not a head size the GPU attention handles
-  odd.num_attention_heads = 8;
+  odd.head_dim = 32;  // not a head size the GPU attention handles (and q/k/v of other shapes)
+  odd.num_attention_heads = 4;
   odd.num_kv_heads = 4;
   const ModelWeights odd_weights = synthetic_model(odd, 1, DType::bf16, SparsityPattern::parse("1:2:128"), 951);
   EXPECT_THROW(gpu::Model(odd, odd_weights), Error);
