@@ -21,6 +21,6 @@ open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
 PY
   layer=1  # a MoE layer of every family (DeepSeek's layer 0 is dense)
   "$cli" moe --checkpoint "$work/$model" --layer "$layer" --input "$work/x.safetensors" --output "$work/y.safetensors"
-  "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 | tail -n 2
+  "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 --device cpu | tail -n 2
 done
 echo "tiny checkpoints: 4 families synthesised, converted, run"

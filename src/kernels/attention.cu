@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <type_traits>
 
@@ -74,7 +75,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   const int b = blockIdx.z, kv_head = blockIdx.y;
   const int group = a.num_heads / a.num_kv_heads;
   const int rows_total = a.tokens_per_sequence * group;
-  const int row0 = blockIdx.x * kBlockM;
+  const int split = static_cast<int>(blockIdx.x % a.splits);
+  const int row0 = static_cast<int>(blockIdx.x / a.splits) * kBlockM;
   const std::int64_t len0 = a.seq_len[b];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
 
@@ -84,6 +86,10 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   std::int64_t key_begin = a.window > 0 ? max(std::int64_t{0}, len0 + row0 / group - a.window + 1) : 0;
   key_begin = key_begin / kBlockN * kBlockN;
   const int num_tiles = static_cast<int>((key_end - key_begin + kBlockN - 1) / kBlockN);
+  // This CTA's share of the key tiles (split-KV: the sequence lengths live on the device, so the
+  // split of the range is decided here; a split past the end has no tiles and contributes nothing).
+  const int per_split = (num_tiles + a.splits - 1) / a.splits;
+  const int tile_begin = min(num_tiles, split * per_split), tile_end = min(num_tiles, tile_begin + per_split);
 
   RowState rows[2];
   for (int h = 0; h < 2; ++h) {
@@ -129,15 +135,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   };
 
   const float scale_log2 = a.scale * 1.4426950408889634f;
-  load_tile(0, 0);
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    if (tile + 1 < num_tiles) load_tile(tile + 1, (tile + 1) & 1);
+  if (tile_begin < tile_end) load_tile(tile_begin, 0);
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile + 1 < tile_end) load_tile(tile + 1, stage ^ 1);
     else ptx::cp_async_commit();  // an empty group keeps wait<1> meaning "tile `tile` has landed"
     ptx::cp_async_wait<1>();
     __syncthreads();
     if (warp_active) {
-      const T* ks = k_smem + (tile & 1) * kBlockN * kStride;
-      const T* vs = v_smem + (tile & 1) * kBlockN * kStride;
+      const T* ks = k_smem + stage * kBlockN * kStride;
+      const T* vs = v_smem + stage * kBlockN * kStride;
       float s[kBlockN / 8][4];
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
@@ -213,11 +220,47 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
     const RowState& row = rows[h];
     const float total = quad_sum(row.sum);
     if (!row.valid) continue;
+    if (a.splits > 1) {  // unnormalised partial O, its max and sum: merged by attention_combine_kernel
+      const std::int64_t slot = (static_cast<std::int64_t>(split) * a.num_sequences * a.tokens_per_sequence + row.token) * a.num_heads + row.head;
+      float* o_out = a.partial_o + slot * D;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd)
+        *reinterpret_cast<float2*>(o_out + nd * 8 + tig * 2) = make_float2(o[nd][2 * h], o[nd][2 * h + 1]);
+      if (tig == 0) *reinterpret_cast<float2*>(a.partial_ml + 2 * slot) = make_float2(row.max, total);
+      continue;
+    }
     const float inv = 1.0f / total;
     T* out_row = out + (row.token * a.num_heads + row.head) * D;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd)
       *reinterpret_cast<std::uint32_t*>(out_row + nd * 8 + tig * 2) = pack2<T>(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+  }
+}
+
+// out[t, h, :] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s over the splits (M = max_s m_s); a
+// split with no visible key has m_s = -inf and weight 0. One warp per (token, head) row.
+template <class T, int D>
+__global__ void attention_combine_kernel(const float* partial_o, const float* partial_ml, T* out, std::int64_t rows,
+                                         int splits) {
+  const std::int64_t row = blockIdx.x * static_cast<std::int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, partial_ml[2 * (s * rows + row)]);
+  float denominator = 0.0f, acc[D / 32] = {};
+  for (int s = 0; s < splits; ++s) {
+    const float ms = partial_ml[2 * (s * rows + row)];
+    const float w = ms == -INFINITY ? 0.0f : exp2f(ms - m);
+    denominator += w * partial_ml[2 * (s * rows + row) + 1];
+    const float* o = partial_o + (s * rows + row) * D;
+#pragma unroll
+    for (int i = 0; i < D / 32; ++i) acc[i] += w * o[lane + 32 * i];
+  }
+  const float inv = 1.0f / denominator;
+#pragma unroll
+  for (int i = 0; i < D / 32; ++i) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) out[row * D + lane + 32 * i] = __float2bfloat16_rn(acc[i] * inv);
+    else out[row * D + lane + 32 * i] = __float2half_rn(acc[i] * inv);
   }
 }
 
@@ -231,13 +274,50 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   }
   const int group = a.num_heads / a.num_kv_heads;
   const std::int64_t rows = static_cast<std::int64_t>(a.tokens_per_sequence) * group;
-  const dim3 grid(static_cast<unsigned>((rows + kBlockM - 1) / kBlockM), static_cast<unsigned>(a.num_kv_heads),
+  AttentionArgs args = a;
+  args.splits = attention_splits(a);
+  const dim3 grid(static_cast<unsigned>((rows + kBlockM - 1) / kBlockM * args.splits), static_cast<unsigned>(a.num_kv_heads),
                   static_cast<unsigned>(a.num_sequences));
-  attention_kernel<T, D><<<grid, kThreads, kSmemBytes, stream>>>(a);
+  attention_kernel<T, D><<<grid, kThreads, kSmemBytes, stream>>>(args);
   SAMOYEDS_CHECK_LAUNCH("attention_kernel");
+  if (args.splits > 1) {
+    const std::int64_t out_rows = static_cast<std::int64_t>(a.num_sequences) * a.tokens_per_sequence * a.num_heads;
+    attention_combine_kernel<T, D><<<static_cast<unsigned>((out_rows + 7) / 8), 256, 0, stream>>>(
+        args.partial_o, args.partial_ml, static_cast<T*>(a.out), out_rows, args.splits);
+    SAMOYEDS_CHECK_LAUNCH("attention_combine_kernel");
+  }
+}
+
+int num_sms() {
+  static const int count = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      sms = 1;
+    return sms;
+  }();
+  return count;
 }
 
 }  // namespace
+
+int attention_splits(const AttentionArgs& a) {
+  if (a.max_splits <= 1 || !a.partial_o || !a.partial_ml) return 1;
+  const int group = a.num_heads / a.num_kv_heads;
+  const std::int64_t row_tiles = (static_cast<std::int64_t>(a.tokens_per_sequence) * group + kBlockM - 1) / kBlockM;
+  const std::int64_t ctas = row_tiles * a.num_kv_heads * a.num_sequences;
+  const std::int64_t key_tiles = (a.capacity + kBlockN - 1) / kBlockN;  // the longest the keys can get
+  // Enough CTAs for two per SM, each with at least two key tiles; never more than the workspace holds.
+  std::int64_t splits = std::min<std::int64_t>((2 * num_sms() + ctas - 1) / ctas, key_tiles / 2);
+  splits = std::min<std::int64_t>(splits, a.max_splits);
+  const std::int64_t rows = static_cast<std::int64_t>(a.num_sequences) * a.tokens_per_sequence * a.num_heads;
+  while (splits > 1 && static_cast<std::size_t>(splits * rows) * (a.head_dim + 2) * sizeof(float) > a.workspace_bytes) --splits;
+  return static_cast<int>(std::max<std::int64_t>(splits, 1));
+}
+
+std::size_t attention_workspace_bytes(std::int64_t rows, int head_dim, int max_splits) {
+  // partial_o [splits, rows, d] then partial_ml [splits, rows, 2], fp32.
+  return static_cast<std::size_t>(rows) * max_splits * (head_dim + 2) * sizeof(float);
+}
 
 bool attention_supported(int head_dim, int num_heads, int num_kv_heads, int num_sequences, DType dtype,
                          const char** reason) {

@@ -24,7 +24,21 @@ struct AttentionArgs {
   std::int64_t window = 0;  // sliding window (keys p - window < j <= p); 0 = full causal
   float scale = 0.0f;       // softmax scale
   DType dtype = DType::bf16;
+  // Split-KV (decode: few CTAs, long keys): each CTA takes a share of the key tiles and writes fp32
+  // partials to the workspace, a second kernel merges them. With no workspace, one CTA per rows tile.
+  float* partial_o = nullptr;   // workspace: [splits, B * n * heads, d] fp32
+  float* partial_ml = nullptr;  // workspace: [splits, B * n * heads, 2] fp32 (running max, sum)
+  std::size_t workspace_bytes = 0;  // of both together
+  int max_splits = 16;
+  int splits = 1;               // set by attention() from attention_splits()
 };
+
+// How many ways attention() splits the key range for these arguments (1: no split). Decided from
+// the grid size and the cache capacity (not the current lengths, which live on the device), so a
+// captured decode step stays valid as the sequences grow.
+int attention_splits(const AttentionArgs& args);
+// Workspace bytes for split-KV partials of `rows` (token, head) rows with up to max_splits splits.
+std::size_t attention_workspace_bytes(std::int64_t rows, int head_dim, int max_splits);
 
 // Whether the kernel handles the shape (head_dim 64 or 128, bf16/fp16, grid limits); if not, `reason`
 // says what is unsupported. attention() throws with that reason.

@@ -30,6 +30,8 @@ namespace samoyeds::gpu {
 
 namespace {
 
+constexpr int kAttentionSplits = 16;  // at most this many key-range splits per attention call
+
 std::int64_t q_dim(const ModelConfig& c) { return c.num_attention_heads * c.head_dim; }
 std::int64_t kv_dim(const ModelConfig& c) { return c.num_kv_heads * c.head_dim; }
 
@@ -85,6 +87,8 @@ struct PassBuffers {
   float* qkv = nullptr;               // [tokens, q_dim + 2 kv_dim] fp32
   void* q = nullptr;                  // [tokens, q_dim]
   void* attended = nullptr;           // [tokens, q_dim]
+  void* attention_partials = nullptr; // split-KV partials (kernels::attention_workspace_bytes)
+  std::size_t attention_partials_bytes = 0;
   void* mlp_gu = nullptr;             // [tokens, 3 I_dense]
   void* mlp_a = nullptr;              // [tokens, I_dense]
   void* moe_workspace = nullptr;
@@ -189,6 +193,10 @@ struct Model::Impl {
     b.qkv = c.take<float>(T * (q_dim(config) + 2 * kv_dim(config)));
     b.q = half(T * q_dim(config));
     b.attended = half(T * q_dim(config));
+    // Split-KV partials for steps of up to 128 tokens (decode); larger steps have CTAs enough unsplit.
+    b.attention_partials_bytes = kernels::attention_workspace_bytes(std::min<std::int64_t>(T, 128) * config.num_attention_heads,
+                                                                    static_cast<int>(config.head_dim), kAttentionSplits);
+    b.attention_partials = c.take_bytes(b.attention_partials_bytes);
     const std::int64_t width = dense_width();
     if (width > 0) {
       b.mlp_gu = half(T * 3 * width);
@@ -318,6 +326,11 @@ struct Model::Impl {
     a.window = config.sliding_window;
     a.scale = static_cast<float>(config.softmax_scale());
     a.dtype = dtype;
+    a.max_splits = kAttentionSplits;
+    a.workspace_bytes = b.attention_partials_bytes;
+    const std::int64_t partial_rows = static_cast<std::int64_t>(a.workspace_bytes / ((config.head_dim + 2) * sizeof(float)));
+    a.partial_o = static_cast<float*>(b.attention_partials);
+    a.partial_ml = a.partial_o + partial_rows * config.head_dim;
     kernels::attention(a, stream);
     moe::gemm_xwt(cublas, dtype, l.o.ptr(), b.attended, b.branch, dtype, H, T, q_dim(config));
     kernels::add_residual(b.x, b.branch, b.x, T * H, scale, dtype, stream);

@@ -575,7 +575,8 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   SafetensorsWriter writer;
   writer.add("hidden_states", "BF16", {x.rows(), x.cols()}, bytes_of(x));
   writer.write(x_path.string());
-  ASSERT_EQ(run("moe --checkpoint " + out.string() + " --layer 1 --input " + x_path.string() + " --output " + y_path.string()), 0)
+  ASSERT_EQ(run("moe --checkpoint " + out.string() + " --layer 1 --input " + x_path.string() + " --output " + y_path.string() +
+                " --device cpu"), 0)
       << read_text(t.dir / "cli.log");
   const SafetensorsFile y_file = SafetensorsFile::open(y_path.string());
   const Matrix y = read_matrix(y_file, y_file.tensor("y"), y_path.string());
@@ -585,7 +586,8 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   EXPECT_EQ(*y_file.metadata_value("samoyeds.layer"), "1");
 
   // The whole converted model generates (CPU reference).
-  ASSERT_EQ(run("run --checkpoint " + out.string() + " --batch 2 --prompt-len 3 --gen-len 3"), 0) << read_text(t.dir / "cli.log");
+  ASSERT_EQ(run("run --checkpoint " + out.string() + " --batch 2 --prompt-len 3 --gen-len 3 --device cpu"), 0)
+      << read_text(t.dir / "cli.log");
   const std::string log = read_text(t.dir / "cli.log");
   EXPECT_NE(log.find("tokens/s"), std::string::npos) << log;
   std::istringstream generated(log.substr(log.find("generated:") + 10));
@@ -593,7 +595,11 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   for (long id; generated >> id;) tokens.push_back(id);
   EXPECT_EQ(tokens.size(), 3u) << log;
   for (const long id : tokens) EXPECT_TRUE(id >= 0 && id < t.config.vocab_size) << id;
-  EXPECT_NE(run("run --checkpoint " + out.string() + " --layers 9"), 0);
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --layers 9 --device cpu"), 0);
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --compare --device cpu"), 0);  // the dense baseline is GPU-only
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 1,2 --device cpu"), 0);  // one size on the CPU
+  EXPECT_NE(run("maxbatch --checkpoint " + out.string() + " --device cpu"), 0);       // needs a GPU
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 0 --device cpu"), 0);
 
   // Bad requests fail with a message and a non-zero status, and write nothing.
   fs::remove(y_path);
