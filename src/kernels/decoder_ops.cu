@@ -42,32 +42,62 @@ __device__ float block_sum(float v, float* scratch) {
   return total;
 }
 
-template <class T>
+// One block per row. The row is read once, 16 bytes per load, into registers (kChunks loads per
+// thread, issued together: a decode step normalises a single row, and dependent loads one after
+// another made this a latency-bound 9 us kernel); H % 8 == 0 and H <= 8 x kThreads x kChunks.
+template <class T, int kChunks>
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* x, const T* w, T* y, std::int64_t H, float eps,
                                                             float out_scale) {
   __shared__ float scratch[kThreads / 32];
-  const T* row = x + blockIdx.x * H;  // one block per token
-  T* out = y + blockIdx.x * H;
+  const uint4* row = reinterpret_cast<const uint4*>(x + blockIdx.x * H);  // one block per token
+  uint4* out = reinterpret_cast<uint4*>(y + blockIdx.x * H);
+  const uint4* weight = reinterpret_cast<const uint4*>(w);
+  const int num_chunks = static_cast<int>(H / 8);
+  uint4 v[kChunks];
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int at = threadIdx.x + c * kThreads;
+    v[c] = at < num_chunks ? row[at] : make_uint4(0, 0, 0, 0);
+  }
   float sum_squares = 0.0f;
-  for (std::int64_t c = threadIdx.x; c < H; c += kThreads) {
-    const float v = widen(row[c]);
-    sum_squares += v * v;
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const T* e = reinterpret_cast<const T*>(&v[c]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum_squares += widen(e[i]) * widen(e[i]);
   }
   const float inv = 1.0f / sqrtf(block_sum(sum_squares, scratch) / static_cast<float>(H) + eps);
-  for (std::int64_t c = threadIdx.x; c < H; c += kThreads) {
-    float v = round_as<T>(widen(row[c]) * inv * widen(w[c]));
-    if (out_scale != 1.0f) v *= out_scale;
-    out[c] = narrow<T>(v);
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const int at = threadIdx.x + c * kThreads;
+    if (at >= num_chunks) continue;
+    const uint4 wv = weight[at];
+    const T* e = reinterpret_cast<const T*>(&v[c]);
+    const T* we = reinterpret_cast<const T*>(&wv);
+    uint4 result;
+    T* r = reinterpret_cast<T*>(&result);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      float value = round_as<T>(widen(e[i]) * inv * widen(we[i]));
+      if (out_scale != 1.0f) value *= out_scale;
+      r[i] = narrow<T>(value);
+    }
+    out[at] = result;
   }
 }
 
-// One block per token; threads cover (q heads + k heads) x d/2 rotation pairs, then v.
+// Grid (T, pair blocks): block (t, y) rotates pairs [y * kThreads, (y + 1) * kThreads) of token t's
+// (q heads + k heads) x d/2 rotation pairs; blocks with y == 0 also write v. The frequencies
+// theta^(-2j/d) are computed once per block into shared memory (double, like the CPU reference).
 template <class T>
 __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a) {
+  __shared__ double inv_freq[256];  // d / 2 <= 256 (checked by the launcher)
   const std::int64_t t = blockIdx.x;
   const int b = static_cast<int>(t / a.tokens_per_sequence), i = static_cast<int>(t % a.tokens_per_sequence);
   const std::int64_t position = a.seq_len[b] + i;
   const int d = a.head_dim, half = d / 2;
+  for (int j = threadIdx.x; j < half; j += kThreads) inv_freq[j] = pow(a.rope_theta, -2.0 * j / d);
+  __syncthreads();
   const int q_dim = a.num_heads * d, kv_dim = a.num_kv_heads * d;
   const float* acc = a.qkv + t * (q_dim + 2 * kv_dim);
   const T* bias = static_cast<const T*>(a.bias);
@@ -78,12 +108,12 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a) {
   T* v_out = static_cast<T*>(a.v_cache) + cache_row;
 
   const int num_pairs = (a.num_heads + a.num_kv_heads) * half;
-  for (int p = threadIdx.x; p < num_pairs; p += kThreads) {
+  const int p = blockIdx.y * kThreads + threadIdx.x;
+  if (p < num_pairs) {
     const int head = p / half, j = p % half;
     // Angles in double: position x frequency loses digits in fp32 at long contexts.
-    const double angle = static_cast<double>(position) * pow(a.rope_theta, -2.0 * j / d);
     double s_d, c_d;
-    sincos(angle, &s_d, &c_d);
+    sincos(static_cast<double>(position) * inv_freq[j], &s_d, &c_d);
     const float c = static_cast<float>(c_d), s = static_cast<float>(s_d);
     const int col = head * d + j;  // q heads first, then k heads (the qkv column order)
     const float x1 = biased(col), x2 = biased(col + half);
@@ -91,7 +121,8 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a) {
     out[0] = narrow<T>(x1 * c - x2 * s);
     out[half] = narrow<T>(x2 * c + x1 * s);
   }
-  for (int c = threadIdx.x; c < kv_dim; c += kThreads) v_out[c] = narrow<T>(biased(q_dim + kv_dim + c));
+  if (blockIdx.y == 0)
+    for (int c = threadIdx.x; c < kv_dim; c += kThreads) v_out[c] = narrow<T>(biased(q_dim + kv_dim + c));
 }
 
 template <class T>
@@ -132,20 +163,31 @@ __global__ void silu_mul_kernel(const T* gu, T* a, const std::int32_t* num_rows_
   }
 }
 
-__global__ void __launch_bounds__(kThreads) argmax_kernel(const float* logits, std::int64_t vocab, std::int32_t* out) {
-  __shared__ float best_value[kThreads];
-  __shared__ std::int64_t best_index[kThreads];
+constexpr int kArgmaxThreads = 1024;
+
+// One block per row; four independent loads per thread and iteration (a vocabulary of 32 k floats
+// is 8 iterations instead of 125 dependent ones).
+__global__ void __launch_bounds__(kArgmaxThreads) argmax_kernel(const float* logits, std::int64_t vocab, std::int32_t* out) {
+  __shared__ float best_value[kArgmaxThreads];
+  __shared__ std::int64_t best_index[kArgmaxThreads];
   const float* row = logits + blockIdx.x * vocab;
   float best = -INFINITY;
   std::int64_t index = vocab;  // "none yet": loses every tie
-  for (std::int64_t v = threadIdx.x; v < vocab; v += kThreads) {
-    const float value = row[v];
-    if (value > best) best = value, index = v;  // ascending v per thread: the first maximum stays
+  for (std::int64_t v0 = threadIdx.x; v0 < vocab; v0 += 4 * kArgmaxThreads) {
+    float value[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const std::int64_t v = v0 + u * kArgmaxThreads;
+      value[u] = v < vocab ? row[v] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u)  // ascending v per thread: the first maximum stays
+      if (value[u] > best) best = value[u], index = v0 + u * kArgmaxThreads;
   }
   best_value[threadIdx.x] = best;
   best_index[threadIdx.x] = index;
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+  for (int stride = kArgmaxThreads / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride) {
       const float other = best_value[threadIdx.x + stride];
       const std::int64_t other_index = best_index[threadIdx.x + stride];
@@ -187,10 +229,18 @@ void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::i
               DType dtype, cudaStream_t stream) {
   if (T == 0) return;
   SAMOYEDS_CHECK(T <= INT32_MAX, "rms_norm: ", T, " rows is too many for one launch");
+  SAMOYEDS_CHECK(H % 8 == 0 && H <= 8 * kThreads * 4, "rms_norm: H = ", H, " must be a multiple of 8 and at most ",
+                 8 * kThreads * 4);
+  const int chunks = static_cast<int>((H / 8 + kThreads - 1) / kThreads);
   dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
-    rms_norm_kernel<T_><<<static_cast<unsigned>(T), kThreads, 0, stream>>>(
-        static_cast<const T_*>(x), static_cast<const T_*>(weight), static_cast<T_*>(y), H, static_cast<float>(eps), out_scale);
+    auto launch = [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(static_cast<const T_*>(x), static_cast<const T_*>(weight),
+                                                                static_cast<T_*>(y), H, static_cast<float>(eps), out_scale);
+    };
+    if (chunks <= 1) launch(rms_norm_kernel<T_, 1>);
+    else if (chunks == 2) launch(rms_norm_kernel<T_, 2>);
+    else launch(rms_norm_kernel<T_, 4>);
   });
   SAMOYEDS_CHECK_LAUNCH("rms_norm_kernel");
 }
@@ -198,10 +248,12 @@ void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::i
 void qkv_rope_append(const QkvRopeArgs& a, cudaStream_t stream) {
   const std::int64_t T = static_cast<std::int64_t>(a.num_sequences) * a.tokens_per_sequence;
   if (T == 0) return;
-  SAMOYEDS_CHECK(a.head_dim % 2 == 0 && a.head_dim > 0, "qkv_rope_append: head_dim must be even, got ", a.head_dim);
-  dispatch(a.dtype, [&](auto tag) {
-    qkv_rope_kernel<decltype(tag)><<<static_cast<unsigned>(T), kThreads, 0, stream>>>(a);
-  });
+  SAMOYEDS_CHECK(a.head_dim % 2 == 0 && a.head_dim > 0 && a.head_dim <= 512,
+                 "qkv_rope_append: head_dim must be even and at most 512, got ", a.head_dim);
+  SAMOYEDS_CHECK(T <= INT32_MAX, "qkv_rope_append: ", T, " tokens is too many for one launch");
+  const int num_pairs = (a.num_heads + a.num_kv_heads) * (a.head_dim / 2);
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((num_pairs + kThreads - 1) / kThreads));
+  dispatch(a.dtype, [&](auto tag) { qkv_rope_kernel<decltype(tag)><<<grid, kThreads, 0, stream>>>(a); });
   SAMOYEDS_CHECK_LAUNCH("qkv_rope_kernel");
 }
 
@@ -242,7 +294,7 @@ void silu_mul(const void* gu, void* a, const std::int32_t* num_rows_dev, std::in
 void argmax_rows(const float* logits, std::int64_t rows, std::int64_t vocab, std::int32_t* out, cudaStream_t stream) {
   if (rows == 0) return;
   SAMOYEDS_CHECK(rows <= INT32_MAX && vocab <= INT32_MAX, "argmax_rows: [", rows, ", ", vocab, "] is too large");
-  argmax_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, out);
+  argmax_kernel<<<static_cast<unsigned>(rows), kArgmaxThreads, 0, stream>>>(logits, vocab, out);
   SAMOYEDS_CHECK_LAUNCH("argmax_kernel");
 }
 

@@ -19,7 +19,8 @@
 namespace samoyeds::kernels {
 
 // y[t, :] = round(round(x[t, :] / rms(x[t, :]) * w) * out_scale) (the second rounding only when
-// out_scale != 1: MiniCPM's final hidden-state divisor). x, y [T, H], w [H] of `dtype`.
+// out_scale != 1: MiniCPM's final hidden-state divisor). x, y [T, H], w [H] of `dtype`, 16-byte
+// aligned; H a multiple of 8 and at most 8192.
 void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::int64_t H, double eps, float out_scale,
               DType dtype, cudaStream_t stream);
 

@@ -138,7 +138,8 @@ struct Model::Impl {
     SAMOYEDS_CHECK(kernels::attention_supported(static_cast<int>(c.head_dim), c.num_attention_heads, c.num_kv_heads, 1,
                                                 d, &reason),
                    "gpu::Model: ", c.display_name, ": ", reason);
-    SAMOYEDS_CHECK(c.hidden_size % 8 == 0, "gpu::Model: H = ", c.hidden_size, " must be a multiple of 8");
+    SAMOYEDS_CHECK(c.hidden_size % 8 == 0 && c.hidden_size <= 8192, "gpu::Model: H = ", c.hidden_size,
+                   " must be a multiple of 8 and at most 8192 (the GPU RMSNorm keeps a row in registers)");
     SAMOYEDS_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     SAMOYEDS_CUBLAS_CHECK(cublasCreate(&cublas));
     // A fixed cuBLAS workspace: nothing allocates inside a step, so a step can be captured.

@@ -100,14 +100,21 @@ TEST(SsmmPlan, RejectsWithReasons) {
 namespace samoyeds {
 namespace {
 
-TEST(SsmmPlan, SplitKOnlyWhenTilesLeaveSmsIdle) {
+TEST(SsmmPlan, SplitKFillsWholeWaves) {
   // Plenty of output tiles: no split.
   EXPECT_EQ(gpu::plan_split_k(64, 128, 48, 1, 132, 64).splits, 1);
-  // Mixtral down projection at decode: 16 row tiles x 1 token tile over 112 k-tiles.
+  // Mixtral down projection at decode: 16 row tiles x 1 token tile over 112 k-tiles. 8 splits are one
+  // wave of 128 CTAs (14 k-tiles each); 16 splits would be two waves of 7.
   const auto down = gpu::plan_split_k(16, 1, 112, 1, 132, 64);
-  EXPECT_EQ(down.splits, 16);  // 17 wanted; 7 k-tiles each cover 112 in 16
-  EXPECT_EQ(down.k_tiles_per_split, 7);
+  EXPECT_EQ(down.splits, 8);
+  EXPECT_EQ(down.k_tiles_per_split, 14);
   EXPECT_GE(down.splits * down.k_tiles_per_split, 112);
+  // Mixtral gate/up at decode (2 busy experts x 56 row tiles = 112 CTAs): one unsplit wave beats
+  // splits that spill into a second and third wave.
+  EXPECT_EQ(gpu::plan_split_k(56, 2, 32, 1, 132, 64).splits, 1);
+  // Few tiles: as many splits as one wave holds.
+  EXPECT_EQ(gpu::plan_split_k(2, 1, 128, 1, 132, 64).splits, 32);  // 4 k-tiles each: the floor
+  EXPECT_EQ(gpu::plan_split_k(12, 1, 96, 1, 132, 64).splits, 11);  // 132 CTAs of 9 k-tiles
   // Splits never cut a segment (V = 512: 4 k-tiles per segment) and keep >= 4 k-tiles each.
   const auto seg = gpu::plan_split_k(8, 1, 48, 4, 132, 64);
   EXPECT_EQ(seg.k_tiles_per_split % 4, 0);
