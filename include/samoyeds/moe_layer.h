@@ -38,7 +38,9 @@ class MoeLayer {
   DType dtype() const;
   std::size_t weight_bytes() const;  // device bytes of the packed experts (router excluded)
 
-  // Device workspace that forward() needs for T tokens (grows with T; 256-byte granularity).
+  // Device workspace that forward() needs for exactly T tokens (256-byte granularity). Not monotonic
+  // in T (the split-K partials depend on the plan for T): a workspace for calls of up to T tokens needs
+  // the largest value over 1..T.
   std::size_t workspace_bytes(std::int64_t num_tokens) const;
   // Makes the layer's own workspace hold T tokens, so forward() with up to T tokens never allocates
   // (call it before capturing a graph).

@@ -181,6 +181,23 @@ struct Model::Impl {
     return w;
   }
 
+  // One workspace serves every MoE layer (they run one after another, all of one shape) and every pass
+  // of up to T tokens. A layer's need is not monotonic in the token count (the split-K plan, and with
+  // it the fp32 partials, changes with it), so this is the largest need over 1..T tokens.
+  std::size_t moe_workspace_for(std::int64_t T) const {
+    const MoeLayer* sparse = nullptr;
+    const DenseMoeLayer* dense_layer = nullptr;
+    for (const Layer& l : layers) {
+      if (l.moe && !sparse) sparse = &*l.moe;
+      if (l.dense_moe && !dense_layer) dense_layer = &*l.dense_moe;
+    }
+    std::size_t bytes = 0;
+    if (dense_layer) bytes = dense_layer->workspace_bytes(T);  // no split-K: grows with T
+    if (sparse)
+      for (std::int64_t t = 1; t <= T; ++t) bytes = std::max(bytes, sparse->workspace_bytes(t));
+    return bytes;
+  }
+
   PassBuffers carve(void* base, std::int64_t T, int B) const {
     moe::WorkspaceCarver c(base);
     const std::int64_t H = config.hidden_size;
@@ -203,13 +220,8 @@ struct Model::Impl {
       b.mlp_gu = half(T * 3 * width);
       b.mlp_a = half(T * width);
     }
-    std::size_t moe_ws = 0;  // one workspace for every MoE layer: they run one after another
-    for (const Layer& l : layers) {
-      if (l.moe) moe_ws = std::max(moe_ws, l.moe->workspace_bytes(T));
-      if (l.dense_moe) moe_ws = std::max(moe_ws, l.dense_moe->workspace_bytes(T));
-    }
-    b.moe_workspace = c.take_bytes(moe_ws);
-    b.moe_workspace_bytes = moe_ws;
+    b.moe_workspace_bytes = moe_workspace_for(T);
+    b.moe_workspace = c.take_bytes(b.moe_workspace_bytes);
     b.last_rows = half(static_cast<std::int64_t>(B) * H);
     b.last_normed = half(static_cast<std::int64_t>(B) * H);
     b.logits = c.take<float>(static_cast<std::int64_t>(B) * config.vocab_size);
