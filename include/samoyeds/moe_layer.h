@@ -42,8 +42,8 @@ class MoeLayer {
   // in T (the split-K partials depend on the plan for T): a workspace for calls of up to T tokens needs
   // the largest value over 1..T.
   std::size_t workspace_bytes(std::int64_t num_tokens) const;
-  // Makes the layer's own workspace hold T tokens, so forward() with up to T tokens never allocates
-  // (call it before capturing a graph).
+  // Makes the layer's own workspace hold a call of T tokens, so forward() with T tokens does not
+  // allocate (call it before capturing a graph of that size; other sizes may need more, see above).
   void reserve(std::int64_t num_tokens);
   // Y[T, H] = MoE(X[T, H]) on `stream`. x, y: device arrays of the layer dtype, 16-byte aligned.
   // Uses the layer's own workspace, grown (allocating) when T exceeds the reserved size.

@@ -183,7 +183,7 @@ struct Model::Impl {
 
   // One workspace serves every MoE layer (they run one after another, all of one shape) and every pass
   // of up to T tokens. A layer's need is not monotonic in the token count (the split-K plan, and with
-  // it the fp32 partials, changes with it), so this is the largest need over 0..T tokens.
+  // it the fp32 partials, changes with it), so this is the largest need over 1..T tokens.
   std::size_t moe_workspace_for(std::int64_t T) const {
     const MoeLayer* sparse = nullptr;
     const DenseMoeLayer* dense_layer = nullptr;
@@ -194,7 +194,7 @@ struct Model::Impl {
     std::size_t bytes = 0;
     if (dense_layer) bytes = dense_layer->workspace_bytes(T);  // no split-K: grows with T
     if (sparse)
-      for (std::int64_t t = 0; t <= T; ++t) bytes = std::max(bytes, sparse->workspace_bytes(t));
+      for (std::int64_t t = 1; t <= T; ++t) bytes = std::max(bytes, sparse->workspace_bytes(t));
     return bytes;
   }
 

@@ -120,13 +120,7 @@ std::size_t MoeLayer::workspace_bytes(std::int64_t num_tokens) const {
   return impl_->layout(nullptr, num_tokens).total;
 }
 
-void MoeLayer::reserve(std::int64_t num_tokens) {
-  if (num_tokens <= impl_->reserved_tokens) return;
-  std::size_t bytes = 0;  // the need is not monotonic in T: the largest over 0..T
-  for (std::int64_t t = 0; t <= num_tokens; ++t) bytes = std::max(bytes, workspace_bytes(t));
-  impl_->own_workspace.ensure(bytes);
-  impl_->reserved_tokens = num_tokens;
-}
+void MoeLayer::reserve(std::int64_t num_tokens) { impl_->own_workspace.ensure(workspace_bytes(num_tokens)); }
 
 void MoeLayer::forward(const void* x, void* y, std::int64_t num_tokens, void* stream) {
   reserve(num_tokens);

@@ -38,7 +38,6 @@ struct MoeLayer::Impl {
   DeviceExperts routed;
   std::optional<DeviceExperts> shared;
   moe::OwnedBuffer own_workspace;
-  std::int64_t reserved_tokens = -1;  // own_workspace holds every call of up to this many tokens
   moe::RoutingBuffers last;  // of the last forward (for last_routing)
   cudaStream_t last_stream = nullptr;
   bool has_forward = false;
