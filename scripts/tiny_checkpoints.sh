@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End to end without downloads: for each mapped family, a tiny synthetic Hugging Face checkpoint
+# End to end without downloads: for each family, a tiny synthetic Hugging Face checkpoint
 # (`samoyeds synth`), converted (`samoyeds convert`), one MoE layer run on activations from a file
 # (`samoyeds moe`), and greedy generation with the whole converted model (`samoyeds run`).
 # Usage: scripts/tiny_checkpoints.sh [BUILD_DIR]   (default build; run scripts/build.sh first)
@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 cli=${1:-build}/samoyeds
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for model in mixtral-8x7b deepseek-moe-16b qwen1.5-moe-a2.7b minicpm-moe-8x2b; do
-  "$cli" synth --model "$model" --scale 128,96 --layers 2 --vocab 512 --shard-mb 1 --out "$work/$model-hf" >/dev/null
+for model in mixtral-8x7b deepseek-moe-16b qwen1.5-moe-a2.7b minicpm-moe-8x2b openmoe-8b; do
+  layers=2 layer=1  # a MoE layer of every family (DeepSeek's layer 0 is dense) ...
+  [ "$model" = openmoe-8b ] && layers=6 layer=5  # ... OpenMoE's first MoE layer is its sixth
+  "$cli" synth --model "$model" --scale 128,96 --layers "$layers" --vocab 512 --shard-mb 1 --out "$work/$model-hf" >/dev/null
   "$cli" convert --in "$work/$model-hf" --out "$work/$model" --pattern 1:2:64 | tail -n 1
   # X [4, 128] bf16 (0.5 and -0.25 alternating) as a safetensors file: header length, JSON, data.
   python3 - "$work/x.safetensors" <<'PY'
@@ -19,8 +21,7 @@ header = json.dumps({"x": {"dtype": "BF16", "shape": [4, 128], "data_offsets": [
 header += b" " * (-len(header) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
 PY
-  layer=1  # a MoE layer of every family (DeepSeek's layer 0 is dense)
   "$cli" moe --checkpoint "$work/$model" --layer "$layer" --input "$work/x.safetensors" --output "$work/y.safetensors"
   "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 --device cpu | tail -n 2
 done
-echo "tiny checkpoints: 4 families synthesised, converted, run"
+echo "tiny checkpoints: 5 families synthesised, converted, run"

@@ -48,7 +48,7 @@ Command convert_command() {
       "format (one packed file per MoE layer), copies every other tensor unchanged, and writes the\n"
       "config and a manifest. Prints each matrix's relative error ||W-hat - W|| / ||W|| and a summary.\n"
       "Streams one matrix at a time; the output appears only when complete (OUT.tmp.<pid> renamed).\n"
-      "Families: Mixtral, DeepSeek-MoE, Qwen2-MoE, MiniCPM-MoE (OpenMoE's fused experts: not yet).",
+      "Families: Mixtral, DeepSeek-MoE, Qwen2-MoE, MiniCPM-MoE, OpenMoE (its fused 3-D experts are sliced).",
       {{"in", "DIR", "Hugging Face checkpoint directory", ""},
        {"out", "DIR", "output directory (must not exist unless --force)", ""},
        {"pattern", "N:M:V", "sparsity pattern: N:M:V (e.g. 1:2:128) or 2:4", "1:2:128"},

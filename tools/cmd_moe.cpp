@@ -120,7 +120,7 @@ int run_moe_command(const Args& args) {
   writer.set_metadata("samoyeds.computed_by",
                       on_gpu ? "GPU (samoyeds::gpu::MoeLayer)" : "CPU reference (samoyeds::reference::moe_layer)");
   writer.write(args.get("output"));
-  std::printf("%s layer %lld: %lld tokens x %lld through %d experts (top-%d%s) on %s in %.3f s (upload included); "
+  std::printf("%s layer %lld: %lld tokens x %lld through %d experts (top-%d%s) on %s in %.3f s; "
               "wrote \"y\" to %s\n",
               config.display_name.c_str(), static_cast<long long>(layer), static_cast<long long>(x.rows()),
               static_cast<long long>(x.cols()), config.num_experts, config.top_k,

@@ -44,7 +44,7 @@ Command synth_command() {
       "Writes config.json and bf16 safetensors shards (with model.safetensors.index.json when there are\n"
       "several) of a registered model in its family's tensor names, with seeded random weights. Use\n"
       "--scale and --layers for sizes a CPU generates quickly. Families: Mixtral, DeepSeek-MoE,\n"
-      "Qwen2-MoE, MiniCPM-MoE.",
+      "Qwen2-MoE, MiniCPM-MoE, OpenMoE (experts fused input-major, as ColossalAI stores them).",
       {{"model", "NAME", "a registered model (samoyeds models)", ""},
        {"out", "DIR", "output directory (must not exist)", ""},
        {"scale", "H,I", "hidden and expert widths (e.g. 256,512)", ""},

@@ -51,7 +51,8 @@ class Checkpoint {
   std::map<std::string, std::size_t, std::less<>> where_;  // tensor name -> shard
 };
 
-// Writes a Hugging Face-style checkpoint of `config` (the four mapped families) with seeded random
+// Writes a Hugging Face-style checkpoint of `config` (any family; OpenMoE's experts fused input-major
+// as ColossalAI stores them) with seeded random
 // weights — linear weights normal with std 1/sqrt(fan_in), norm weights normal(1, 0.1), biases
 // normal(0, 0.1) — so that convert, moe and run can be tried and tested without downloads:
 // config.json (hf_config_json) and safetensors shards of at most `max_shard_bytes` each (a single

@@ -12,6 +12,7 @@
 #include "samoyeds/checkpoint.h"
 #include "samoyeds/decoder.h"
 #include "samoyeds/format.h"
+#include "samoyeds/hf_names.h"
 #include "samoyeds/model_config.h"
 #include "samoyeds/moe.h"
 
@@ -75,6 +76,7 @@ class ConvertedCheckpoint {
   ModelWeights model(int num_layers = 0) const;
 
  private:
+  DenseExpert dense_mlp(const MlpTensorNames& names) const;  // a dense layer's or OpenMoE's extra MLP
   std::string dir_;
   ModelConfig config_;
   SparsityPattern pattern_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -61,21 +62,50 @@ double relative_error(const Matrix& dense, const Matrix& effective) {
 }
 
 struct ExpertMatrix {
-  std::string tensor;  // HF tensor name
+  std::string name;  // the packed matrix's tensor name (HF's, or for OpenMoE the converted slice's)
   std::int64_t rows, cols;
+  std::string tensor;  // the checkpoint tensor it comes from
+  // OpenMoE: expert `expert` of a fused input-major tensor [E, cols, n] (applied as x @ w), rows
+  // [row_begin, row_begin + rows) of that slice's transpose. -1: `tensor` is the [rows, cols] matrix.
+  int expert = -1;
+  std::int64_t row_begin = 0;
 };
 
 // Every expert matrix of MoE layer `layer` with the shape the config gives it.
 std::vector<ExpertMatrix> layer_expert_matrices(const ModelConfig& config, int layer) {
-  const std::int64_t H = config.hidden_size;
+  const std::int64_t H = config.hidden_size, I = config.intermediate_size;
   std::vector<ExpertMatrix> out;
   auto add_mlp = [&](const MlpTensorNames& names, std::int64_t width) {
-    out.push_back({names.gate, width, H});
-    out.push_back({names.up, width, H});
-    out.push_back({names.down, H, width});
+    out.push_back({names.gate, width, H, names.gate});
+    out.push_back({names.up, width, H, names.up});
+    out.push_back({names.down, H, width, names.down});
   };
+  if (config.family == ModelFamily::openmoe) {
+    const FusedExpertTensorNames fused = openmoe_expert_tensor_names(config, layer);
+    for (int e = 0; e < config.num_experts; ++e) {
+      const MlpTensorNames n = expert_tensor_names(config, layer, e);
+      out.push_back({n.gate_linear, I, H, fused.wi_gate, e, 0});  // the first I gate outputs multiply
+      out.push_back({n.gate, I, H, fused.wi_gate, e, I});         // the second I go through SiLU
+      out.push_back({n.up, I, H, fused.wi_up, e, 0});
+      out.push_back({n.down, H, I, fused.wo, e, 0});
+    }
+    return out;
+  }
   for (int e = 0; e < config.num_experts; ++e) add_mlp(expert_tensor_names(config, layer, e), config.intermediate_size);
   if (const auto shared = shared_expert_tensor_names(config, layer)) add_mlp(*shared, config.shared_intermediate_size);
+  return out;
+}
+
+// The [rows, cols] nn.Linear matrix of an OpenMoE slice: out[r][c] = fused[expert][c][row_begin + r].
+Matrix fused_slice(const Checkpoint& ckpt, const ExpertMatrix& m, DType dtype) {
+  const TensorInfo& info = ckpt.info(m.tensor);
+  const std::int64_t n = info.shape[2];
+  // Byte pointer and memcpy: a tensor's data need not be 2-byte aligned in the file.
+  const std::uint8_t* src = ckpt.file_of(m.tensor).bytes(info).data() + static_cast<std::int64_t>(m.expert) * m.cols * n * 2;
+  Matrix out(dtype, m.rows, m.cols);
+  std::uint16_t* dst = out.half_data();
+  for (std::int64_t c = 0; c < m.cols; ++c)  // read each input row once, scatter into the columns
+    for (std::int64_t r = 0; r < m.rows; ++r) std::memcpy(dst + r * m.cols + c, src + (c * n + m.row_begin + r) * 2, 2);
   return out;
 }
 
@@ -132,14 +162,23 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
       const TensorInfo& info = ckpt.info(m.tensor);
       SAMOYEDS_CHECK(info.dtype == dtype, "convert: \"", m.tensor, "\" is ", info.dtype, " but the other experts of layer ",
                      layer, " are ", dtype, "; a layer's experts must share one dtype");
-      SAMOYEDS_CHECK(info.shape == (std::vector<std::int64_t>{m.rows, m.cols}), "convert: \"", m.tensor, "\" has shape ",
-                     shape_string(info.shape), " but ", config.display_name, " needs [", m.rows, ", ", m.cols, "]");
       SAMOYEDS_CHECK(info.dtype == "BF16" || info.dtype == "F16", "convert: \"", m.tensor, "\" is ", info.dtype,
                      "; expert weights must be BF16 or F16 (cast the checkpoint first)");
-      const Matrix dense = ckpt.matrix(m.tensor);
+      if (m.expert < 0) {
+        SAMOYEDS_CHECK(info.shape == (std::vector<std::int64_t>{m.rows, m.cols}), "convert: \"", m.tensor, "\" has shape ",
+                       shape_string(info.shape), " but ", config.display_name, " needs [", m.rows, ", ", m.cols, "]");
+      } else {
+        // OpenMoE: [E, in, out] with out = 2I for wi_gate (whose rows this slice takes half of).
+        const std::int64_t out_width = m.tensor == openmoe_expert_tensor_names(config, layer).wi_gate ? 2 * m.rows : m.rows;
+        const std::vector<std::int64_t> want = {config.num_experts, m.cols, out_width};
+        SAMOYEDS_CHECK(info.shape == want, "convert: \"", m.tensor, "\" has shape ", shape_string(info.shape), " but ",
+                       config.display_name, " needs ", shape_string(want), " (experts fused, input-major)");
+      }
+      const DType matrix_dtype = info.dtype == "BF16" ? DType::bf16 : DType::f16;
+      const Matrix dense = m.expert < 0 ? ckpt.matrix(m.tensor) : fused_slice(ckpt, m, matrix_dtype);
       PackOptions pack_options;
       pack_options.policy = o.policy;
-      const std::string name = base_name(m.tensor);
+      const std::string name = base_name(m.name);
       if (calibration) pack_options.column_norms = calibration_norms(calibration, name, m.cols);
       PackedMatrix packed = pack(dense, o.pattern, pack_options);
       const double error = relative_error(dense, unpack(packed));
@@ -283,7 +322,11 @@ PackedMoeWeights ConvertedCheckpoint::moe_layer(int layer) const {
                    it->second.pattern.to_string(), " but samoyeds.json says ", pattern_.to_string());
     return std::move(it->second);
   };
-  auto take_mlp = [&](const MlpTensorNames& n) { return PackedExpert{take(n.gate), take(n.up), take(n.down), std::nullopt}; };
+  auto take_mlp = [&](const MlpTensorNames& n) {
+    PackedExpert e{take(n.gate), take(n.up), take(n.down), std::nullopt};
+    if (!n.gate_linear.empty()) e.gate_linear = take(n.gate_linear);
+    return e;
+  };
   PackedMoeWeights w;
   w.router = dense_.matrix(router_tensor_name(config_, layer));
   for (int e = 0; e < config_.num_experts; ++e) w.experts.push_back(take_mlp(expert_tensor_names(config_, layer, e)));
@@ -291,6 +334,25 @@ PackedMoeWeights ConvertedCheckpoint::moe_layer(int layer) const {
   if (const auto gate = shared_gate_tensor_name(config_, layer)) w.shared_gate = dense_.matrix(*gate);
   check_moe_weights(config_, w);
   return w;
+}
+
+DenseExpert ConvertedCheckpoint::dense_mlp(const MlpTensorNames& names) const {
+  DenseExpert mlp{dense_.matrix(names.gate), dense_.matrix(names.up), dense_.matrix(names.down), Matrix()};
+  if (config_.activation == ExpertActivation::openmoe_swiglu) {
+    // OpenMoeMLP's gate_proj is [2I, H]: the first I outputs multiply, the second I go through SiLU.
+    const Matrix fused = std::move(mlp.gate);
+    const std::int64_t I = fused.rows() / 2;
+    SAMOYEDS_CHECK(fused.rows() == 2 * mlp.up.rows(), "'", dir_, "': \"", names.gate, "\" has ", fused.rows(),
+                   " rows; OpenMoE's gate_proj needs 2 x ", mlp.up.rows(), " (twice the up projection)");
+    auto rows = [&](std::int64_t begin) {
+      Matrix half(fused.dtype(), I, fused.cols());
+      std::memcpy(half.data(), static_cast<const std::uint8_t*>(fused.data()) + begin * fused.cols() * 2, half.bytes());
+      return half;
+    };
+    mlp.gate_linear = rows(0);
+    mlp.gate = rows(I);
+  }
+  return mlp;
 }
 
 ModelWeights ConvertedCheckpoint::model(int num_layers) const {
@@ -314,8 +376,12 @@ ModelWeights ConvertedCheckpoint::model(int num_layers) const {
     }
     if (config_.is_moe_layer(l)) {
       layer.moe = moe_layer(l);
+      if (config_.extra_dense_mlp) {
+        layer.extra_norm = dense_.matrix(n.extra_norm);
+        layer.extra_mlp = dense_mlp(n.extra_mlp);
+      }
     } else {
-      layer.mlp = DenseExpert{dense_.matrix(n.dense_mlp.gate), dense_.matrix(n.dense_mlp.up), dense_.matrix(n.dense_mlp.down), Matrix()};
+      layer.mlp = dense_mlp(n.dense_mlp);
     }
     w.layers.push_back(std::move(layer));
   }

@@ -9,20 +9,26 @@ namespace samoyeds {
 namespace {
 
 std::string layer_prefix(const ModelConfig& config, int layer) {
-  SAMOYEDS_CHECK(config.family != ModelFamily::openmoe, config.display_name,
-                 ": OpenMoE checkpoints store their experts fused in 3-D tensors (mlp.experts.wi_gate, wi_up, wo); "
-                 "reading them is not supported yet");
   SAMOYEDS_CHECK(config.is_moe_layer(layer), config.display_name, " layer ", layer, " is not a MoE layer");
   return "model.layers." + std::to_string(layer) + (config.family == ModelFamily::mixtral ? ".block_sparse_moe." : ".mlp.");
 }
 
 MlpTensorNames proj_names(const std::string& prefix) {
-  return {prefix + "gate_proj.weight", prefix + "up_proj.weight", prefix + "down_proj.weight"};
+  return {prefix + "gate_proj.weight", prefix + "up_proj.weight", prefix + "down_proj.weight", ""};
 }
 
 }  // namespace
 
-std::string router_tensor_name(const ModelConfig& config, int layer) { return layer_prefix(config, layer) + "gate.weight"; }
+std::string router_tensor_name(const ModelConfig& config, int layer) {
+  return layer_prefix(config, layer) + (config.family == ModelFamily::openmoe ? "gate_weight" : "gate.weight");
+}
+
+FusedExpertTensorNames openmoe_expert_tensor_names(const ModelConfig& config, int layer) {
+  SAMOYEDS_CHECK(config.family == ModelFamily::openmoe, config.display_name,
+                 " stores one tensor per expert matrix; only OpenMoE fuses them");
+  const std::string e = layer_prefix(config, layer) + "experts.";
+  return {e + "wi_gate", e + "wi_up", e + "wo"};
+}
 
 MlpTensorNames expert_tensor_names(const ModelConfig& config, int layer, int expert) {
   const std::string prefix = layer_prefix(config, layer);
@@ -30,7 +36,9 @@ MlpTensorNames expert_tensor_names(const ModelConfig& config, int layer, int exp
                  " experts; expert ", expert, " does not exist");
   const std::string e = prefix + "experts." + std::to_string(expert) + ".";
   if (config.family == ModelFamily::mixtral || config.family == ModelFamily::minicpm_moe)
-    return {e + "w1.weight", e + "w3.weight", e + "w2.weight"};  // w1 gate, w3 up, w2 down
+    return {e + "w1.weight", e + "w3.weight", e + "w2.weight", ""};  // w1 gate, w3 up, w2 down
+  if (config.family == ModelFamily::openmoe)  // slices of the fused tensors, named by samoyeds convert
+    return {e + "gate.weight", e + "up.weight", e + "down.weight", e + "gate_linear.weight"};
   return proj_names(e);
 }
 
@@ -46,17 +54,7 @@ std::optional<std::string> shared_gate_tensor_name(const ModelConfig& config, in
   return prefix + "shared_expert_gate.weight";
 }
 
-namespace {
-
-void check_mapped_family(const ModelConfig& config) {
-  SAMOYEDS_CHECK(config.family != ModelFamily::openmoe, config.display_name,
-                 ": OpenMoE checkpoints (ColossalAI layout) are not mapped yet");
-}
-
-}  // namespace
-
 LayerTensorNames layer_tensor_names(const ModelConfig& config, int layer) {
-  check_mapped_family(config);
   SAMOYEDS_CHECK(layer >= 0 && layer < config.num_layers, config.display_name, " has ", config.num_layers,
                  " layers; layer ", layer, " does not exist");
   const std::string p = "model.layers." + std::to_string(layer) + ".";
@@ -71,20 +69,15 @@ LayerTensorNames layer_tensor_names(const ModelConfig& config, int layer) {
   n.k_bias = p + "self_attn.k_proj.bias";
   n.v_bias = p + "self_attn.v_proj.bias";
   n.dense_mlp = proj_names(p + "mlp.");
+  if (config.extra_dense_mlp && config.is_moe_layer(layer)) {
+    n.extra_norm = p + "pre_extra_mlp_layernorm.weight";
+    n.extra_mlp = proj_names(p + "extra_mlp.");
+  }
   return n;
 }
 
-std::string embedding_tensor_name(const ModelConfig& config) {
-  check_mapped_family(config);
-  return "model.embed_tokens.weight";
-}
-std::string final_norm_tensor_name(const ModelConfig& config) {
-  check_mapped_family(config);
-  return "model.norm.weight";
-}
-std::string lm_head_tensor_name(const ModelConfig& config) {
-  check_mapped_family(config);
-  return "lm_head.weight";
-}
+std::string embedding_tensor_name(const ModelConfig&) { return "model.embed_tokens.weight"; }
+std::string final_norm_tensor_name(const ModelConfig&) { return "model.norm.weight"; }
+std::string lm_head_tensor_name(const ModelConfig&) { return "lm_head.weight"; }
 
 }  // namespace samoyeds

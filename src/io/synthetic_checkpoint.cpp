@@ -23,16 +23,19 @@ enum class Init { linear, norm, bias };
 
 struct PlannedTensor {
   std::string name;
-  std::vector<std::int64_t> shape;  // [rows, cols], or [n] for norms and biases
+  std::vector<std::int64_t> shape;  // [rows, cols], [n] for norms and biases, [E, in, out] for OpenMoE's experts
   Init init;
+  std::int64_t fan_in = 0;          // linear: std 1/sqrt(fan_in) (0: the last dimension)
 };
 
 std::vector<PlannedTensor> plan_tensors(const ModelConfig& c) {
   const std::int64_t H = c.hidden_size, q_dim = c.num_attention_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   std::vector<PlannedTensor> out;
   auto linear = [&](const std::string& name, std::int64_t rows, std::int64_t cols) { out.push_back({name, {rows, cols}, Init::linear}); };
+  // OpenMoE's MLPs have a gate projection of twice the width (SwiGLU halves).
+  const std::int64_t gate_factor = c.activation == ExpertActivation::openmoe_swiglu ? 2 : 1;
   auto mlp = [&](const MlpTensorNames& n, std::int64_t width) {
-    linear(n.gate, width, H);
+    linear(n.gate, gate_factor * width, H);
     linear(n.up, width, H);
     linear(n.down, H, width);
   };
@@ -55,6 +58,16 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c) {
       continue;
     }
     linear(router_tensor_name(c, layer), c.num_experts, H);
+    if (c.family == ModelFamily::openmoe) {  // fused and input-major: [E, in, out]
+      const std::int64_t E = c.num_experts, I = c.intermediate_size;
+      const FusedExpertTensorNames fused = openmoe_expert_tensor_names(c, layer);
+      out.push_back({fused.wi_gate, {E, H, 2 * I}, Init::linear, H});
+      out.push_back({fused.wi_up, {E, H, I}, Init::linear, H});
+      out.push_back({fused.wo, {E, I, H}, Init::linear, I});
+      out.push_back({n.extra_norm, {H}, Init::norm});
+      mlp(n.extra_mlp, c.dense_intermediate_size);
+      continue;
+    }
     for (int e = 0; e < c.num_experts; ++e) mlp(expert_tensor_names(c, layer, e), c.intermediate_size);
     if (const auto shared = shared_expert_tensor_names(c, layer)) mlp(*shared, c.shared_intermediate_size);
     if (const auto gate = shared_gate_tensor_name(c, layer)) linear(*gate, 1, H);
@@ -67,9 +80,12 @@ std::vector<PlannedTensor> plan_tensors(const ModelConfig& c) {
 // Row r draws from its own generator (seed, r), so rows fill in parallel and the result does not
 // depend on the thread count.
 Matrix make_tensor(const PlannedTensor& t, DType dtype, std::uint64_t seed) {
-  const std::int64_t rows = t.shape.size() == 2 ? t.shape[0] : 1, cols = t.shape.back();
+  const std::int64_t cols = t.shape.back();
+  std::int64_t rows = 1;
+  for (std::size_t d = 0; d + 1 < t.shape.size(); ++d) rows *= t.shape[d];
   const float mean = t.init == Init::norm ? 1.0f : 0.0f;
-  const float stddev = t.init == Init::linear ? 1.0f / std::sqrt(static_cast<float>(cols)) : 0.1f;
+  const float fan_in = static_cast<float>(t.fan_in > 0 ? t.fan_in : cols);
+  const float stddev = t.init == Init::linear ? 1.0f / std::sqrt(fan_in) : 0.1f;
   Matrix m(dtype, rows, cols);
   detail::parallel_for(rows, 16, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t r = begin; r < end; ++r) {
@@ -88,7 +104,7 @@ void write_synthetic_checkpoint(const ModelConfig& config, const std::string& di
                                 std::uint64_t max_shard_bytes, const std::function<void(const std::string&)>& progress) {
   SAMOYEDS_CHECK(is_half_precision(dtype), "synthetic checkpoints are bf16 or fp16, got ", dtype_name(dtype));
   SAMOYEDS_CHECK(max_shard_bytes >= 1, "the shard size must be positive");
-  const std::string config_json = hf_config_json(config, dtype);  // validates; rejects OpenMoE
+  const std::string config_json = hf_config_json(config, dtype);  // validates
   const std::vector<PlannedTensor> tensors = plan_tensors(config);
   std::error_code ec;
   const fs::path target = detail::normalized_dir(dir);

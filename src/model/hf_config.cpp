@@ -468,8 +468,6 @@ ModelConfig load_hf_config(const std::string& path, std::string name) {
 
 std::string hf_config_json(const ModelConfig& c, DType dtype) {
   c.validate();
-  SAMOYEDS_CHECK(c.family != ModelFamily::openmoe, c.display_name,
-                 ": writing OpenMoE's (ColossalAI) config.json is not supported");
   SAMOYEDS_CHECK(is_half_precision(dtype), "hf_config_json: torch_dtype must be bf16 or fp16, got ", dtype_name(dtype));
   Value j = Value::object();
   auto set = [&](const char* key, Value v) { j.set(key, std::move(v)); };
@@ -482,13 +480,14 @@ std::string hf_config_json(const ModelConfig& c, DType dtype) {
   constexpr Names kNames[] = {{ModelFamily::mixtral, "MixtralForCausalLM", "mixtral"},
                               {ModelFamily::deepseek_moe, "DeepseekForCausalLM", "deepseek"},
                               {ModelFamily::qwen2_moe, "Qwen2MoeForCausalLM", "qwen2_moe"},
-                              {ModelFamily::minicpm_moe, "MiniCPMForCausalLM", "minicpm"}};
+                              {ModelFamily::minicpm_moe, "MiniCPMForCausalLM", "minicpm"},
+                              {ModelFamily::openmoe, "OpenMoeForCausalLM", "llama"}};  // OpenMoE says llama
   const Names* names = std::find_if(std::begin(kNames), std::end(kNames), [&](const Names& n) { return n.family == c.family; });
   Value architectures = Value::array();
   architectures.push_back(Value(names->architecture));
   set("architectures", std::move(architectures));
   set("model_type", Value(names->model_type));
-  set("hidden_act", Value("silu"));
+  set("hidden_act", Value(c.family == ModelFamily::openmoe ? "swiglu" : "silu"));
   set("hidden_size", integer(c.hidden_size));
   set("num_hidden_layers", integer(c.num_layers));
   set("num_attention_heads", integer(c.num_attention_heads));
@@ -500,15 +499,17 @@ std::string hf_config_json(const ModelConfig& c, DType dtype) {
   set("max_position_embeddings", integer(c.max_position_embeddings));
   set("tie_word_embeddings", Value(c.tie_word_embeddings));
   set("torch_dtype", Value(dtype == DType::bf16 ? "bfloat16" : "float16"));
-  set("num_experts_per_tok", integer(c.top_k));
+  if (c.family != ModelFamily::openmoe) set("num_experts_per_tok", integer(c.top_k));  // OpenMoE: router_topk
   auto require = [&](bool ok, const char* what) {
     SAMOYEDS_CHECK(ok, c.display_name, ": ", family_name(c.family), "'s config.json cannot express ", what);
   };
   // What no family but the one named writes: OpenMoE's activation, capacity routing, extra MLP and
   // attention scale; Mixtral's sliding window; MiniCPM's scalings.
-  require(c.activation == ExpertActivation::silu_gated && !c.capacity_limited && !c.extra_dense_mlp &&
-              c.attention_scale == 0.0,
-          "OpenMoE's activation, capacity routing, extra MLP or attention scale");
+  const bool openmoe = c.family == ModelFamily::openmoe;
+  require(openmoe == (c.activation == ExpertActivation::openmoe_swiglu) && openmoe == c.extra_dense_mlp &&
+              (openmoe ? c.attention_scale == 1.0 : (!c.capacity_limited && c.attention_scale == 0.0)),
+          openmoe ? "a SiLU-gated MLP, no extra MLP or a scaled attention"
+                  : "OpenMoE's activation, capacity routing, extra MLP or attention scale");
   require(c.family == ModelFamily::mixtral || c.sliding_window == 0, "a sliding window");
   require(c.family == ModelFamily::minicpm_moe || (c.scale_emb == 1.0 && c.scale_depth == 0.0 && c.dim_model_base == 0),
           "MiniCPM's embedding, residual or logit scaling");
@@ -560,7 +561,22 @@ std::string hf_config_json(const ModelConfig& c, DType dtype) {
       set("scale_depth", Value(c.scale_depth));
       set("dim_model_base", integer(c.dim_model_base));
       break;
-    case ModelFamily::openmoe: break;
+    case ModelFamily::openmoe:
+      require(!c.renormalize && c.num_shared_experts == 0 && !c.attention_bias && c.first_dense_layers == 0 &&
+                  c.dense_layers.empty() && c.moe_layer_phase == c.moe_layer_interval - 1 &&
+                  c.dense_intermediate_size == c.intermediate_size,
+              "this routing, layer layout or dense MLP width");
+      set("intermediate_size", integer(c.intermediate_size));
+      set("num_experts", integer(c.num_experts));
+      set("router_topk", integer(c.top_k));
+      set("moe_layer_interval", integer(c.moe_layer_interval));
+      set("mlp_gated", Value(true));
+      set("router_drop_tks", Value(c.capacity_limited));
+      if (c.capacity_limited) {
+        set("router_capacity_factor_eval", Value(static_cast<double>(c.capacity_factor)));
+        set("router_min_capacity", integer(c.min_capacity));
+      }
+      break;
   }
   return json::dump(j);
 }

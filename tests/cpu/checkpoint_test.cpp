@@ -72,7 +72,17 @@ TEST(HfNames, EveryFamilysExpertTensors) {
   EXPECT_FALSE(shared_gate_tensor_name(deepseek, 1));
   EXPECT_THROW(router_tensor_name(deepseek, 0), Error);  // layer 0 is dense
   EXPECT_THROW(expert_tensor_names(deepseek, 1, 64), Error);
-  EXPECT_THROW(expert_tensor_names(find_model("openmoe-8b"), 5, 0), Error);  // fused experts: not mapped
+  // OpenMoE: router and fused experts as ColossalAI names them; per-expert names are the converted ones.
+  const ModelConfig& openmoe = find_model("openmoe-8b");
+  EXPECT_EQ(router_tensor_name(openmoe, 5), "model.layers.5.mlp.gate_weight");
+  EXPECT_EQ(openmoe_expert_tensor_names(openmoe, 11).wi_gate, "model.layers.11.mlp.experts.wi_gate");
+  EXPECT_EQ(openmoe_expert_tensor_names(openmoe, 11).wo, "model.layers.11.mlp.experts.wo");
+  EXPECT_EQ(expert_tensor_names(openmoe, 5, 3).gate_linear, "model.layers.5.mlp.experts.3.gate_linear.weight");
+  EXPECT_EQ(layer_tensor_names(openmoe, 5).extra_mlp.down, "model.layers.5.extra_mlp.down_proj.weight");
+  EXPECT_EQ(layer_tensor_names(openmoe, 5).extra_norm, "model.layers.5.pre_extra_mlp_layernorm.weight");
+  EXPECT_TRUE(layer_tensor_names(openmoe, 4).extra_norm.empty());  // a dense layer
+  EXPECT_THROW(expert_tensor_names(openmoe, 4, 0), Error);         // not a MoE layer
+  EXPECT_THROW(openmoe_expert_tensor_names(find_model("mixtral-8x7b"), 0), Error);
 }
 
 // --- tiny checkpoints ----------------------------------------------------------------------------------
@@ -521,7 +531,7 @@ TEST(ConvertedCheckpoint, ModelEqualsTheOriginalTensorsPacked) {
   }
 }
 
-// write_synthetic_checkpoint: every mapped family, sharded, reads back as the same config and converts,
+// write_synthetic_checkpoint: the four per-expert-tensor families, sharded, reads back as the same config and converts,
 // loads and runs.
 TEST(SyntheticCheckpoint, EveryMappedFamilyConvertsAndRuns) {
   for (const char* family : {"mixtral-8x7b", "deepseek-moe-16b", "qwen1.5-moe-a2.7b", "minicpm-moe-8x2b"}) {
@@ -554,8 +564,90 @@ TEST(SyntheticCheckpoint, EveryMappedFamilyConvertsAndRuns) {
     fs::remove_all(out);
     fs::remove_all(dir);
   }
-  EXPECT_THROW(write_synthetic_checkpoint(find_model("openmoe-8b"), fresh_dir("synth-openmoe").string() + "/x", DType::bf16, 1),
-               Error);
+}
+
+// OpenMoE: experts fused input-major ([E, H, 2I], [E, H, I], [E, I, H], applied as x @ w). Convert
+// must pack the transposes of each expert's slices, the first I gate outputs as gate_linear and the
+// second I as gate; the dense and extra MLPs split their [2I, H] gate_proj the same way.
+TEST(SyntheticCheckpoint, OpenMoeFusedExpertsConvertLikeTheirSlices) {
+  ModelConfig c = scaled_config(find_model("openmoe-8b"), 64, 48);
+  c.num_layers = 2;
+  c.moe_layer_interval = 2;  // layer 1 is MoE (with its extra MLP), layer 0 dense
+  c.moe_layer_phase = 1;
+  c.num_experts = 4;
+  c.num_attention_heads = 2;
+  c.num_kv_heads = 2;
+  c.head_dim = 32;
+  c.vocab_size = 40;
+  const fs::path dir = fresh_dir("synth-openmoe");
+  fs::remove_all(dir);
+  write_synthetic_checkpoint(c, dir.string(), DType::bf16, 5, 64 << 10);
+  ModelConfig back = load_hf_config(dir.string());
+  back.name = c.name;
+  back.display_name = c.display_name;
+  EXPECT_EQ(back, c);
+  const Checkpoint hf = Checkpoint::open(dir.string());
+  const std::int64_t H = 64, I = 48;
+  EXPECT_EQ(hf.info("model.layers.1.mlp.experts.wi_gate").shape, (std::vector<std::int64_t>{4, H, 2 * I}));
+  EXPECT_EQ(hf.info("model.layers.0.mlp.gate_proj.weight").shape, (std::vector<std::int64_t>{2 * I, H}));
+
+  TinyCheckpoint t;
+  t.dir = dir;
+  const fs::path out = convert_tiny(t);
+  const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
+  // Expert e's nn.Linear matrices, built here from the raw fused tensors: W[r][c] = fused[e][c][r0 + r].
+  auto slice = [&](const std::string& name, int e, std::int64_t rows, std::int64_t cols, std::int64_t r0) {
+    const TensorInfo& info = hf.info(name);
+    const auto bytes = hf.file_of(name).bytes(info);
+    const std::int64_t n = info.shape[2];
+    Matrix m(DType::bf16, rows, cols);
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t col = 0; col < cols; ++col) {
+        std::uint16_t v;
+        std::memcpy(&v, bytes.data() + ((e * cols + col) * n + r0 + r) * 2, 2);
+        m.half_data()[r * cols + col] = v;
+      }
+    return m;
+  };
+  const PackedMoeWeights moe = ck.moe_layer(1);
+  const SparsityPattern pattern = ck.pattern();
+  for (int e = 0; e < 4; ++e) {
+    SCOPED_TRACE("expert " + std::to_string(e));
+    const PackedExpert& got = moe.experts[static_cast<std::size_t>(e)];
+    ASSERT_TRUE(got.gate_linear.has_value());
+    const std::string p = "model.layers.1.mlp.experts.";
+    EXPECT_EQ(got.gate_linear->values, pack(slice(p + "wi_gate", e, I, H, 0), pattern).values);
+    EXPECT_EQ(got.gate.values, pack(slice(p + "wi_gate", e, I, H, I), pattern).values);
+    EXPECT_EQ(got.gate.metadata, pack(slice(p + "wi_gate", e, I, H, I), pattern).metadata);
+    EXPECT_EQ(got.up.values, pack(slice(p + "wi_up", e, I, H, 0), pattern).values);
+    EXPECT_EQ(got.down.values, pack(slice(p + "wo", e, H, I, 0), pattern).values);
+    EXPECT_EQ(got.down.row_select, pack(slice(p + "wo", e, H, I, 0), pattern).row_select);
+  }
+  // The whole model: dense layer 0's MLP and layer 1's extra MLP split their gate_proj rows.
+  const ModelWeights w = ck.model();
+  const Matrix gate_proj = hf.matrix("model.layers.0.mlp.gate_proj.weight");  // [2I, H]
+  ASSERT_TRUE(w.layers[0].mlp.has_value() && w.layers[1].extra_mlp.has_value());
+  EXPECT_EQ(std::memcmp(w.layers[0].mlp->gate_linear.data(), gate_proj.data(), gate_proj.bytes() / 2), 0);
+  EXPECT_EQ(std::memcmp(w.layers[0].mlp->gate.data(), static_cast<const std::uint8_t*>(gate_proj.data()) + gate_proj.bytes() / 2,
+                        gate_proj.bytes() / 2), 0);
+  EXPECT_FALSE(w.layers[1].extra_norm.empty());
+  std::vector<reference::KvCache> caches = reference::make_kv_caches(ck.config(), w, 1, 4);
+  const Matrix logits = reference::model_forward(ck.config(), w, std::vector<std::int32_t>{1, 2, 3},
+                                                 std::vector<std::int32_t>(3, 0), caches);
+  for (std::int64_t v = 0; v < logits.cols(); ++v) ASSERT_TRUE(std::isfinite(logits.get(2, v)));
+  // The fused expert tensors are packed, not copied; everything else is.
+  std::int64_t copied = 0;
+  for (const auto& entry : fs::directory_iterator(out)) {
+    if (entry.path().filename().string().rfind("dense-", 0) != 0) continue;
+    const SafetensorsFile copied_file = SafetensorsFile::open(entry.path().string());
+    for (const TensorInfo& info : copied_file.tensors()) {
+      EXPECT_EQ(info.name.find(".mlp.experts."), std::string::npos) << info.name;
+      ++copied;
+    }
+  }
+  EXPECT_EQ(copied, static_cast<std::int64_t>(hf.tensor_names().size()) - 3);  // all but wi_gate, wi_up, wo
+  fs::remove_all(out);
+  fs::remove_all(dir);
 }
 
 // The command line end to end: `samoyeds convert`, then `samoyeds moe` on activations from a file,
