@@ -35,6 +35,7 @@ step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build-gpu/tes
   --gtest_filter='SsmmGpu.*:*100x200*:*1x64*:*300x192*:*130x72*:*bf16_openmoe*:MoeLayerGpuBehaviour.*:GpuAttention.*:GpuModel.GraphDecodeEqualsEagerDecode:GpuModel.RejectsBadArguments'
 tail -n 3 "$OUT/memcheck.log"
 step demo ./build-gpu/samoyeds demo
+step tiny-checkpoints env SAMOYEDS_TINY_GPU=1 scripts/tiny_checkpoints.sh build-gpu  # moe --check, run on the GPU
 for spec in "$@"; do  # "kernel" or "moe --model mixtral-8x7b --tokens 1,16": the first word names the logs
   read -r -a words <<<"$spec"
   name=${words[0]}

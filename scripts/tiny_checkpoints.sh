@@ -3,6 +3,8 @@
 # (`samoyeds synth`), converted (`samoyeds convert`), one MoE layer run on activations from a file
 # (`samoyeds moe`), and greedy generation with the whole converted model (`samoyeds run`).
 # Usage: scripts/tiny_checkpoints.sh [BUILD_DIR]   (default build; run scripts/build.sh first)
+# With SAMOYEDS_TINY_GPU=1 (the GPU machine: scripts/gpu_run.sh) the MoE layer runs on the GPU with
+# --check against the CPU reference, and generation runs on the GPU too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cli=${1:-build}/samoyeds
@@ -21,7 +23,8 @@ header = json.dumps({"x": {"dtype": "BF16", "shape": [4, 128], "data_offsets": [
 header += b" " * (-len(header) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
 PY
-  "$cli" moe --checkpoint "$work/$model" --layer "$layer" --input "$work/x.safetensors" --output "$work/y.safetensors"
-  "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 --device cpu | tail -n 2
+  if [ "${SAMOYEDS_TINY_GPU:-0}" = 1 ]; then gpu_args=(--device gpu --check); run_device=gpu; else gpu_args=(); run_device=cpu; fi
+  "$cli" moe --checkpoint "$work/$model" --layer "$layer" --input "$work/x.safetensors" --output "$work/y.safetensors" "${gpu_args[@]}"
+  "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 --device "$run_device" | tail -n 2
 done
 echo "tiny checkpoints: 5 families synthesised, converted, run"
