@@ -23,7 +23,7 @@ header = json.dumps({"x": {"dtype": "BF16", "shape": [4, 128], "data_offsets": [
 header += b" " * (-len(header) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(header)) + header + data)
 PY
-  if [ "${SAMOYEDS_TINY_GPU:-0}" = 1 ]; then gpu_args=(--device gpu --check); run_device=gpu; else gpu_args=(); run_device=cpu; fi
+  if [ "${SAMOYEDS_TINY_GPU:-0}" = 1 ]; then gpu_args=(--device gpu --check); run_device=gpu; else gpu_args=(--device cpu); run_device=cpu; fi
   "$cli" moe --checkpoint "$work/$model" --layer "$layer" --input "$work/x.safetensors" --output "$work/y.safetensors" "${gpu_args[@]}"
   "$cli" run --checkpoint "$work/$model" --batch 2 --prompt-len 4 --gen-len 3 --device "$run_device" | tail -n 2
 done

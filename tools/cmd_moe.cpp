@@ -50,6 +50,12 @@ Matrix moe_on_gpu(const ModelConfig& config, const PackedMoeWeights& weights, co
 int run_moe_command(const Args& args) {
   for (const char* required : {"checkpoint", "layer", "input", "output"})
     if (!args.has(required)) throw UsageError{std::string("--") + required + " is required"};
+  const std::string device = args.get("device");
+  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
+  const bool have_gpu = device != "cpu" && !cuda_devices().empty();  // --device cpu never touches CUDA
+  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
+  const bool on_gpu = device == "gpu" || (device == "auto" && have_gpu);
+  if (args.flag("check") && !on_gpu) throw UsageError{"--check compares the GPU layer with the CPU reference: it needs a GPU"};
   const ConvertedCheckpoint ck = ConvertedCheckpoint::open(args.get("checkpoint"));
   const ModelConfig& config = ck.config();
   const std::int64_t layer = args.get_int("layer");
@@ -73,13 +79,6 @@ int run_moe_command(const Args& args) {
     throw UsageError{"the activations \"" + info->name + "\" are " + dtype_name(x.dtype()) + " [" + std::to_string(x.rows()) +
                      ", " + std::to_string(x.cols()) + "]; layer " + std::to_string(layer) + " needs " +
                      dtype_name(weights.router.dtype()) + " [T, " + std::to_string(config.hidden_size) + "]"};
-
-  const std::string device = args.get("device");
-  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
-  const bool have_gpu = !cuda_devices().empty();
-  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
-  const bool on_gpu = device == "gpu" || (device == "auto" && have_gpu);
-  if (args.flag("check") && !on_gpu) throw UsageError{"--check compares the GPU layer with the CPU reference: it needs a GPU"};
 
   const auto start = std::chrono::steady_clock::now();
   Matrix y;
@@ -120,11 +119,12 @@ int run_moe_command(const Args& args) {
   writer.set_metadata("samoyeds.computed_by",
                       on_gpu ? "GPU (samoyeds::gpu::MoeLayer)" : "CPU reference (samoyeds::reference::moe_layer)");
   writer.write(args.get("output"));
-  std::printf("%s layer %lld: %lld tokens x %lld through %d experts (top-%d%s) on %s in %.3f s; "
+  std::printf("%s layer %lld: %lld tokens x %lld through %d experts (top-%d%s) on %s in %.3f s%s; "
               "wrote \"y\" to %s\n",
               config.display_name.c_str(), static_cast<long long>(layer), static_cast<long long>(x.rows()),
               static_cast<long long>(x.cols()), config.num_experts, config.top_k,
-              config.num_shared_experts ? ", shared experts" : "", where, seconds, args.get("output").c_str());
+              config.num_shared_experts ? ", shared experts" : "", where, seconds,
+              on_gpu ? " (upload included)" : "", args.get("output").c_str());
   return 0;
 }
 

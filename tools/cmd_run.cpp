@@ -134,6 +134,7 @@ void check_sizes(const Args& args) {
   if (args.has("model") == args.has("checkpoint"))
     throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
   constexpr std::int64_t kMaxBatch = 65535, kMaxLength = 1 << 24;
+  if (args.get_int_list("batch").empty()) throw UsageError{"--batch needs at least one size"};
   for (const std::int64_t b : args.get_int_list("batch"))
     if (b < 1 || b > kMaxBatch) throw UsageError{"--batch sizes must be in [1, " + std::to_string(kMaxBatch) + "]"};
   const std::int64_t prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
@@ -145,7 +146,7 @@ void check_sizes(const Args& args) {
 bool use_gpu(const Args& args) {
   const std::string device = args.get("device");
   if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
-  const bool have_gpu = !cuda_devices().empty();
+  const bool have_gpu = device != "cpu" && !cuda_devices().empty();  // --device cpu never touches CUDA
   if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
   return device == "gpu" || (device == "auto" && have_gpu);
 }
@@ -160,9 +161,10 @@ bench::ModelRunOptions gpu_options(const Args& args) {
   } else {
     o.config = model_from_args(args);
   }
-  o.layers = args.has("layers") ? static_cast<int>(args.get_int("layers")) : 0;
-  if (o.layers > o.config.num_layers)
+  const std::int64_t layers = args.has("layers") ? args.get_int("layers") : 0;  // compared before narrowing
+  if (layers < 0 || layers > o.config.num_layers)
     throw UsageError{"--layers must be in [1, " + std::to_string(o.config.num_layers) + "]"};
+  o.layers = static_cast<int>(layers);
   o.batches = args.get_int_list("batch");
   o.prompt_len = args.get_int("prompt-len");
   o.gen_len = args.get_int("gen-len");

@@ -99,6 +99,10 @@ std::vector<ExpertMatrix> layer_expert_matrices(const ModelConfig& config, int l
 // The [rows, cols] nn.Linear matrix of an OpenMoE slice: out[r][c] = fused[expert][c][row_begin + r].
 Matrix fused_slice(const Checkpoint& ckpt, const ExpertMatrix& m, DType dtype) {
   const TensorInfo& info = ckpt.info(m.tensor);
+  SAMOYEDS_CHECK(info.shape.size() == 3 && m.expert < info.shape[0] && info.shape[1] == m.cols &&
+                     m.row_begin + m.rows <= info.shape[2],
+                 "convert: \"", m.tensor, "\" has shape ", shape_string(info.shape), "; cannot take expert ", m.expert,
+                 "'s [", m.rows, ", ", m.cols, "] slice from it");
   const std::int64_t n = info.shape[2];
   // Byte pointer and memcpy: a tensor's data need not be 2-byte aligned in the file.
   const std::uint8_t* src = ckpt.file_of(m.tensor).bytes(info).data() + static_cast<std::int64_t>(m.expert) * m.cols * n * 2;
@@ -346,7 +350,9 @@ DenseExpert ConvertedCheckpoint::dense_mlp(const MlpTensorNames& names) const {
                    " rows; OpenMoE's gate_proj needs 2 x ", mlp.up.rows(), " (twice the up projection)");
     auto rows = [&](std::int64_t begin) {
       Matrix half(fused.dtype(), I, fused.cols());
-      std::memcpy(half.data(), static_cast<const std::uint8_t*>(fused.data()) + begin * fused.cols() * 2, half.bytes());
+      std::memcpy(half.data(),
+                  static_cast<const std::uint8_t*>(fused.data()) + static_cast<std::size_t>(begin * fused.cols()) * dtype_size(fused.dtype()),
+                  half.bytes());
       return half;
     };
     mlp.gate_linear = rows(0);

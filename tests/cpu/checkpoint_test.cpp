@@ -97,6 +97,8 @@ struct TinyCheckpoint {
 // 8 experts, 2 layers, written as `shards` files (with an index when more than one).
 TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std::string& dir_name, int shards,
                                     std::uint64_t seed) {
+  // One 2-D tensor per expert matrix: OpenMoE's fused layout is written by write_synthetic_checkpoint.
+  SAMOYEDS_CHECK(family_config.find("openmoe") == std::string::npos, "make_tiny_checkpoint: not for OpenMoE");
   json::Value cfg = json::parse(read_text(fs::path(SAMOYEDS_TEST_DATA_DIR) / "hf_configs" / (family_config + ".json")));
   auto set_if = [&](const char* key, std::int64_t value) {
     if (cfg.find(key)) cfg.set(key, json::Value(value));
@@ -692,6 +694,7 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 1,2 --device cpu"), 0);  // one size on the CPU
   EXPECT_NE(run("maxbatch --checkpoint " + out.string() + " --device cpu"), 0);       // needs a GPU
   EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 0 --device cpu"), 0);
+  EXPECT_NE(run("run --checkpoint " + out.string() + " --batch= --device cpu"), 0);  // no size at all
 
   // Bad requests fail with a message and a non-zero status, and write nothing.
   fs::remove(y_path);
