@@ -141,6 +141,10 @@ void check_sizes(const Args& args) {
   if (prompt_len < 1 || gen_len < 1 || prompt_len > kMaxLength || gen_len > kMaxLength)
     throw UsageError{"--prompt-len and --gen-len must be in [1, " + std::to_string(kMaxLength) + "]"};
   if (args.has("layers") && args.get_int("layers") < 1) throw UsageError{"--layers must be at least 1"};
+  const std::string graph = args.get("graph");
+  if (graph != "on" && graph != "off") throw UsageError{"--graph must be on or off, got '" + graph + "'"};
+  if (args.has("checkpoint") && args.has("pattern"))
+    throw UsageError{"--pattern applies to synthetic models; a checkpoint keeps the pattern it was converted with"};
 }
 
 bool use_gpu(const Args& args) {
@@ -174,9 +178,7 @@ bench::ModelRunOptions gpu_options(const Args& args) {
   o.dense = args.flag("dense");
   o.compare = args.flag("compare");
   if (o.dense && o.compare) throw UsageError{"--dense runs the baseline alone and --compare runs both: give one"};
-  const std::string graph = args.get("graph");
-  if (graph != "on" && graph != "off") throw UsageError{"--graph must be on or off, got '" + graph + "'"};
-  o.graph = graph == "on";
+  o.graph = args.get("graph") == "on";  // on|off checked by check_sizes
   o.pattern = SparsityPattern::parse(args.get("pattern"));
   o.seed = static_cast<std::uint64_t>(args.get_int("seed"));
   o.out_path = args.get("out");
