@@ -13,8 +13,8 @@
 // fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
 // Budget (d = 128): shared 2 stages x (K + V) x 64 x (128 + 8) x 2 B = 68 KB (row padding of 8 keeps
-// ldmatrix and the 4-byte K reads conflict-free); registers per thread: Q 32, O 64, S 32 (ptxas: 216-224 at d = 128,
-// 168 at d = 64, so two CTAs per SM at d = 128).
+// ldmatrix and the 4-byte K reads conflict-free); registers per thread: Q 32, O 64, S 32 of the 216-224
+// ptxas allots at d = 128 (168 at d = 64), so two CTAs per SM at d = 128.
 // Numerics differ from the CPU reference (fp32 probabilities) by the rounding of P to 16 bits.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
