@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "samoyeds/device.h"
 #include "samoyeds/moe.h"
 
 namespace samoyeds::cli {
@@ -98,6 +99,14 @@ std::string usage(const Command& command) {
   }
   out << "  --help                       show this help\n";
   return out.str();
+}
+
+bool device_is_gpu(const Args& args) {
+  const std::string device = args.get("device");
+  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
+  const bool have_gpu = device != "cpu" && !cuda_devices().empty();
+  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
+  return device == "gpu" || (device == "auto" && have_gpu);
 }
 
 ModelConfig model_from_args(const Args& args) {

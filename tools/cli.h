@@ -64,6 +64,10 @@ Command run_command();
 Command maxbatch_command();
 Command synth_command();
 
+// --device auto|gpu|cpu: whether to run on the GPU (auto: when there is one). --device cpu never
+// initialises CUDA; --device gpu without a usable GPU throws.
+bool device_is_gpu(const Args& args);
+
 // find_model(--model), resized by --scale H,I when given (scaled_config).
 ModelConfig model_from_args(const Args& args);
 

@@ -50,11 +50,7 @@ Matrix moe_on_gpu(const ModelConfig& config, const PackedMoeWeights& weights, co
 int run_moe_command(const Args& args) {
   for (const char* required : {"checkpoint", "layer", "input", "output"})
     if (!args.has(required)) throw UsageError{std::string("--") + required + " is required"};
-  const std::string device = args.get("device");
-  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
-  const bool have_gpu = device != "cpu" && !cuda_devices().empty();  // --device cpu never touches CUDA
-  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
-  const bool on_gpu = device == "gpu" || (device == "auto" && have_gpu);
+  const bool on_gpu = device_is_gpu(args);
   if (args.flag("check") && !on_gpu) throw UsageError{"--check compares the GPU layer with the CPU reference: it needs a GPU"};
   const ConvertedCheckpoint ck = ConvertedCheckpoint::open(args.get("checkpoint"));
   const ModelConfig& config = ck.config();

@@ -147,14 +147,6 @@ void check_sizes(const Args& args) {
     throw UsageError{"--pattern applies to synthetic models; a checkpoint keeps the pattern it was converted with"};
 }
 
-bool use_gpu(const Args& args) {
-  const std::string device = args.get("device");
-  if (device != "auto" && device != "gpu" && device != "cpu") throw UsageError{"--device must be auto, gpu or cpu"};
-  const bool have_gpu = device != "cpu" && !cuda_devices().empty();  // --device cpu never touches CUDA
-  if (device == "gpu" && !have_gpu) SAMOYEDS_FAIL("--device gpu: no usable GPU (", cuda_status(), ")");
-  return device == "gpu" || (device == "auto" && have_gpu);
-}
-
 #if SAMOYEDS_WITH_CUDA
 bench::ModelRunOptions gpu_options(const Args& args) {
   bench::ModelRunOptions o;
@@ -188,7 +180,7 @@ bench::ModelRunOptions gpu_options(const Args& args) {
 
 int run_run(const Args& args) {
   check_sizes(args);
-  if (!use_gpu(args)) {
+  if (!device_is_gpu(args)) {
     if (args.flag("dense") || args.flag("compare") || args.has("out"))
       throw UsageError{"--dense, --compare and --out need the GPU runner (a GPU machine)"};
     return run_on_cpu(args);
@@ -202,7 +194,7 @@ int run_run(const Args& args) {
 
 int run_maxbatch(const Args& args) {
   check_sizes(args);
-  if (!use_gpu(args)) {
+  if (!device_is_gpu(args)) {
     std::fprintf(stderr, "samoyeds maxbatch: needs an NVIDIA GPU: %s\n", cuda_status().c_str());
     return 1;
   }
