@@ -92,13 +92,18 @@ Built build(const ModelRunOptions& o, bool dense, int layers) {
   return b;
 }
 
-// The candidate's first layer against the other path's first layer: false (and a message) on disagreement.
-bool check_first_layer(gpu::Model& candidate, gpu::Model& other, std::uint64_t seed) {
+// Layers the check runs: through the first MoE layer (DeepSeek-MoE and OpenMoE start dense), where
+// both paths still route every token identically.
+int check_layers(const ModelConfig& c) { return c.moe_layers().front() + 1; }
+
+// The candidate's first layers against the other path's: false (and a message) on disagreement.
+bool check_first_layers(gpu::Model& candidate, gpu::Model& other, std::uint64_t seed) {
   const int B = 4;
   const std::int64_t P = 32;
   const int keep_a = candidate.active_layers(), keep_b = other.active_layers();
-  candidate.set_active_layers(1);
-  other.set_active_layers(1);
+  const int layers = std::min(check_layers(candidate.config()), candidate.num_layers());
+  candidate.set_active_layers(layers);
+  other.set_active_layers(layers);
   candidate.start(B, P);
   other.start(B, P);
   const std::vector<std::int32_t> prompt = random_ids(B * P, candidate.config().vocab_size, seed);
@@ -116,8 +121,8 @@ bool check_first_layer(gpu::Model& candidate, gpu::Model& other, std::uint64_t s
       max_err = std::isfinite(err) ? std::max(max_err, err) : INFINITY;
     }
   const bool ok = max_ref > 0 && max_err <= std::ldexp(max_ref, -5);
-  std::printf("  check: first layer, Samoyeds vs dense on %d x %lld tokens: max |diff| %.4g (max |logit| %.4g): %s\n", B,
-              static_cast<long long>(P), max_err, max_ref, ok ? "agree" : "DISAGREE");
+  std::printf("  check: layers 0-%d (through the first MoE layer), Samoyeds vs dense on %d x %lld tokens: max |diff| %.4g "
+              "(max |logit| %.4g): %s\n", layers - 1, B, static_cast<long long>(P), max_err, max_ref, ok ? "agree" : "DISAGREE");
   return ok;
 }
 
@@ -186,17 +191,17 @@ int run_model(const ModelRunOptions& o) {
                   (*b)->model->dense() ? "dense baseline" : "Samoyeds", gb(static_cast<double>((*b)->model->weight_bytes())),
                   gb(static_cast<double>((*b)->resident_bytes)), (*b)->build_s);
 
-  // The check: against the other path's first layer (a one-layer twin when that path is not built).
+  // The check: against the other path's first layers (a twin of those layers when that path is not built).
   {
     Built& candidate = ours ? *ours : *dense;
     std::optional<Built> twin_storage;
     Built* other = ours && dense ? &*dense : nullptr;
     if (!other) {
       ModelRunOptions one = o;
-      twin_storage = build(one, !candidate.model->dense(), 1);
+      twin_storage = build(one, !candidate.model->dense(), std::min(layers, check_layers(o.config)));
       other = &*twin_storage;
     }
-    if (!check_first_layer(*candidate.model, *other->model, o.seed + 7)) {
+    if (!check_first_layers(*candidate.model, *other->model, o.seed + 7)) {
       std::fprintf(stderr, "samoyeds run: the Samoyeds and the dense paths disagree; no timings are reported\n");
       return 1;
     }

@@ -268,11 +268,8 @@ __global__ void attention_combine_kernel(const float* partial_o, const float* pa
 template <class T, int D>
 void launch(const AttentionArgs& a, cudaStream_t stream) {
   constexpr int kSmemBytes = 2 * 2 * kBlockN * (D + 8) * static_cast<int>(sizeof(T));
-  static bool configured = false;  // the attribute is per kernel; setting it twice is harmless
-  if (!configured) {
-    SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-    configured = true;
-  }
+  // Per launch (cheap, and valid on whichever device is current; allowed during graph capture).
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   const int group = a.num_heads / a.num_kv_heads;
   const std::int64_t rows = static_cast<std::int64_t>(a.tokens_per_sequence) * group;
   AttentionArgs args = a;
@@ -289,20 +286,19 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   }
 }
 
-int num_sms() {
-  static const int count = [] {
-    int device = 0, sms = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-      sms = 1;
-    return sms;
-  }();
-  return count;
+int num_sms() {  // of the current device (a few microseconds; not cached across devices)
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    sms = 1;
+  return sms;
 }
 
 }  // namespace
 
 int attention_splits(const AttentionArgs& a) {
-  if (a.max_splits <= 1 || !a.partial_o || !a.partial_ml) return 1;
+  if (a.max_splits <= 1 || !a.partial_o || !a.partial_ml || a.num_sequences <= 0 || a.num_kv_heads <= 0 ||
+      a.tokens_per_sequence <= 0 || a.num_heads % a.num_kv_heads != 0)
+    return 1;
   const int group = a.num_heads / a.num_kv_heads;
   const std::int64_t row_tiles = (static_cast<std::int64_t>(a.tokens_per_sequence) * group + kBlockM - 1) / kBlockM;
   const std::int64_t ctas = row_tiles * a.num_kv_heads * a.num_sequences;

@@ -214,6 +214,8 @@ unsigned grid_for(std::int64_t n) {
 void fill_random_packed(const gpu::PackedMatrixView& view, float stddev, std::uint64_t seed, cudaStream_t stream) {
   SAMOYEDS_CHECK(view.values && view.metadata, "fill_random_packed: the stack has no device arrays");
   SAMOYEDS_CHECK(view.pattern.m <= 8, "fill_random_packed: M must be at most 8, got ", view.pattern.m);
+  SAMOYEDS_CHECK(!view.pattern.has_row_selection() || view.row_select, "fill_random_packed: pattern ",
+                 view.pattern.to_string(), " needs the stack's row_select array");
   const Shape s = shape_of(view);
   const std::int64_t stack = view.num_stacked;
   random_metadata_kernel<<<grid_for(s.metadata_per_matrix * stack), kThreads, 0, stream>>>(

@@ -130,6 +130,10 @@ struct Model::Impl {
   std::int64_t history_steps = 0;
   cudaGraphExec_t decode_graph = nullptr;
   int active_layers = 0;  // layers a pass runs (all unless set_active_layers)
+  // A step that failed part-way may have advanced some sequences' device-side lengths: until clear()
+  // or start(), no further step runs (the host's `length` no longer describes the caches).
+  bool needs_clear = false;
+  moe::OwnedBuffer step_ids;     // [B * n] int32: a step's token ids, copied once per step
 
   Impl(const ModelConfig& c, DType d, const ModelOptions& o) : config(c), dtype(d), options(o) {
     config.validate();
@@ -265,22 +269,32 @@ struct Model::Impl {
     workspace.release();
     all_logits.release();
     history.release();
+    step_ids.release();
     history_steps = 0;
     num_sequences = 0;
     capacity = length = 0;
+    pass_tokens = 0;
+    buffers = PassBuffers{};
+    needs_clear = false;
   }
 
   void start(int B, std::int64_t cap) {
     SAMOYEDS_CHECK(B >= 1 && B <= 65535, "gpu::Model::start: num_sequences must be in [1, 65535], got ", B);
     SAMOYEDS_CHECK(cap >= 1 && cap <= INT32_MAX, "gpu::Model::start: capacity must be in [1, 2^31), got ", cap);
     stop();  // the old caches go before the new ones are allocated
-    num_sequences = B;
-    capacity = cap;
-    pass_tokens = pass_tokens_for(B, cap);
-    kv.ensure(kv_bytes(B, cap));
-    const std::size_t ws = carve(nullptr, pass_tokens, B).total;
-    workspace.ensure(ws);
-    buffers = carve(workspace.ptr(), pass_tokens, B);
+    try {
+      const std::int64_t tokens = pass_tokens_for(B, cap);
+      kv.ensure(kv_bytes(B, cap));
+      workspace.ensure(carve(nullptr, tokens, B).total);
+      // Committed only now: a failed allocation leaves the model stopped, not half started.
+      num_sequences = B;
+      capacity = cap;
+      pass_tokens = tokens;
+      buffers = carve(workspace.ptr(), pass_tokens, B);
+    } catch (...) {
+      stop();
+      throw;
+    }
     clear();
   }
 
@@ -290,6 +304,12 @@ struct Model::Impl {
     // Zeroed caches: a kernel bug that read an unwritten position would see zeros, not stale keys.
     SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(kv.ptr(), 0, kv_bytes(num_sequences, capacity), stream));
     length = 0;
+    needs_clear = false;
+  }
+
+  void check_usable(const char* who) const {
+    SAMOYEDS_CHECK(num_sequences > 0, who, ": call start(num_sequences, capacity) first");
+    SAMOYEDS_CHECK(!needs_clear, who, ": an earlier step failed part-way; call clear() or start() before the next one");
   }
 
   // --- one pass ------------------------------------------------------------------------------------
@@ -394,7 +414,7 @@ struct Model::Impl {
   }
 
   void check_step(std::size_t num_ids, std::int64_t& n) const {
-    SAMOYEDS_CHECK(num_sequences > 0, "gpu::Model: call start(num_sequences, capacity) first");
+    check_usable("gpu::Model");
     SAMOYEDS_CHECK(num_ids > 0 && num_ids % static_cast<std::size_t>(num_sequences) == 0, "gpu::Model: ", num_ids,
                    " token ids for ", num_sequences, " sequences; pass the same number n >= 1 for each ([B, n])");
     n = static_cast<std::int64_t>(num_ids / static_cast<std::size_t>(num_sequences));
@@ -418,22 +438,24 @@ struct Model::Impl {
     const int group = static_cast<int>(std::max<std::int64_t>(1, std::min<std::int64_t>(B, pass_tokens / chunk)));
     SAMOYEDS_CHECK(!logits_all || (chunk == n && group == B), "gpu::Model::forward: every token's logits need one pass: ",
                    static_cast<std::int64_t>(B) * n, " tokens exceed max_step_tokens = ", pass_tokens);
-    std::vector<std::int32_t> pass_ids;
+    // All ids to the device once; each pass takes its [nb, len] block with one 2-D device copy.
+    step_ids.ensure(ids.size_bytes());
+    auto* all_ids = static_cast<std::int32_t*>(step_ids.ptr());
+    needs_clear = true;  // until every pass is queued: a throw leaves lengths the host does not know
+    SAMOYEDS_CUDA_CHECK(cudaMemcpyAsync(all_ids, ids.data(), ids.size_bytes(), cudaMemcpyHostToDevice, stream));
     for (std::int64_t p0 = 0; p0 < n; p0 += chunk) {
       const int len = static_cast<int>(std::min(chunk, n - p0));
       for (int s0 = 0; s0 < B; s0 += group) {
         const int nb = std::min(group, B - s0);
-        pass_ids.clear();
-        for (int s = s0; s < s0 + nb; ++s)
-          pass_ids.insert(pass_ids.end(), ids.begin() + static_cast<std::ptrdiff_t>(s * n + p0),
-                          ids.begin() + static_cast<std::ptrdiff_t>(s * n + p0 + len));
-        SAMOYEDS_CUDA_CHECK(cudaMemcpyAsync(buffers.token_ids, pass_ids.data(), pass_ids.size() * sizeof(std::int32_t),
-                                            cudaMemcpyHostToDevice, stream));
-        // pass_ids is reused by the next pass: the copy must have read it.
-        SAMOYEDS_CUDA_CHECK(cudaStreamSynchronize(stream));
+        SAMOYEDS_CUDA_CHECK(cudaMemcpy2DAsync(buffers.token_ids, len * sizeof(std::int32_t), all_ids + s0 * n + p0,
+                                              static_cast<std::size_t>(n) * sizeof(std::int32_t), len * sizeof(std::int32_t),
+                                              nb, cudaMemcpyDeviceToDevice, stream));
         pass(s0, nb, len, p0 + len == n, logits_all);
       }
     }
+    // The host copy of `ids` may be reused by the caller as soon as this returns.
+    SAMOYEDS_CUDA_CHECK(cudaStreamSynchronize(stream));
+    needs_clear = false;
     length += n;
   }
 
@@ -577,6 +599,9 @@ void Model::clear() { impl_->clear(); }
 void Model::stop() { impl_->stop(); }
 void Model::set_active_layers(int n) {
   SAMOYEDS_CHECK(n >= 1 && n <= num_layers(), "gpu::Model::set_active_layers: n must be in [1, ", num_layers(), "], got ", n);
+  // Layers switched on later would lack the cached positions their predecessors already count.
+  SAMOYEDS_CHECK(n <= impl_->active_layers || impl_->length == 0, "gpu::Model::set_active_layers: raising the layer count ",
+                 "from ", impl_->active_layers, " to ", n, " needs empty sequences (clear() first)");
   if (n != impl_->active_layers) impl_->drop_graph();
   impl_->active_layers = n;
 }
@@ -590,7 +615,9 @@ Matrix Model::forward(std::span<const std::int32_t> token_ids, bool all_logits) 
   Impl& m = *impl_;
   const std::int64_t V = m.config.vocab_size;
   const std::int64_t T = static_cast<std::int64_t>(token_ids.size());
-  if (all_logits) m.all_logits.ensure(static_cast<std::size_t>(T * V) * sizeof(float));
+  SAMOYEDS_CHECK(!all_logits || T <= m.pass_tokens || m.num_sequences == 0, "gpu::Model::forward: every token's logits ",
+                 "need one pass: ", T, " tokens exceed max_step_tokens = ", m.pass_tokens);
+  if (all_logits && m.num_sequences > 0) m.all_logits.ensure(static_cast<std::size_t>(T * V) * sizeof(float));
   m.step(token_ids, all_logits ? static_cast<float*>(m.all_logits.ptr()) : nullptr);
   const std::int64_t rows = all_logits ? T : m.num_sequences;
   Matrix logits(DType::f32, rows, V);
@@ -612,7 +639,7 @@ std::vector<std::int32_t> Model::prefill(std::span<const std::int32_t> token_ids
 
 std::vector<std::int32_t> Model::decode(std::span<const std::int32_t> tokens, int steps, bool use_graph) {
   Impl& m = *impl_;
-  SAMOYEDS_CHECK(m.num_sequences > 0, "gpu::Model::decode: call start() first");
+  m.check_usable("gpu::Model::decode");
   SAMOYEDS_CHECK(static_cast<std::int64_t>(tokens.size()) == m.num_sequences, "gpu::Model::decode: ", tokens.size(),
                  " tokens for ", m.num_sequences, " sequences; pass one per sequence");
   SAMOYEDS_CHECK(steps >= 0, "gpu::Model::decode: steps must be >= 0, got ", steps);
@@ -647,10 +674,12 @@ std::vector<std::int32_t> Model::decode(std::span<const std::int32_t> tokens, in
     cudaGraphDestroy(graph);
     SAMOYEDS_CUDA_CHECK(made);
   }
+  m.needs_clear = true;  // until every step is queued
   for (int s = 0; s < steps; ++s) {
     if (use_graph) SAMOYEDS_CUDA_CHECK(cudaGraphLaunch(m.decode_graph, m.stream));
     else m.enqueue_decode_step();
   }
+  m.needs_clear = false;
   m.length += steps;
   SAMOYEDS_CUDA_CHECK(cudaMemcpyAsync(picked.data(), m.history.ptr(), picked.size() * sizeof(std::int32_t),
                                       cudaMemcpyDeviceToHost, m.stream));

@@ -349,6 +349,18 @@ TEST(GpuModel, RejectsBadArguments) {
   EXPECT_THROW(model.decode(std::vector<std::int32_t>{1}, 1, true), Error);     // one token for two sequences
   model.forward(ids);                                                           // 4 of 4 positions
   EXPECT_THROW(model.forward(ids), Error);                                      // 6 > 4
+  EXPECT_EQ(model.length(), 4);
+  // Fewer layers may be switched on at any time, more only on empty sequences.
+  gpu::Model two(test_config("mixtral-8x7b", 2), synthetic_model(test_config("mixtral-8x7b", 2), 2, DType::bf16,
+                                                                 SparsityPattern::parse("1:2:128"), 952));
+  two.start(2, 4);
+  two.set_active_layers(1);
+  two.forward(ids);
+  EXPECT_THROW(two.set_active_layers(2), Error);
+  two.clear();
+  EXPECT_NO_THROW(two.set_active_layers(2));
+  two.stop();
+  EXPECT_THROW(two.forward(ids), Error);  // stopped: start() again first
 
   ModelConfig odd = config;
   odd.head_dim = 32;  // not a head size the GPU attention handles (and q/k/v of other shapes)
