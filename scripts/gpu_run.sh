@@ -3,7 +3,8 @@
 #   scripts/gpu_run.sh [BENCH ...]   BENCH: `samoyeds bench` arguments as one word each, e.g.
 #                                    kernel "moe --model mixtral-8x7b,deepseek-moe-16b"
 # Builds with nvcc for sm_90a and sm_80, runs the GPU tests and the CPU tests, the demo and, as the
-# benchmarks land, `samoyeds bench`. Every log goes to $OUT (default ./gpu-out); a summary prints last.
+# benchmarks land, `samoyeds bench`. Every log goes to $OUT (default ./gpu-out; packed into logs.tgz at
+# the end); a summary prints last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -44,4 +45,7 @@ for spec in "$@"; do  # "kernel" or "moe --model mixtral-8x7b --tokens 1,16": th
 done
 grep -h -E "tests passed|tests failed" "$OUT"/gpu-tests.log "$OUT"/cpu-tests.log 2>/dev/null
 cat "$OUT/summary.txt"
+# The device tool returns only a few files: the logs travel as one archive, the summary and the
+# benchmark records as they are.
+(cd "$OUT" && tar czf logs.tgz ./*.log machine.txt && rm -f ./*.log machine.txt)
 exit $status
