@@ -78,8 +78,10 @@ struct SsmmArgs {
   const float* slot_weight = nullptr;  // [L] fp32, down_weighted only
   void* y = nullptr;              // [L, M] row-major
   DType y_dtype = DType::bf16;    // x_dtype, or fp32 for the plain epilogue
-  // Scratch for split-K (small L or few output rows): ssmm_workspace_bytes() tells how much helps.
-  // With less, the call still runs, unsplit. Device memory, 16-byte aligned; not read across calls.
+  // Scratch: split-K partials (small L or few output rows), or on Hopper at large L the routed rows of
+  // X gathered into slot order for the TMA kernel. ssmm_workspace_bytes() tells how much helps (it
+  // depends on whether token_idx is set, not on its value). With less, the call still runs, unsplit,
+  // through the cp.async kernel. Device memory, 16-byte aligned; not read across calls.
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   // Grouped launch: every expert of a layer in one call. weight/up/gate_linear are stacks of E
@@ -101,6 +103,11 @@ struct SplitPlan {
 // traffic bound: the fp32 partials of all splits must stay small next to the weight bytes).
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
+
+// How many CTAs along the output rows share one token tile through TMA multicast (the sm90 kernel's
+// large-L variant): the largest power of two <= max_cluster whose padding of the row-tile count (the
+// grid must be a whole number of clusters) stays within an eighth of the tiles; 1 when none does.
+int plan_cluster_size(std::int64_t row_tiles, int max_cluster);
 
 // Workspace bytes that let `path` run `args` at its best (0 when it would not split).
 std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);

@@ -128,4 +128,15 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
+int plan_cluster_size(std::int64_t row_tiles, int max_cluster) {
+  // Padded CTAs stream weights of rows that do not exist (zero-filled) and store nothing: pure loss,
+  // so a cluster is only worth it when that loss stays small next to the L2 traffic multicast saves.
+  for (int cluster = 8; cluster >= 2; cluster /= 2) {
+    if (cluster > max_cluster || row_tiles < cluster) continue;
+    const std::int64_t padded = (row_tiles + cluster - 1) / cluster * cluster;
+    if ((padded - row_tiles) * 8 <= row_tiles) return cluster;
+  }
+  return 1;
+}
+
 }  // namespace samoyeds::gpu

@@ -26,7 +26,12 @@
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
+#include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
+#include <cudaTypedefs.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
@@ -92,11 +97,77 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 }
 
+// ---- Clusters and the tensor memory accelerator (the large-L variant, kTma) ----
+__device__ __forceinline__ unsigned cluster_ctarank() {
+  unsigned rank;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+  return rank;
+}
+__device__ __forceinline__ unsigned cluster_nctarank() {
+  unsigned count;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(count));
+  return count;
+}
+// Every thread of every CTA in the cluster; also orders the barrier inits before remote use.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(ptx::smem_address(bar)), "r"(bytes)
+               : "memory");
+}
+// Arrives on the barrier at the same shared-memory offset in CTA `cta` of this cluster.
+__device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, unsigned cta) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(ptx::smem_address(bar)),
+      "r"(cta)
+      : "memory");
+}
+// One box of a 3-D tensor map into this CTA's shared memory; completes `bar`'s transaction bytes.
+__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(
+          ptx::smem_address(dst)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
+          ptx::smem_address(dst)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1)
+      : "memory");
+}
+// The same box into every CTA of `cta_mask`, at the same offset, completing each one's `bar`.
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1,
+                                                      std::uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4}], "
+      "[%2], %5;\n" ::"r"(ptx::smem_address(dst)),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "h"(cta_mask)
+      : "memory");
+}
+
 }  // namespace sm90
+
+// Tensor maps of the large-L variant: per matrix the values [E][compressed rows][K_padded / 2] (box
+// 64 x 128 rows, 128-byte swizzle: the layout the wgmma descriptors read) and the metadata
+// [E][row tiles][k-steps x 16 words] (box 64 words x 8 row tiles), and the activations B [rows][K]
+// (box 64 x kBN / cluster rows, 128-byte swizzle). Unused by the cp.async variant.
+struct TmaMaps {
+  CUtensorMap values[2];
+  CUtensorMap metadata[2];
+  CUtensorMap b;
+};
 
 namespace {
 
-template <int kNumMats, bool kSmallN>
+template <int kNumMats, bool kSmallN, bool kTma = false>
 struct Sm90Config {
   static constexpr int kBM = 128;      // compressed rows per CTA (2 consumer warpgroups x 64)
   static constexpr int kBK = 128;      // logical columns per k-tile
@@ -113,7 +184,8 @@ struct Sm90Config {
   static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
-  static constexpr int kStages = std::min(8, (200 * 1024) / kStageBytes);
+  // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
+  static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
   // Row-select words of each stage (kNumMats x 4 words: 128 rows / 32), kept apart so that stages stay
   // 1024-byte aligned for the swizzle.
   static constexpr int kSelectBytes = 64;
@@ -121,11 +193,11 @@ struct Sm90Config {
   static constexpr int kSmemBytes = kStages * (kStageBytes + kSelectBytes) + kStages * 16 + kBN * 4 + 1024;
 };
 
-template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
-__global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
+template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
+__global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  using Config = Sm90Config<kNumMats, kSmallN>;
+  using Config = Sm90Config<kNumMats, kSmallN, kTma>;
   constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
   constexpr int kBN = Config::kBN;
   constexpr int kStages = Config::kStages;
@@ -149,17 +221,82 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
   const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
   __syncthreads();  // find_tile's result is read before s_tok is overwritten
   for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
+  // TMA variant: the CTAs of a cluster (consecutive row tiles, one token tile) each load a slice of
+  // the B tile and multicast it to all, so a stage may only be refilled once the consumers of every
+  // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
+  const unsigned num_ctas = kTma ? cluster_nctarank() : 1u;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&full_bar[s], Config::kProducerThreads);
-      mbarrier_init(&empty_bar[s], Config::kConsumerThreads / 32);  // one arrival per consumer warp
+      // TMA: the producer warp's 32 select-word arrivals + the expect_tx arrival; else every producer thread.
+      mbarrier_init(&full_bar[s], kTma ? 33u : Config::kProducerThreads);
+      mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
+    if constexpr (kTma) fence_mbarrier_init();
   }
-  __syncthreads();
+  if constexpr (kTma) {
+    cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
+  } else {
+    __syncthreads();
+  }
   const std::int64_t ksteps_per_row = p.K_padded / 32;
   const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of kBK (can_implement)
   auto segment_starts = [&](int kt) { return kt_per_segment != 0 && kt % kt_per_segment == 0; };
 
+  if (kTma && tid < Config::kProducerThreads) {
+    // ---- TMA producer: one warp. Lane 0 issues the bulk tensor copies (A values and metadata of
+    // this CTA's rows, its slice of the B tile multicast to the cluster); lanes copy the row-select
+    // words, which no tensor map can address (their row stride, num_segments words, need not be a
+    // multiple of 16 bytes). ----
+    setmaxnreg_dec<Config::kProducerRegisters>();
+    if (tid >= 32) return;
+    const int lane = tid;
+    const unsigned rank = cluster_ctarank();
+    const int b_rows = kBN / static_cast<int>(num_ctas);
+    const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
+    const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0) + static_cast<int>(rank) * b_rows;
+    for (int kt = kt_begin; kt < kt_end; ++kt) {
+      const int i = kt - kt_begin, stage = i % kStages;
+      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
+      std::uint8_t* base = smem + stage * Config::kStageBytes;
+      if (segment_starts(kt)) {
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          if (lane / 4 != m) continue;
+          const std::int64_t row32 = row0 / 32 + lane % 4;
+          const bool valid = row32 * 32 < p.compressed_rows_padded;
+          const std::uint32_t* src =
+              valid ? mats.row_select[m] + row32 * p.num_segments + kt / kt_per_segment : mats.row_select[m];
+          ptx::cp_async_4(s_select + stage * Config::kSelectBytes + lane * 4, src, valid ? 4 : 0);
+        }
+      }
+      mbarrier_arrive_on_copies(&full_bar[stage]);
+      if (lane == 0) {
+        // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B slice.
+        constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
+        mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
+          tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage],
+                      kt * 64, crow0 / 16, tile.expert);
+        }
+        std::uint8_t* b_slice = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128;
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          if (num_ctas > 1) {
+            tma_load_2d_multicast(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0, cta_mask);
+          } else {
+            tma_load_2d(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
+          }
+        }
+      }
+    }
+    // Leave only after every consumer in the cluster has released every stage: until then a remote
+    // CTA may still arrive on this CTA's barriers.
+    const int num_kt = kt_end - kt_begin;
+    for (int i = std::max(0, num_kt - kStages); i < num_kt; ++i) mbarrier_wait(&empty_bar[i % kStages], (i / kStages) & 1);
+    return;
+  }
   if (tid < Config::kProducerThreads) {
     // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
     // Each thread copies the same chunk positions every k-tile, so everything but the k offset is
@@ -270,6 +407,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
   // Called with none of this warpgroup's wgmmas in flight, at a segment's first k-tile, whose stage
   // holds the select words.
+  auto release_stage = [&](int stage) {
+    if (lane != 0) return;
+    if constexpr (kTma) {
+      for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[stage], cta);
+    } else {
+      mbarrier_arrive(&empty_bar[stage]);
+    }
+  };
   auto update_selection = [&](int stage) {
     const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
 #pragma unroll
@@ -300,13 +445,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
   for (int kt = kt_begin; kt < kt_end; ++kt) {
     const int i = kt - kt_begin, stage = i % kStages;
     mbarrier_wait(&full_bar[stage], (i / kStages) & 1);
-    fence_async_proxy();  // cp.async wrote the stage through the generic proxy; wgmma reads through the async one
+    // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
+    if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
     // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
     // accumulators may be swapped. (At most one k-tile per consumer is in flight; the other
     // consumer's wgmmas cover the gap.)
     wgmma_wait<0>();
-    if (lane == 0 && i > 0) mbarrier_arrive(&empty_bar[(i - 1) % kStages]);
+    if (i > 0) release_stage((i - 1) % kStages);
     if (segment_starts(kt)) update_selection(stage);
 
     const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
@@ -336,6 +482,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p) {
     if (group == 0 || i + 1 < num_kt) named_barrier_arrive(2 - group, Config::kConsumerThreads);
   }
   wgmma_wait<0>();
+  if constexpr (kTma) release_stage((num_kt - 1) % kStages);  // the producers drain every stage before exiting
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -482,18 +629,115 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits);
 }
 
+// X's rows in slot order for the TMA variant, whose B boxes are runs of contiguous rows: slot j gets
+// X[token_idx[j]] (zeros for a bad index; the epilogue stores NaN for it). One CTA per slot at a time.
+__global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K] */) {
+  std::int64_t slot_end = p.L;
+  if (p.expert_offsets) {
+    const std::int64_t used = p.expert_offsets[p.num_experts];
+    slot_end = used < 0 ? 0 : (used < p.L ? used : p.L);
+  }
+  const std::int64_t chunks = p.K / 8;  // 16-byte chunks per row (K % 8 == 0: can_implement)
+  for (std::int64_t slot = blockIdx.x; slot < slot_end; slot += gridDim.x) {
+    const std::int32_t tok = token_of_slot(p, slot, slot_end);
+    const auto* src = reinterpret_cast<const uint4*>(p.x + (tok >= 0 ? tok : 0) * p.K);
+    auto* dst = reinterpret_cast<uint4*>(x_slots + slot * p.K);
+    for (std::int64_t c = threadIdx.x; c < chunks; c += blockDim.x) dst[c] = tok >= 0 ? src[c] : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off and
+// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 4). Read once per process.
+struct Tuning {
+  int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
+  int max_cluster = 4;
+};
+const Tuning& tuning() {
+  static const Tuning t = [] {
+    Tuning r;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_TMA")) r.tma = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
+    return r;
+  }();
+  return t;
+}
+
+// The TMA variant pays a gather copy (routed calls) and a second launch; below this many tokens per
+// expert the cp.async variant's in-kernel gather is cheaper (measured: docs/kernels/ssmm.md).
+constexpr std::int64_t kTmaMinTokensPerExpert = 128;
+
+bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; }
+
+// What the launcher runs for a call: the split plan, and whether the TMA variant takes it (unsplit,
+// one or two matrices, full-width token tiles, 16-byte aligned arrays) with which cluster size.
+struct Sm90Choice {
+  gpu::SplitPlan plan;
+  bool tma = false;
+  int cluster = 1;
+  std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
+};
+
+Sm90Choice choose(const gpu::SsmmArgs& a) {
+  Sm90Choice c;
+  c.plan = split_plan(a);
+  const Tuning& t = tuning();
+  const bool wanted = t.tma == 1 || (t.tma == -1 && tokens_per_expert(a) >= kTmaMinTokensPerExpert);
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  bool arrays_ok = aligned16(a.x);
+  for (const gpu::PackedMatrixView* m : {&a.weight, &a.up}) arrays_ok = arrays_ok && aligned16(m->values) && aligned16(m->metadata);
+  // Tensor-map strides are whole 16-byte units: X rows (K % 8 == 0 already), values rows and stacks.
+  arrays_ok = arrays_ok && (g.num_values() * 2) % 16 == 0 && (g.cols_padded % 16) == 0;
+  c.tma = wanted && t.tma != 0 && c.plan.splits == 1 && num_mats_of(a) <= 2 && tile_tokens(a) != 32 && arrays_ok;
+  if (!c.tma) return c;
+  c.cluster = gpu::plan_cluster_size((g.compressed_rows_padded + 127) / 128, t.max_cluster);
+  // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
+  while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
+  if (a.token_idx) c.gather_bytes = (static_cast<std::size_t>(a.num_tokens) * static_cast<std::size_t>(a.weight.cols) * 2 + 255) / 256 * 256;
+  return c;
+}
+
+using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
+EncodeTiled encode_tiled() {
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    SAMOYEDS_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
+    SAMOYEDS_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
+                   "ssmm: the CUDA driver has no cuTensorMapEncodeTiled (needs a CUDA 12 driver); set SAMOYEDS_SSMM_TMA=off");
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// A tensor map over a row-major array of 16-bit or 32-bit elements: dims innermost first, strides in
+// bytes for dims 1.., box in elements.
+template <int kRank>
+CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const void* base, const std::uint64_t (&dims)[kRank],
+                       const std::uint64_t (&strides)[kRank - 1], const std::uint32_t (&box)[kRank], CUtensorMapSwizzle swizzle) {
+  CUtensorMap map;
+  std::memset(&map, 0, sizeof(map));
+  std::uint32_t element_strides[kRank];
+  for (int d = 0; d < kRank; ++d) element_strides[d] = 1;
+  const CUresult r = encode_tiled()(&map, type, kRank, const_cast<void*>(base), dims, strides, box, element_strides,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  SAMOYEDS_CHECK(r == CUDA_SUCCESS, "ssmm: cuTensorMapEncodeTiled failed (CUresult ", static_cast<int>(r), ") for the ", what,
+                 " map; set SAMOYEDS_SSMM_TMA=off to use the cp.async variant");
+  return map;
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 void launch(const Params& p, cudaStream_t stream) {
   using Config = Sm90Config<kNumMats, kSmallN>;
   static_assert(Config::kBK == 128, "an A tile row is one 128-byte swizzle row: 64 values = 128 columns");
-  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, kSmallN>;
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, kSmallN, false>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
   const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
   SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
                  "; the grid allows 65535: split the call");
   const dim3 grid(static_cast<unsigned>((p.compressed_rows_padded + Config::kBM - 1) / Config::kBM),
                   static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
-  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p);
+  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p, TmaMaps{});
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
@@ -501,6 +745,58 @@ void launch(const Params& p, cudaStream_t stream) {
     ssmm_sm90_reduce<kBf16, kNumMats, kEpi><<<blocks, 256, 0, stream>>>(p);
     SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
   }
+}
+
+// The TMA variant: gathers X into slot order first when the call has a token list (into the
+// workspace), builds the tensor maps and launches clusters of `cluster` row tiles.
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+  using Config = Sm90Config<kNumMats, false, true>;
+  static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
+                 "; the grid allows 65535: split the call");
+  const std::uint16_t* b = p.x;
+  std::int64_t b_rows = p.num_x_rows;
+  if (p.token_idx) {
+    auto* x_slots = static_cast<std::uint16_t*>(a.workspace);  // [L, K]
+    const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>(p.L, 16 * num_sms()));
+    gather_slot_rows<<<blocks, 128, 0, stream>>>(p, x_slots);
+    SAMOYEDS_CHECK_LAUNCH("gather_slot_rows");
+    b = x_slots;
+    b_rows = p.L;
+  }
+  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
+  TmaMaps maps;
+  std::memset(&maps, 0, sizeof(maps));
+  for (int m = 0; m < kNumMats; ++m) {
+    maps.values[m] = tensor_map<3>("values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
+                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
+                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {64, 128, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
+    maps.metadata[m] = tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
+                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
+                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, 8, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
+  }
+  maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
+                         {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
+  const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>((row_tiles + cluster - 1) / cluster * cluster), static_cast<unsigned>(token_tiles), 1);
+  config.blockDim = dim3(Config::kThreads);
+  config.dynamicSmemBytes = Config::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps));
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (tma)");
 }
 
 template <bool kBf16, int kNumMats, Epi kEpi>
@@ -526,25 +822,44 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
   }
 }
 
+template <bool kBf16>
+void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+  switch (a.epilogue) {
+    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, cluster, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, cluster, stream);
+    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, cluster, stream);
+  }
+}
+
 }  // namespace
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) {
-  const gpu::SplitPlan plan = split_plan(args);
-  if (plan.splits <= 1) return 0;
-  return static_cast<std::size_t>(plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
+  const Sm90Choice c = choose(args);
+  if (c.tma) return c.gather_bytes;
+  if (c.plan.splits <= 1) return 0;
+  return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
 }
 
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
-  const gpu::SplitPlan plan = split_plan(args);
+  const Sm90Choice c = choose(args);
   const std::size_t needed = ssmm_sm90_workspace_bytes(args);
-  if (plan.splits > 1 && args.workspace && args.workspace_bytes >= needed) {
-    p.splits = plan.splits;
-    p.k_tiles_per_split = plan.k_tiles_per_split;
+  const bool has_workspace = args.workspace && args.workspace_bytes >= needed;
+  p.splits = 1;
+  p.k_tiles_per_split = (p.K_padded + 127) / 128;
+  if (c.tma && (c.gather_bytes == 0 || has_workspace)) {
+    if (args.x_dtype == DType::bf16) {
+      dispatch_tma<true>(args, p, c.cluster, stream);
+    } else {
+      dispatch_tma<false>(args, p, c.cluster, stream);
+    }
+    return;
+  }
+  // Without the workspace it wants, a call still runs: unsplit, through the cp.async variant.
+  if (!c.tma && c.plan.splits > 1 && has_workspace) {
+    p.splits = c.plan.splits;
+    p.k_tiles_per_split = c.plan.k_tiles_per_split;
     p.workspace = static_cast<float*>(args.workspace);
-  } else {
-    p.splits = 1;
-    p.k_tiles_per_split = (p.K_padded + 127) / 128;
   }
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);

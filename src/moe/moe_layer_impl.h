@@ -127,8 +127,13 @@ struct MoeLayer::Impl {
       l.shared_a = carver.take_bytes(static_cast<std::size_t>(T * config.shared_intermediate_size) * elem);
       l.shared_rows = carver.take_bytes(static_cast<std::size_t>(T * H) * elem);
     }
-    // The products run one after another on one stream: they share one split-K scratch.
-    const Calls c = calls(l, nullptr, T);
+    // The products run one after another on one stream: they share one scratch (split-K partials, or
+    // X in slot order for the TMA kernel).
+    Calls c = calls(l, nullptr, T);
+    // While sizing the routing arrays are null; the routed gate/up still reads X through a token list,
+    // and its workspace (X gathered into slot order for the TMA kernel) depends on that.
+    static const std::int32_t sizing_token_list = 0;
+    if (!c.gate_up.token_idx) c.gate_up.token_idx = &sizing_token_list;
     l.split_bytes = std::max(ssmm_workspace_bytes(c.gate_up, path), ssmm_workspace_bytes(c.down, path));
     if (shared)
       l.split_bytes = std::max({l.split_bytes, ssmm_workspace_bytes(c.shared_gate_up, path),

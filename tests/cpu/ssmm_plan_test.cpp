@@ -100,6 +100,19 @@ TEST(SsmmPlan, RejectsWithReasons) {
 namespace samoyeds {
 namespace {
 
+TEST(SsmmPlan, ClusterSizeKeepsPaddingSmall) {
+  EXPECT_EQ(gpu::plan_cluster_size(56, 4), 4);  // Mixtral gate/up rows: 14 clusters of 4
+  EXPECT_EQ(gpu::plan_cluster_size(23, 4), 4);  // 5760 rows: one padded CTA in 24
+  EXPECT_EQ(gpu::plan_cluster_size(9, 4), 2);   // 2304 rows: 12 would waste a third, 10 a ninth
+  EXPECT_EQ(gpu::plan_cluster_size(6, 4), 2);   // 1408 rows
+  EXPECT_EQ(gpu::plan_cluster_size(3, 4), 1);   // 4 would pad a third, 2 a third
+  EXPECT_EQ(gpu::plan_cluster_size(1, 4), 1);
+  EXPECT_EQ(gpu::plan_cluster_size(0, 4), 1);
+  EXPECT_EQ(gpu::plan_cluster_size(64, 1), 1);  // clusters off
+  EXPECT_EQ(gpu::plan_cluster_size(64, 8), 8);
+  EXPECT_EQ(gpu::plan_cluster_size(64, 6), 4);  // powers of two only
+}
+
 TEST(SsmmPlan, SplitKFillsWholeWaves) {
   // Plenty of output tiles: no split.
   EXPECT_EQ(gpu::plan_split_k(64, 128, 48, 1, 132, 64).splits, 1);
