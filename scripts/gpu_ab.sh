@@ -29,8 +29,12 @@ gtest_args=()
 [ -f .carry/googletest/CMakeLists.txt ] && gtest_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
 step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${gtest_args[@]}"
 step build cmake --build build-gpu -j 16
-envs=("")  # the default environment first, then each distinct one the specs name
+# Tests run in the default environment, then in each distinct one the specs name, or only in those
+# listed in AB_TEST_ENVS (';'-separated, e.g. 'SAMOYEDS_SSMM_TMA=on;SAMOYEDS_SSMM_CLUSTER=2').
+envs=("")
+if [ -n "${AB_TEST_ENVS:-}" ]; then IFS=';' read -r -a extra <<<"$AB_TEST_ENVS"; envs+=("${extra[@]}"); set -- "$@"; fi
 for spec in "$@"; do
+  [ -n "${AB_TEST_ENVS:-}" ] && break
   e=$(echo "${spec%%::*}" | xargs)
   seen=0
   for x in "${envs[@]}"; do [ "$x" = "$e" ] && seen=1; done
@@ -39,7 +43,7 @@ done
 n=0
 for e in "${envs[@]}"; do
   n=$((n + 1))
-  step "tests-$n" env $e build-gpu/tests/samoyeds_tests_gpu --gtest_filter="$filter" --gtest_brief=1
+  step "tests-$n" env $e timeout 240 build-gpu/tests/samoyeds_tests_gpu --gtest_filter="$filter" --gtest_brief=1
   echo "      tests-$n: env '$e'" | tee -a "$OUT/summary.txt"
 done
 n=0
