@@ -647,10 +647,10 @@ __global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K
 }
 
 // Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off and
-// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 4). Read once per process.
+// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
-  int max_cluster = 4;
+  int max_cluster = 2;
 };
 const Tuning& tuning() {
   static const Tuning t = [] {

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Run ON the GPU machine after a build into build-gpu/: a full ncu section set, with per-instruction
+# (SASS) stall samples, of one SSMM launch of `samoyeds bench kernel` per environment given.
+#   scripts/gpu_profile_ssmm.sh SHAPE L 'ENV=V ...' ...     e.g. 14336x4096 4096 '' 'SAMOYEDS_SSMM_TMA=off'
+# Writes $OUT/profile-N.{details,source}.txt (source: SASS with samples, CSV) packed into one archive.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT/profile"
+ncu=/usr/local/cuda/bin/ncu
+shape=$1 tokens=$2
+shift 2
+n=0
+for e in "$@"; do
+  n=$((n + 1))
+  env $e $ncu --set full --import-source no -k regex:ssmm_sm90_kernel --launch-skip 2 --launch-count 1 \
+    -o "$OUT/profile/p$n" build-gpu/samoyeds bench kernel --shapes "$shape" --tokens "$tokens" --reps 3 \
+    > "$OUT/profile/p$n.log" 2>&1
+  $ncu --import "$OUT/profile/p$n.ncu-rep" --page details > "$OUT/profile/p$n.details.txt" 2>&1
+  $ncu --import "$OUT/profile/p$n.ncu-rep" --page source --csv --print-source sass > "$OUT/profile/p$n.source.csv" 2>&1
+  rm -f "$OUT/profile/p$n.ncu-rep"
+  echo "profile $n: env '$e'"
+  grep -E "Duration|Elapsed Cycles|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible" "$OUT/profile/p$n.details.txt" | head -12
+done
+(cd "$OUT" && tar czf profile.tgz profile && rm -rf profile)
