@@ -153,6 +153,24 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
+// Where the k-tiles of a CTA's range fall in the row-selection segments, advanced once per k-tile:
+// a division by the runtime segment length per k-tile cost the consumers a ~25-instruction dependent
+// chain on their critical path (ncu source counters, docs/kernels/ssmm.md v5).
+struct SegmentCursor {
+  int per_segment;  // k-tiles per segment; 0 without row selection
+  int offset;       // this k-tile's position in its segment
+  int index;        // this k-tile's segment
+  __device__ __forceinline__ SegmentCursor(int kt_per_segment, int kt)
+      : per_segment(kt_per_segment), offset(kt_per_segment ? kt % kt_per_segment : 0), index(kt_per_segment ? kt / kt_per_segment : 0) {}
+  __device__ __forceinline__ bool starts() const { return per_segment != 0 && offset == 0; }
+  __device__ __forceinline__ void next() {
+    if (++offset == per_segment) {
+      offset = 0;
+      ++index;
+    }
+  }
+};
+
 }  // namespace sm90
 
 // Tensor maps of the large-L variant: per matrix the values [E][compressed rows][K_padded / 2] (box
@@ -176,8 +194,9 @@ struct Sm90Config {
   static constexpr int kThreads = kProducerThreads + kConsumerThreads;
   // 128 x producer + 256 x consumer registers <= 64 K; the producer's hoisted addresses grow with the
   // matrix count, the consumers' accumulators stay at most 128 registers.
-  static constexpr int kProducerRegisters = kNumMats == 1 ? 72 : (kNumMats == 2 ? 96 : 120);
-  static constexpr int kConsumerRegisters = kNumMats == 1 ? 208 : (kNumMats == 2 ? 200 : 184);
+  // The TMA producer is one warp issuing a handful of copies: its registers go to the consumers.
+  static constexpr int kProducerRegisters = kTma ? 40 : (kNumMats == 1 ? 72 : (kNumMats == 2 ? 96 : 120));
+  static constexpr int kConsumerRegisters = kTma ? 232 : (kNumMats == 1 ? 208 : (kNumMats == 2 ? 200 : 184));
   static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file");
   static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
@@ -240,7 +259,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   }
   const std::int64_t ksteps_per_row = p.K_padded / 32;
   const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of kBK (can_implement)
-  auto segment_starts = [&](int kt) { return kt_per_segment != 0 && kt % kt_per_segment == 0; };
 
   if (kTma && tid < Config::kProducerThreads) {
     // ---- TMA producer: one warp. Lane 0 issues the bulk tensor copies (A values and metadata of
@@ -254,18 +272,18 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     const int b_rows = kBN / static_cast<int>(num_ctas);
     const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
     const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0) + static_cast<int>(rank) * b_rows;
-    for (int kt = kt_begin; kt < kt_end; ++kt) {
+    SegmentCursor segment(kt_per_segment, kt_begin);
+    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
-      if (segment_starts(kt)) {
+      if (segment.starts()) {
 #pragma unroll
         for (int m = 0; m < kNumMats; ++m) {
           if (lane / 4 != m) continue;
           const std::int64_t row32 = row0 / 32 + lane % 4;
           const bool valid = row32 * 32 < p.compressed_rows_padded;
-          const std::uint32_t* src =
-              valid ? mats.row_select[m] + row32 * p.num_segments + kt / kt_per_segment : mats.row_select[m];
+          const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment.index : mats.row_select[m];
           ptx::cp_async_4(s_select + stage * Config::kSelectBytes + lane * 4, src, valid ? 4 : 0);
         }
       }
@@ -341,7 +359,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     }
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
 
-    for (int kt = kt_begin; kt < kt_end; ++kt) {
+    SegmentCursor segment(kt_per_segment, kt_begin);
+    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
@@ -359,15 +378,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
                          meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
       }
-      if (segment_starts(kt)) {
+      if (segment.starts()) {
         // Threads 4m .. 4m + 3 copy matrix m's words (a compile-time m keeps `mats` in registers).
 #pragma unroll
         for (int m = 0; m < kNumMats; ++m) {
           if (tid / 4 != m) continue;
           const std::int64_t row32 = row0 / 32 + tid % 4;
           const bool valid = row32 * 32 < p.compressed_rows_padded;
-          const std::uint32_t* src =
-              valid ? mats.row_select[m] + row32 * p.num_segments + kt / kt_per_segment : mats.row_select[m];
+          const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment.index : mats.row_select[m];
           ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
         }
       }
@@ -410,6 +428,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   auto release_stage = [&](int stage) {
     if (lane != 0) return;
     if constexpr (kTma) {
+#pragma unroll 1
       for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[stage], cta);
     } else {
       mbarrier_arrive(&empty_bar[stage]);
@@ -442,7 +461,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
   // consumer 1 issues k-tile i after consumer 0 issued it (barrier 2). Arrivals and waits pair up.
   const int num_kt = kt_end - kt_begin;
-  for (int kt = kt_begin; kt < kt_end; ++kt) {
+  SegmentCursor segment(kt_per_segment, kt_begin);
+  for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
     const int i = kt - kt_begin, stage = i % kStages;
     mbarrier_wait(&full_bar[stage], (i / kStages) & 1);
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
@@ -453,7 +473,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // consumer's wgmmas cover the gap.)
     wgmma_wait<0>();
     if (i > 0) release_stage((i - 1) % kStages);
-    if (segment_starts(kt)) update_selection(stage);
+    if (segment.starts()) update_selection(stage);
 
     const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
     std::uint32_t meta[kNumMats][4];
@@ -662,8 +682,7 @@ const Tuning& tuning() {
   return t;
 }
 
-// The TMA variant pays a gather copy (routed calls) and a second launch; below this many tokens per
-// expert the cp.async variant's in-kernel gather is cheaper (measured: docs/kernels/ssmm.md).
+// Below this many tokens per expert the TMA variant has no full token tiles to multicast.
 constexpr std::int64_t kTmaMinTokensPerExpert = 128;
 
 bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; }
@@ -681,7 +700,12 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   Sm90Choice c;
   c.plan = split_plan(a);
   const Tuning& t = tuning();
-  const bool wanted = t.tma == 1 || (t.tma == -1 && tokens_per_expert(a) >= kTmaMinTokensPerExpert);
+  // A token list costs the TMA variant a gather copy of L x K x 2 bytes, written and read again. For
+  // one matrix that ate the variant's gain (14336x4096, L = 4096: +4 %; 1408x2048, L = 16384: -23 %, the
+  // copy being a quarter of the product); gate/up, whose cp.async producer copies two weight tiles per
+  // k-tile, gains more than the copy costs (Mixtral layer +7 to +11 %). Measured: docs/kernels/ssmm.md v5.
+  const bool pays_off = !a.token_idx || num_mats_of(a) == 2;
+  const bool wanted = t.tma == 1 || (t.tma == -1 && pays_off && tokens_per_expert(a) >= kTmaMinTokensPerExpert);
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   bool arrays_ok = aligned16(a.x);
   for (const gpu::PackedMatrixView* m : {&a.weight, &a.up}) arrays_ok = arrays_ok && aligned16(m->values) && aligned16(m->metadata);
