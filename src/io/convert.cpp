@@ -36,6 +36,15 @@ double ConvertReport::max_relative_error() const {
 
 namespace {
 
+// `m` in `dtype` (rounded to nearest even from fp32; unchanged when it already is `dtype`).
+Matrix rounded_to(Matrix m, DType dtype) {
+  if (m.dtype() == dtype || m.dtype() != DType::f32) return m;
+  Matrix out(dtype, m.rows(), m.cols());
+  for (std::int64_t r = 0; r < m.rows(); ++r)
+    for (std::int64_t c = 0; c < m.cols(); ++c) out.set(r, c, m.get(r, c));
+  return out;
+}
+
 constexpr const char* kSuffix = ".weight";
 
 std::string base_name(const std::string& tensor) { return tensor.substr(0, tensor.size() - std::string(kSuffix).size()); }
@@ -150,14 +159,16 @@ ConvertReport convert_into(const ConvertOptions& o, const fs::path& tmp) {
     PackedFile out;
     double layer_error = 0.0;
     const std::vector<ExpertMatrix> matrices = layer_expert_matrices(config, layer);
-    // One half-precision dtype per layer: the experts', which the router and shared gate must share.
+    // One half-precision dtype per layer: the experts'. The router and shared gate share it or are
+    // F32 (ColossalAI's OpenMoE routes in fp32); an F32 one is copied as is and rounded to the
+    // experts' dtype when the converted checkpoint is loaded (ConvertedCheckpoint::moe_layer).
     const std::string dtype = ckpt.info(matrices.front().tensor).dtype;
     auto check_dense = [&](const std::string& tensor, std::int64_t rows) {
       const TensorInfo& info = ckpt.info(tensor);
       const bool shape_ok = info.shape == std::vector<std::int64_t>{rows, config.hidden_size} ||
                             (rows == 1 && info.shape == std::vector<std::int64_t>{config.hidden_size});
-      SAMOYEDS_CHECK(shape_ok && info.dtype == dtype, "convert: \"", tensor, "\" is ", info.dtype, " ",
-                     shape_string(info.shape), " but layer ", layer, " needs ", dtype, " [", rows, ", ",
+      SAMOYEDS_CHECK(shape_ok && (info.dtype == dtype || info.dtype == "F32"), "convert: \"", tensor, "\" is ", info.dtype,
+                     " ", shape_string(info.shape), " but layer ", layer, " needs ", dtype, " or F32 [", rows, ", ",
                      config.hidden_size, "] (the experts' dtype)");
     };
     check_dense(router_tensor_name(config, layer), config.num_experts);
@@ -332,10 +343,12 @@ PackedMoeWeights ConvertedCheckpoint::moe_layer(int layer) const {
     return e;
   };
   PackedMoeWeights w;
-  w.router = dense_.matrix(router_tensor_name(config_, layer));
   for (int e = 0; e < config_.num_experts; ++e) w.experts.push_back(take_mlp(expert_tensor_names(config_, layer, e)));
   if (const auto shared = shared_expert_tensor_names(config_, layer)) w.shared = take_mlp(*shared);
-  if (const auto gate = shared_gate_tensor_name(config_, layer)) w.shared_gate = dense_.matrix(*gate);
+  // Routing runs in the experts' dtype: an fp32 router (or shared gate) is rounded to it, to nearest even.
+  const DType expert_dtype = w.experts.front().gate.dtype;
+  w.router = rounded_to(dense_.matrix(router_tensor_name(config_, layer)), expert_dtype);
+  if (const auto gate = shared_gate_tensor_name(config_, layer)) w.shared_gate = rounded_to(dense_.matrix(*gate), expert_dtype);
   check_moe_weights(config_, w);
   return w;
 }

@@ -94,9 +94,10 @@ struct TinyCheckpoint {
 };
 
 // `family_config`: a file of tests/data/hf_configs. H = 64, expert width 48 (dense and shared 96),
-// 8 experts, 2 layers, written as `shards` files (with an index when more than one).
+// 8 experts, 2 layers, written as `shards` files (with an index when more than one); routers and
+// shared-expert gates in `router_dtype`.
 TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std::string& dir_name, int shards,
-                                    std::uint64_t seed) {
+                                    std::uint64_t seed, DType router_dtype = DType::bf16) {
   // One 2-D tensor per expert matrix: OpenMoE's fused layout is written by write_synthetic_checkpoint.
   SAMOYEDS_CHECK(family_config.find("openmoe") == std::string::npos, "make_tiny_checkpoint: not for OpenMoE");
   json::Value cfg = json::parse(read_text(fs::path(SAMOYEDS_TEST_DATA_DIR) / "hf_configs" / (family_config + ".json")));
@@ -153,7 +154,7 @@ TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std:
       add(n.dense_mlp.down, H, c.dense_intermediate_size);
       continue;
     }
-    add(router_tensor_name(c, layer), c.num_experts, H);
+    add(router_tensor_name(c, layer), c.num_experts, H, router_dtype);
     for (int e = 0; e < c.num_experts; ++e) {
       const MlpTensorNames n = expert_tensor_names(c, layer, e);
       add(n.gate, c.intermediate_size, H);
@@ -165,7 +166,7 @@ TinyCheckpoint make_tiny_checkpoint(const std::string& family_config, const std:
       add(shared->up, c.shared_intermediate_size, H);
       add(shared->down, H, c.shared_intermediate_size);
     }
-    if (const auto gate = shared_gate_tensor_name(c, layer)) add(*gate, 1, H);
+    if (const auto gate = shared_gate_tensor_name(c, layer)) add(*gate, 1, H, router_dtype);
   }
   add("model.rotary.inv_freq", 1, 8, DType::f32);
 
@@ -486,6 +487,31 @@ TEST(ConvertedCheckpoint, MoeLayerEqualsThePackedOriginals) {
     fs::remove_all(out);
     fs::remove_all(t.dir);
   }
+}
+
+// An fp32 router and shared gate (ColossalAI's OpenMoE routes in fp32) convert, stay fp32 in the
+// converted directory and load rounded to the experts' dtype.
+TEST(ConvertedCheckpoint, Fp32RoutersLoadRoundedToTheExpertsDtype) {
+  const TinyCheckpoint t = make_tiny_checkpoint("qwen1.5-moe-a2.7b", "fp32-router", 1, 23, DType::f32);
+  const fs::path out = convert_tiny(t);
+  const ConvertedCheckpoint ck = ConvertedCheckpoint::open(out.string());
+  const ModelConfig& c = ck.config();
+  for (const int layer : c.moe_layers()) {
+    SCOPED_TRACE("layer " + std::to_string(layer));
+    const PackedMoeWeights w = ck.moe_layer(layer);
+    const Matrix& router = t.tensors.at(router_tensor_name(c, layer));
+    ASSERT_EQ(router.dtype(), DType::f32);
+    ASSERT_EQ(w.router.dtype(), DType::bf16);
+    ASSERT_FALSE(w.shared_gate.empty());
+    EXPECT_EQ(w.shared_gate.dtype(), DType::bf16);
+    for (std::int64_t r = 0; r < router.rows(); ++r)
+      for (std::int64_t col = 0; col < router.cols(); ++col)
+        ASSERT_EQ(w.router.get(r, col), round_to(DType::bf16, router.get(r, col))) << r << ", " << col;
+    const Matrix x = random_normal_matrix(DType::bf16, 5, c.hidden_size, 24);
+    EXPECT_EQ(reference::moe_layer(c, w, x).rows(), 5);
+  }
+  fs::remove_all(out);
+  fs::remove_all(t.dir);
 }
 
 // The whole model from a converted directory computes what the same model built from the original
