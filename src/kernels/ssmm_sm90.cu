@@ -23,6 +23,12 @@
 // Grouped launch (all experts of a layer): blockIdx.y walks the token tiles of every expert in expert
 // order (find_tile, ssmm_common.cuh); a CTA takes its expert's matrices from the stacks and its slots
 // from the expert's range; CTAs past the last tile exit at once.
+// TMA variant (kTma; large L, unsplit, one or two matrices; docs/kernels/ssmm.md v5): the producer is
+// one warp, lane 0 issuing bulk tensor copies (cp.async.bulk.tensor) of the A values and metadata
+// and of a slice of the B tile that it multicasts to the cluster of consecutive row tiles sharing the
+// token tile (B then must be contiguous rows: a call with a token list first gathers X into slot
+// order in the workspace); its registers go to the consumers (232). Each stage's `empty` barrier takes
+// the arrivals of every consumer warp in the cluster, and a producer leaves only after all of them.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
