@@ -429,8 +429,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 
   const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
-  // Called with none of this warpgroup's wgmmas in flight, at a segment's first k-tile, whose stage
-  // holds the select words.
+  // Gives a drained stage back to the producer (TMA: to every producer of the cluster).
   auto release_stage = [&](int stage) {
     if (lane != 0) return;
     if constexpr (kTma) {
@@ -440,6 +439,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       mbarrier_arrive(&empty_bar[stage]);
     }
   };
+  // Called with none of this warpgroup's wgmmas in flight, at a segment's first k-tile, whose stage
+  // holds the select words.
   auto update_selection = [&](int stage) {
     const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
 #pragma unroll
