@@ -7,32 +7,14 @@
 # $OUT as one archive (the device tool returns only a few files), JSON Lines to $OUT/ab.jsonl.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT/logs"
-export PATH="$PATH:/usr/local/cuda/bin"
 filter=$1
 shift
-status=0
-step() {  # step NAME COMMAND...
-  local name=$1; shift
-  local start=$SECONDS
-  if "$@" >"$OUT/logs/$name.log" 2>&1; then
-    echo "ok    $name ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"
-  else
-    echo "FAIL  $name ($((SECONDS - start)) s): see logs/$name.log" | tee -a "$OUT/summary.txt"
-    tail -n 30 "$OUT/logs/$name.log"
-    status=1
-  fi
-}
-[ -f .carry/commit ] && export SAMOYEDS_COMMIT="$(cat .carry/commit)"
-gtest_args=()
-[ -f .carry/googletest/CMakeLists.txt ] && gtest_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
-step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${gtest_args[@]}"
-step build cmake --build build-gpu -j 16
+source scripts/gpu_common.sh
+build_gpu
 # Tests run in the default environment, then in each distinct one the specs name, or only in those
 # listed in AB_TEST_ENVS (';'-separated, e.g. 'SAMOYEDS_SSMM_TMA=on;SAMOYEDS_SSMM_CLUSTER=2').
 envs=("")
-if [ -n "${AB_TEST_ENVS:-}" ]; then IFS=';' read -r -a extra <<<"$AB_TEST_ENVS"; envs+=("${extra[@]}"); set -- "$@"; fi
+if [ -n "${AB_TEST_ENVS:-}" ]; then IFS=';' read -r -a extra <<<"$AB_TEST_ENVS"; envs+=("${extra[@]}"); fi
 for spec in "$@"; do
   [ -n "${AB_TEST_ENVS:-}" ] && break
   e=$(echo "${spec%%::*}" | xargs)
@@ -55,6 +37,6 @@ for spec in "$@"; do
   echo "== bench-$n: $spec" >>"$OUT/tables.txt"
   grep -v "^\s*$" "$OUT/logs/bench-$n.log" | tail -n 60 >>"$OUT/tables.txt"
 done
-(cd "$OUT" && tar czf logs.tgz logs && rm -rf logs)
+pack_logs
 cat "$OUT/summary.txt"
 exit $status
