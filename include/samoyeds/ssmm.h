@@ -109,7 +109,7 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 // grid must be a whole number of clusters) stays within an eighth of the tiles; 1 when none does.
 int plan_cluster_size(std::int64_t row_tiles, int max_cluster);
 
-// Workspace bytes that let `path` run `args` at its best (0 when it would not split).
+// Workspace bytes that let `path` run `args` at its best (0 when it needs none).
 std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);
 
 // Empty when `path` can run `args`, else the reason (names the argument and the fix).
