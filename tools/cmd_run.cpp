@@ -5,7 +5,6 @@
 // check, peak memory, records); without one, the CPU reference (reference::model_forward).
 #include <chrono>
 #include <cstdio>
-#include <random>
 #include <sstream>
 
 #include "cli.h"
@@ -84,11 +83,8 @@ int run_on_cpu(const Args& args) {
   const int layers = static_cast<int>(weights.layers.size());
 
   std::vector<reference::KvCache> caches = reference::make_kv_caches(config, weights, static_cast<int>(batch), prompt_len + gen_len);
-  std::mt19937_64 rng(seed + 1);
-  std::uniform_int_distribution<std::int32_t> token(0, static_cast<std::int32_t>(config.vocab_size - 1));
-  std::vector<std::int32_t> ids, sequence;
-  for (std::int64_t s = 0; s < batch; ++s)
-    for (std::int64_t p = 0; p < prompt_len; ++p) ids.push_back(token(rng)), sequence.push_back(static_cast<std::int32_t>(s));
+  std::vector<std::int32_t> ids = random_token_ids(batch * prompt_len, config.vocab_size, seed + 1), sequence;
+  for (std::int64_t s = 0; s < batch; ++s) sequence.insert(sequence.end(), static_cast<std::size_t>(prompt_len), static_cast<std::int32_t>(s));
 
   std::printf("%s, %d layer(s), batch %lld, prompt %lld, generating %lld token(s), on the CPU reference\n",
               config.display_name.c_str(), layers, static_cast<long long>(batch), static_cast<long long>(prompt_len),

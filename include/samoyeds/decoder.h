@@ -60,6 +60,9 @@ struct ModelWeights {
 ModelWeights synthetic_model(const ModelConfig& config, int num_layers, DType dtype, const SparsityPattern& pattern,
                              std::uint64_t seed);
 
+// `count` seeded token ids, uniform over [0, vocab_size): the prompts of synthetic runs and tests.
+std::vector<std::int32_t> random_token_ids(std::int64_t count, std::int64_t vocab_size, std::uint64_t seed);
+
 // Throws unless every part fits `config` (check_decoder_layer for each layer, tied embeddings respected).
 void check_model(const ModelConfig& config, const ModelWeights& weights);
 

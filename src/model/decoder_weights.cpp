@@ -112,6 +112,16 @@ void check_decoder_layer(const ModelConfig& config, int layer, const DecoderLaye
   }
 }
 
+std::vector<std::int32_t> random_token_ids(std::int64_t count, std::int64_t vocab_size, std::uint64_t seed) {
+  SAMOYEDS_CHECK(count >= 0 && vocab_size >= 1 && vocab_size <= (std::int64_t{1} << 31), "random_token_ids: ", count,
+                 " ids over a vocabulary of ", vocab_size, "; need count >= 0 and 1 <= vocab_size <= 2^31");
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int32_t> id(0, static_cast<std::int32_t>(vocab_size - 1));
+  std::vector<std::int32_t> ids(static_cast<std::size_t>(count));
+  for (auto& i : ids) i = id(rng);
+  return ids;
+}
+
 ModelWeights synthetic_model(const ModelConfig& config, int num_layers, DType dtype, const SparsityPattern& pattern,
                              std::uint64_t seed) {
   config.validate();

@@ -3,6 +3,7 @@
 // direct computation in double, grouped-query heads against expanded ones, the KV cache across
 // calls (prefill then decode equals one pass), independent sequences in one batch, every family's
 // residual details, and bad inputs.
+#include <algorithm>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -307,6 +308,17 @@ TEST(ReferenceDecoder, FamilyResidualDetails) {
   }
   // MiniCPM really scales: scale 1.4 / sqrt(40) is not 1.
   EXPECT_GT(find_model("minicpm-moe-8x2b").scale_depth, 0.0);
+}
+
+TEST(ReferenceDecoder, RandomTokenIdsAreSeededAndInRange) {
+  const std::vector<std::int32_t> a = random_token_ids(1000, 37, 5), b = random_token_ids(1000, 37, 5);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, random_token_ids(1000, 37, 6));
+  EXPECT_TRUE(std::all_of(a.begin(), a.end(), [](std::int32_t id) { return id >= 0 && id < 37; }));
+  EXPECT_GT(std::count(a.begin(), a.end(), 36), 0);  // the top id is reachable
+  EXPECT_TRUE(random_token_ids(0, 37, 5).empty());
+  EXPECT_THROW(random_token_ids(4, 0, 5), Error);
+  EXPECT_THROW(random_token_ids(-1, 37, 5), Error);
 }
 
 TEST(ReferenceDecoder, SyntheticWeightsAreSeededAndChecked) {
