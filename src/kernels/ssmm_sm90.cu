@@ -266,6 +266,18 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const std::int64_t ksteps_per_row = p.K_padded / 32;
   const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of kBK (can_implement)
 
+  // The row-select words of a segment into a stage: producer thread `copier` (4m .. 4m + 3) copies
+  // matrix m's word of one 32-row group (a compile-time m keeps `mats` in registers).
+  auto copy_select_words = [&](int stage, int copier, int segment_index) {
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      if (copier / 4 != m) continue;
+      const std::int64_t row32 = row0 / 32 + copier % 4;
+      const bool valid = row32 * 32 < p.compressed_rows_padded;
+      const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment_index : mats.row_select[m];
+      ptx::cp_async_4(s_select + stage * Config::kSelectBytes + copier * 4, src, valid ? 4 : 0);
+    }
+  };
   if (kTma && tid < Config::kProducerThreads) {
     // ---- TMA producer: one warp. Lane 0 issues the bulk tensor copies (A values and metadata of
     // this CTA's rows, its slice of the B tile multicast to the cluster); lanes copy the row-select
@@ -283,16 +295,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
-      if (segment.starts()) {
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          if (lane / 4 != m) continue;
-          const std::int64_t row32 = row0 / 32 + lane % 4;
-          const bool valid = row32 * 32 < p.compressed_rows_padded;
-          const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment.index : mats.row_select[m];
-          ptx::cp_async_4(s_select + stage * Config::kSelectBytes + lane * 4, src, valid ? 4 : 0);
-        }
-      }
+      if (segment.starts()) copy_select_words(stage, lane, segment.index);
       mbarrier_arrive_on_copies(&full_bar[stage]);
       if (lane == 0) {
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B slice.
@@ -384,17 +387,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
                          meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
       }
-      if (segment.starts()) {
-        // Threads 4m .. 4m + 3 copy matrix m's words (a compile-time m keeps `mats` in registers).
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          if (tid / 4 != m) continue;
-          const std::int64_t row32 = row0 / 32 + tid % 4;
-          const bool valid = row32 * 32 < p.compressed_rows_padded;
-          const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment.index : mats.row_select[m];
-          ptx::cp_async_4(s_select + stage * Config::kSelectBytes + tid * 4, src, valid ? 4 : 0);
-        }
-      }
+      if (segment.starts()) copy_select_words(stage, tid, segment.index);
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
       const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
       const std::uint32_t b_valid = col_bytes < x_row_bytes ? b_has_token : 0u;  // K % 8 == 0: chunks are all in or out
