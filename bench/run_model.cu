@@ -22,7 +22,6 @@
 #include <cstdio>
 #include <memory>
 #include <optional>
-#include <random>
 
 #include "bench/bench_util.h"
 #include "kernels/cuda_check.h"
@@ -44,14 +43,6 @@ std::size_t free_now() {
 }
 
 double gb(double bytes) { return bytes / 1e9; }
-
-std::vector<std::int32_t> random_ids(std::int64_t count, std::int64_t vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int32_t> id(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(count));
-  for (auto& i : ids) i = id(rng);
-  return ids;
-}
 
 // A built model and what it holds on the device.
 struct Built {
@@ -106,7 +97,7 @@ bool check_first_layers(gpu::Model& candidate, gpu::Model& other, std::uint64_t 
   other.set_active_layers(layers);
   candidate.start(B, P);
   other.start(B, P);
-  const std::vector<std::int32_t> prompt = random_ids(B * P, candidate.config().vocab_size, seed);
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, candidate.config().vocab_size, seed);
   const Matrix a = candidate.forward(prompt, true), b = other.forward(prompt, true);
   candidate.stop();
   other.stop();
@@ -138,7 +129,7 @@ RunResult run_once(Built& built, std::int64_t B, const ModelRunOptions& o, bool 
   const std::size_t free_before = free_now();
   m.start(static_cast<int>(B), P + G);
   std::size_t lowest_free = free_now();
-  const std::vector<std::int32_t> prompt = random_ids(B * P, m.config().vocab_size, o.seed + 1000 + static_cast<std::uint64_t>(B));
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, m.config().vocab_size, o.seed + 1000 + static_cast<std::uint64_t>(B));
   const int steps = static_cast<int>(G - 1);
   const int chunk = std::max(1, steps / 10);  // decode calls of `chunk` steps: progress between them
 

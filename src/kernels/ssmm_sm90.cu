@@ -855,19 +855,21 @@ void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStre
   }
 }
 
-}  // namespace
-
-std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) {
-  const Sm90Choice c = choose(args);
+// The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
+std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
   if (c.tma) return c.gather_bytes;
   if (c.plan.splits <= 1) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
 }
 
+}  // namespace
+
+std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
+
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const Sm90Choice c = choose(args);
-  const std::size_t needed = ssmm_sm90_workspace_bytes(args);
+  const std::size_t needed = workspace_bytes_of(args, c);
   const bool has_workspace = args.workspace && args.workspace_bytes >= needed;
   p.splits = 1;
   p.k_tiles_per_split = (p.K_padded + 127) / 128;

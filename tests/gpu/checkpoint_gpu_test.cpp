@@ -9,7 +9,6 @@
 
 #include <cmath>
 #include <filesystem>
-#include <random>
 
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
@@ -82,10 +81,8 @@ TEST_P(ConvertedOnGpu, LayerAndModelMatchReference) {
   const int B = 2;
   const std::int64_t P = 21;
   model.start(B, P);
-  std::mt19937_64 rng(seed + 2);
-  std::uniform_int_distribution<std::int32_t> id(0, static_cast<std::int32_t>(c.vocab_size - 1));
-  std::vector<std::int32_t> ids(B * P), sequence;
-  for (auto& i : ids) i = id(rng);
+  const std::vector<std::int32_t> ids = random_token_ids(B * P, c.vocab_size, seed + 2);
+  std::vector<std::int32_t> sequence;
   for (int b = 0; b < B; ++b) sequence.insert(sequence.end(), P, b);
   const Matrix gpu_logits = model.forward(ids, true);
   std::vector<reference::KvCache> caches = reference::make_kv_caches(c, weights, B, P);

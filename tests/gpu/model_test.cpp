@@ -16,7 +16,6 @@
 #include <cctype>
 #include <cmath>
 #include <cstring>
-#include <random>
 
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
@@ -82,14 +81,6 @@ Tolerance compare_logits(const Matrix& got, const Matrix& ref, std::int64_t ref_
   return t;
 }
 
-std::vector<std::int32_t> random_ids(std::int64_t count, std::int64_t vocab, std::uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::uniform_int_distribution<std::int32_t> id(0, static_cast<std::int32_t>(vocab - 1));
-  std::vector<std::int32_t> ids(static_cast<std::size_t>(count));
-  for (auto& i : ids) i = id(rng);
-  return ids;
-}
-
 // Sequence ids for the CPU reference of a [B, n] step.
 std::vector<std::int32_t> sequence_of(int B, std::int64_t n) {
   std::vector<std::int32_t> s;
@@ -119,7 +110,7 @@ TEST_P(GpuModelFamily, PrefillAndDecodeMatchReference) {
   const int B = 2;
   const std::int64_t P = 70, steps = 3;  // 70 positions: two key tiles, and past Mixtral's window of 48
   model.start(B, P + steps);
-  const std::vector<std::int32_t> prompt = random_ids(B * P, config.vocab_size, seed + 1);
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, config.vocab_size, seed + 1);
   const Matrix gpu_prefill = model.forward(prompt, /*all_logits=*/true);
 
   std::vector<reference::KvCache> caches = reference::make_kv_caches(config, weights, B, P + steps);
@@ -128,7 +119,7 @@ TEST_P(GpuModelFamily, PrefillAndDecodeMatchReference) {
 
   for (std::int64_t s = 0; s < steps; ++s) {
     SCOPED_TRACE("decode step " + std::to_string(s));
-    const std::vector<std::int32_t> tokens = random_ids(B, config.vocab_size, seed + 10 + static_cast<std::uint64_t>(s));
+    const std::vector<std::int32_t> tokens = random_token_ids(B, config.vocab_size, seed + 10 + static_cast<std::uint64_t>(s));
     const Matrix gpu_step = model.forward(tokens);  // [B, V]
     const Matrix cpu_step = reference::model_forward(config, weights, tokens, sequence_of(B, 1), caches);
     compare_logits(gpu_step, cpu_step);
@@ -155,8 +146,8 @@ TEST(GpuModel, DecodeEqualsRecomputationAndPassesAgree) {
   const ModelWeights weights = synthetic_model(config, 2, DType::bf16, SparsityPattern::parse("1:2:128"), seed);
   const int B = 3;
   const std::int64_t P = 40, steps = 4;
-  const std::vector<std::int32_t> prompt = random_ids(B * P, config.vocab_size, seed + 1);
-  const std::vector<std::int32_t> extra = random_ids(B * steps, config.vocab_size, seed + 2);  // [B, steps]
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, config.vocab_size, seed + 1);
+  const std::vector<std::int32_t> extra = random_token_ids(B * steps, config.vocab_size, seed + 2);  // [B, steps]
 
   gpu::Model model(config, weights);
   model.start(B, P + steps);
@@ -207,7 +198,7 @@ TEST(GpuModel, GraphDecodeEqualsEagerDecode) {
   const std::int64_t P = 9;
   const int steps = 7;
   model.start(B, P + steps + 1);
-  const std::vector<std::int32_t> prompt = random_ids(B * P, config.vocab_size, seed + 1);
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, config.vocab_size, seed + 1);
 
   const std::vector<std::int32_t> first = model.prefill(prompt);
   const std::vector<std::int32_t> graph_tokens = model.decode(first, steps, true);
@@ -251,9 +242,9 @@ TEST(GpuModel, DensePathMatchesSparsePath) {
   const std::int64_t P = 33;
   sparse.start(B, P + 2);
   dense.start(B, P + 2);
-  const std::vector<std::int32_t> prompt = random_ids(B * P, config.vocab_size, seed + 1);
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, config.vocab_size, seed + 1);
   compare_logits(dense.forward(prompt, true), sparse.forward(prompt, true), 0, 0x1p-6);
-  const std::vector<std::int32_t> tokens = random_ids(B, config.vocab_size, seed + 2);
+  const std::vector<std::int32_t> tokens = random_token_ids(B, config.vocab_size, seed + 2);
   compare_logits(dense.forward(tokens), sparse.forward(tokens), 0, 0x1p-6);
   EXPECT_THROW(dense.decode(tokens, 1, true), Error);  // the dense path cannot be captured
   EXPECT_NO_THROW(dense.decode(tokens, 1, false));
@@ -279,9 +270,9 @@ TEST(GpuModel, SyntheticRealSizeMixtralLayer) {
   const std::int64_t P = 20;
   sparse.start(B, P + 4);
   dense.start(B, P + 4);
-  const std::vector<std::int32_t> prompt = random_ids(B * P, config.vocab_size, 8);
+  const std::vector<std::int32_t> prompt = random_token_ids(B * P, config.vocab_size, 8);
   compare_logits(dense.forward(prompt), sparse.forward(prompt), 0, 0x1p-5);
-  const std::vector<std::int32_t> tokens = random_ids(B, config.vocab_size, 9);
+  const std::vector<std::int32_t> tokens = random_token_ids(B, config.vocab_size, 9);
   const std::vector<std::int32_t> picked = sparse.decode(tokens, 3, true);
   EXPECT_EQ(picked.size(), 6u);
   for (const std::int32_t t : picked) EXPECT_TRUE(t >= 0 && t < config.vocab_size);
