@@ -11,12 +11,15 @@
 // offset), then release the stage through its `empty` mbarrier once those wgmmas have finished.
 // Tiles are K-major with the 128-byte swizzle (16-byte chunk c of row r at chunk c ^ (r % 8),
 // 1024-byte atoms), the layout wgmma descriptors read.
-// Row selection (1:2:V) keeps two accumulator sets per compressed row; the wgmmas accumulate into
-// set 0, and at a segment start (this warpgroup's wgmmas drained) a thread swaps set 0 and set 1
-// of its rows whose selection flips. Each consumer keeps one k-tile of wgmmas in flight and drains
-// it before the next (with V = 128 every k-tile starts a segment anyway); the two consumers take
-// turns issuing (named barriers 1 and 2), so one warpgroup's drain and swap run while the other's
-// wgmmas keep the tensor cores busy.
+// Row selection (1:2:V) without moving accumulators: the wgmmas always accumulate into set 0, the
+// running total T of compressed row r over the segments so far; set 1, S, gathers the odd logical
+// row 2r + 1 as differences of T: at a segment start where r's selection goes from p to n,
+// S += (p - n) T, one FFMA per accumulator (a register swap took three instructions per pair and
+// half the consumers' issue slots). After the last k-tile, odd = S + sel T and even = T - odd.
+// Each consumer keeps one k-tile of wgmmas in flight and drains it before the next (with V = 128
+// every k-tile starts a segment anyway); the two consumers take turns issuing (named barriers 1
+// and 2), so one warpgroup's drain and update run while the other's wgmmas keep the tensor cores
+// busy.
 // Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
 // whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
 // split order and applies the epilogue, so results stay bitwise reproducible.
@@ -56,6 +59,11 @@ __device__ __forceinline__ std::uint64_t sw128_descriptor(const void* smem_point
          | (std::uint64_t{1} << 16)                             // leading byte offset (unused for swizzled K-major)
          | (std::uint64_t{1024 >> 4} << 32)                     // stride byte offset: 8 rows x 128 B
          | (std::uint64_t{1} << 62);                            // 128-byte swizzle
+}
+// The descriptor of the tile `bytes` further on: the start address is the low field (address >> 4,
+// 14 bits), and shared-memory addresses stay below 256 KB, so the add cannot carry out of it.
+__device__ __forceinline__ std::uint64_t advance_descriptor(std::uint64_t descriptor, std::uint32_t bytes) {
+  return descriptor + (bytes >> 4);
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -433,7 +441,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     }
   };
   // Called with none of this warpgroup's wgmmas in flight, at a segment's first k-tile, whose stage
-  // holds the select words.
+  // holds the select words: S += (p - n) T for each row whose selection goes from p to n (c = 0 for
+  // the others leaves S as it is, and at the first k-tile T is still zero).
   auto update_selection = [&](int stage) {
     const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
 #pragma unroll
@@ -441,17 +450,15 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       const std::uint32_t word = warp_rows_exist ? words[m * 4 + static_cast<int>((warp_row0 - row0) / 32)] : 0u;
       const int shift = static_cast<int>(warp_row0 % 32) + g;
       const std::uint32_t next = ((word >> shift) & 1u) | (((word >> (shift + 8)) & 1u) << 1);
-      const std::uint32_t flips = next ^ sel[m];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const bool flip = (flips >> h) & 1u;
+        const float c = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
 #pragma unroll
         for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
-            const float a = acc[m][0][4 * i + 2 * h + q], b = acc[m][1][4 * i + 2 * h + q];
-            acc[m][0][4 * i + 2 * h + q] = flip ? b : a;
-            acc[m][1][4 * i + 2 * h + q] = flip ? a : b;
+            const int f = 4 * i + 2 * h + q;
+            acc[m][1][f] = fmaf(acc[m][0][f], c, acc[m][1][f]);
           }
       }
       sel[m] = next;
@@ -475,26 +482,27 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     if (i > 0) release_stage((i - 1) % kStages);
     if (segment.starts()) update_selection(stage);
 
-    const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
     std::uint32_t meta[kNumMats][4];
+    // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
+    const int ksteps_here = warp_rows_exist ? static_cast<int>(min(ksteps_per_row - static_cast<std::int64_t>(kt) * 4, std::int64_t{4})) : 0;
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
       const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
                           (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        const bool exists = warp_rows_exist && static_cast<std::int64_t>(kt) * 4 + ks < ksteps_per_row;
-        meta[m][ks] = exists ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
-      }
+      for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
     }
     if (group == 1 || i > 0) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wgmma_fence();
+    // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
+    const std::uint64_t desc_stage = sw128_descriptor(base);
+    const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
-      const std::uint64_t desc_b = sw128_descriptor(b_tile + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
+      const std::uint64_t desc_b = advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
-        const std::uint64_t desc_a = sw128_descriptor(base + m * kATileBytes + group * (64 * 128) + ks * 32);
+        const std::uint64_t desc_a = advance_descriptor(desc_stage, a_offset + m * kATileBytes + ks * 32);
         wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
       }
     }
@@ -503,6 +511,23 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   }
   wgmma_wait<0>();
   if constexpr (kTma) release_stage((num_kt - 1) % kStages);  // the producers drain every stage before exiting
+  // Sets 0 and 1 become logical rows 2 crow and 2 crow + 1 (without row selection S stays zero and
+  // set 0 is the row).
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float selected = static_cast<float>((sel[m] >> h) & 1u);
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int f = 4 * i + 2 * h + q;
+          const float odd = fmaf(acc[m][0][f], selected, acc[m][1][f]);
+          acc[m][0][f] -= odd;
+          acc[m][1][f] = odd;
+        }
+    }
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -527,9 +552,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           float even[kNumMats], odd[kNumMats];  // logical rows 2 crow, 2 crow + 1
 #pragma unroll
           for (int m = 0; m < kNumMats; ++m) {
-            const bool odd_selected = (sel[m] >> h) & 1u;  // set 0 holds the row selected last
-            even[m] = odd_selected ? acc[m][1][f] : acc[m][0][f];
-            odd[m] = odd_selected ? acc[m][0][f] : acc[m][1][f];
+            even[m] = acc[m][0][f];
+            odd[m] = acc[m][1][f];
           }
           store_pair<kBf16>(p.y, y_row + 2 * crow, epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok),
                             epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok));
@@ -557,10 +581,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           if (R >= p.rows) continue;
           float v[kNumMats];
 #pragma unroll
-          for (int m = 0; m < kNumMats; ++m) {
-            const bool other_set = p.row_select_on && ((sel[m] >> h) & 1u) != static_cast<std::uint32_t>(o);
-            v[m] = other_set ? acc[m][1][f] : acc[m][0][f];
-          }
+          for (int m = 0; m < kNumMats; ++m) v[m] = o ? acc[m][1][f] : acc[m][0][f];
           if (p.splits > 1) {
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m)
