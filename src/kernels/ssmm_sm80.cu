@@ -5,10 +5,11 @@
 // 3-stage cp.async pipeline: the A tile (packed values, 64 rows x 32 values per matrix) is contiguous;
 // the B tile gathers the 64 token rows X[token_idx[j], k0:k0+64] (zero-filled past L or K, so no X[idx]
 // copy exists). Metadata words go straight from global memory to registers (docs/format.md §3.2 is the
-// mma.sp register layout). Row selection (1:2:V) keeps two accumulator sets per compressed row: the
-// MMA always accumulates into set 0, which belongs to the row selected in the current segment; at a
-// segment boundary a thread swaps set 0 and set 1 of a row whose selection flips. After the last
-// segment, set 0 belongs to logical row 2r + sel and set 1 to 2r + 1 - sel.
+// mma.sp register layout). Row selection (1:2:V) keeps two accumulator sets per compressed row, as
+// the sm_90 path does: the MMA always accumulates into set 0, the running total T of row r; set 1, S,
+// gathers the odd logical row 2r + 1 as differences of T (S += (p - n) T at a segment boundary where
+// the row's selection goes from p to n: one FFMA per accumulator, no branch). After the last
+// segment, odd = S + sel T and even = T - odd.
 // Grouped launch: blockIdx.y walks the token tiles of all experts (find_tile, ssmm_common.cuh).
 // Warps: 2 (rows) x kWarpsN (tokens); one weight matrix: 4 warps, warp tile 32 x 32 (2 x 4 MMA tiles);
 // gate/up (2-3 matrices): 8 warps, warp tile 32 x 16, so the accumulators stay in registers.
@@ -115,14 +116,18 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     ptx::cp_async_commit();
   }
 
+  // Segments walked with counters: a runtime division per k-tile sat on the critical path (sm_90 notes).
+  const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of 64 (can_implement)
+  int kt_in_segment = 0, segment = 0;
   for (int kt = 0; kt < num_kt; ++kt) {
     ptx::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage kt is visible; stage (kt-1) % kStages is free for the next load
     if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
     ptx::cp_async_commit();
 
-    if (p.row_select_on && (kt * kBK) % p.v == 0) {
-      const int segment = (kt * kBK) / p.v;
+    const bool segment_starts = kt_per_segment != 0 && kt_in_segment == 0;
+    if (kt_per_segment != 0 && ++kt_in_segment == kt_per_segment) kt_in_segment = 0;
+    if (segment_starts) {
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
@@ -132,24 +137,20 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
-        const std::uint32_t flips = next ^ sel[m];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            if ((flips >> (mt * 2 + h)) & 1u) {
+            const int bit = mt * 2 + h;
+            const float c = static_cast<float>(static_cast<int>((sel[m] >> bit) & 1u) - static_cast<int>((next >> bit) & 1u));
 #pragma unroll
-              for (int nt = 0; nt < kNT; ++nt)
+            for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-                for (int f = 2 * h; f < 2 * h + 2; ++f) {
-                  const float tmp = acc[m][0][mt][nt][f];
-                  acc[m][0][mt][nt][f] = acc[m][1][mt][nt][f];
-                  acc[m][1][mt][nt][f] = tmp;
-                }
-            }
+              for (int f = 2 * h; f < 2 * h + 2; ++f) acc[m][1][mt][nt][f] = fmaf(acc[m][0][mt][nt][f], c, acc[m][1][mt][nt][f]);
           }
         sel[m] = next;
       }
+      ++segment;
     }
 
     std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
@@ -189,6 +190,23 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     }
   }
   ptx::cp_async_wait<0>();
+  // Sets 0 and 1 become logical rows 2r and 2r + 1 (without row selection S stays zero).
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float selected = static_cast<float>((sel[m] >> (mt * 2 + h)) & 1u);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int f = 2 * h; f < 2 * h + 2; ++f) {
+            const float odd = fmaf(acc[m][0][mt][nt][f], selected, acc[m][1][mt][nt][f]);
+            acc[m][0][mt][nt][f] -= odd;
+            acc[m][1][mt][nt][f] = odd;
+          }
+      }
 
   // Epilogue: each thread owns, per (m16 tile, half h), compressed row r and tokens 2t, 2t+1 of each n8 tile.
   const int rows_per_crow = p.row_select_on ? 2 : 1;
@@ -211,11 +229,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
             if (tok == kNoToken) continue;
             float v[kNumMats];
 #pragma unroll
-            for (int m = 0; m < kNumMats; ++m) {
-              // Set 0 holds the row selected last; compile-time indices keep acc in registers.
-              const bool other_set = p.row_select_on && ((sel[m] >> (mt * 2 + h)) & 1u) != static_cast<std::uint32_t>(o);
-              v[m] = other_set ? acc[m][1][mt][nt][2 * h + i] : acc[m][0][mt][nt][2 * h + i];
-            }
+            for (int m = 0; m < kNumMats; ++m) v[m] = o ? acc[m][1][mt][nt][2 * h + i] : acc[m][0][mt][nt][2 * h + i];
             store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
           }
       }
