@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
     // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
-    // accumulators may be swapped. (At most one k-tile per consumer is in flight; the other
+    // running totals may be read. (At most one k-tile per consumer is in flight; the other
     // consumer's wgmmas cover the gap.)
     wgmma_wait<0>();
     if (i > 0) release_stage((i - 1) % kStages);
