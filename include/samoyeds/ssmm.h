@@ -109,6 +109,14 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 // grid must be a whole number of clusters) stays within an eighth of the tiles; 1 when none does.
 int plan_cluster_size(std::int64_t row_tiles, int max_cluster);
 
+// How many token tiles the sm90 kernel's launch order walks before the next row tile
+// (kernels/tile_order.h; 1 = row tiles fastest). A wave of num_sms CTAs then reads num_sms / band row
+// tiles' weights and band token tiles' activations, a_tile_bytes and b_tile_bytes per k-tile each;
+// their sum is smallest at band = sqrt(num_sms * a / b). Row tiles fastest streamed every weight from
+// DRAM once per wave whenever a wave held fewer token tiles than that (docs/kernels/ssmm.md v7).
+int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t a_tile_bytes,
+                   std::int64_t b_tile_bytes, int num_sms);
+
 // Workspace bytes that let `path` run `args` at its best (0 when it needs none).
 std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);
 

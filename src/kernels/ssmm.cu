@@ -32,7 +32,8 @@ Params make_params(const gpu::SsmmArgs& a) {
   p.slot_weight = a.slot_weight;
   p.y = a.y;
   p.y_f32 = a.y_dtype == DType::f32;
-  p.splits = 1;  // the sm90 launcher plans split-K
+  p.splits = 1;     // the sm90 launcher plans split-K
+  p.tile_band = 1;  // and the tile order
   p.expert_offsets = a.expert_offsets;
   p.num_experts = a.weight.num_stacked;
   p.values_stride = geometry.num_values();

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/tile_order.h"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds::kernels {
@@ -43,6 +44,9 @@ struct Params {
   // gridDim.y covers an upper bound of the token tiles (grid_token_tiles); CTAs past the real count exit.
   const std::int32_t* expert_offsets;  // [E + 1] int32, or null: one matrix, slots [0, L)
   int num_experts;
+  // Launch order of the sm90 kernel's output tiles (tile_order.h): token tiles per band, 1 = row
+  // tiles fastest (the sm80 kernel always walks row tiles fastest).
+  int tile_band;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Host-side checks of an SSMM call (can_implement) and path resolution. Plain C++: builds and is
 // tested without nvcc; the launchers in *.cu call these before launching.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -126,6 +128,17 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
     }
   }
   return plan;
+}
+
+int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t a_tile_bytes,
+                   std::int64_t b_tile_bytes, int num_sms) {
+  if (row_tiles <= 0 || token_tiles <= 1 || a_tile_bytes <= 0 || b_tile_bytes <= 0 || num_sms <= 0) return 1;
+  if (row_tiles * token_tiles <= num_sms) return 1;  // one wave: every tile's bytes are read once anyway
+  const double best = std::sqrt(static_cast<double>(num_sms) * static_cast<double>(a_tile_bytes) / static_cast<double>(b_tile_bytes));
+  const std::int64_t band = std::clamp<std::int64_t>(std::llround(best), 1, token_tiles);
+  // Row tiles fastest already puts num_sms / row_tiles token tiles in each wave.
+  if (num_sms / row_tiles >= band) return 1;
+  return static_cast<int>(band);
 }
 
 int plan_cluster_size(std::int64_t row_tiles, int max_cluster) {

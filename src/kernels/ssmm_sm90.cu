@@ -244,9 +244,16 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   auto* s_tok = reinterpret_cast<std::int32_t*>(empty_bar + kStages);                            // [kBN]
 
   const int tid = threadIdx.x;
-  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kBM;
+  // The tile this CTA computes: launch positions walk the tiles in bands of p.tile_band token tiles
+  // (tile_order.h), in whole clusters (TMA: the CTAs of a cluster share a token tile, and rank r
+  // takes row tile r of the cluster's).
+  const unsigned num_ctas = kTma ? cluster_nctarank() : 1u;
+  const int num_units_x = static_cast<int>(gridDim.x / num_ctas);
+  const TileCoord unit = banded_tile(blockIdx.x / num_ctas + static_cast<long long>(num_units_x) * blockIdx.y, num_units_x,
+                                     static_cast<int>(gridDim.y), p.tile_band);
+  const std::int64_t row0 = (static_cast<std::int64_t>(unit.x) * num_ctas + blockIdx.x % num_ctas) * kBM;
   TileSlots tile;
-  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
+  if (!find_tile<kBN>(p, unit.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
@@ -257,7 +264,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // TMA variant: the CTAs of a cluster (consecutive row tiles, one token tile) each load a slice of
   // the B tile and multicast it to all, so a stage may only be refilled once the consumers of every
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
-  const unsigned num_ctas = kTma ? cluster_nctarank() : 1u;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
       // TMA: the producer warp's 32 select-word arrivals + the expect_tx arrival; else every producer thread.
@@ -687,20 +693,33 @@ __global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K
   }
 }
 
-// Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off and
-// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2). Read once per process.
+// Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
+// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2) and SAMOYEDS_SSMM_BAND = the
+// token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest). Read once
+// per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
+  int band = 0;
 };
 const Tuning& tuning() {
   static const Tuning t = [] {
     Tuning r;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_TMA")) r.tma = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
     return r;
   }();
   return t;
+}
+
+// The launch order's band for a grid of row_tiles x token_tiles CTAs of configuration Config.
+template <typename Config>
+int tile_band_of(std::int64_t row_tiles, std::int64_t token_tiles, int num_mats) {
+  const std::int64_t band = tuning().band > 0 ? tuning().band
+                                              : gpu::plan_tile_band(row_tiles, token_tiles, num_mats * (Config::kATileBytes + Config::kMetaTileBytes),
+                                                                    Config::kBTileBytes, num_sms());
+  return static_cast<int>(std::clamp<std::int64_t>(band, 1, std::max<std::int64_t>(token_tiles, 1)));
 }
 
 // Below this many tokens per expert the TMA variant has no full token tiles to multicast.
@@ -780,9 +799,11 @@ void launch(const Params& p, cudaStream_t stream) {
   const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
   SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
                  "; the grid allows 65535: split the call");
-  const dim3 grid(static_cast<unsigned>((p.compressed_rows_padded + Config::kBM - 1) / Config::kBM),
-                  static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
-  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(p, TmaMaps{});
+  const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
+  const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
+  Params q = p;
+  q.tile_band = tile_band_of<Config>(row_tiles, token_tiles, kNumMats);
+  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, TmaMaps{});
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
@@ -840,7 +861,9 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
   attribute.val.clusterDim.z = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, maps));
+  Params q = p;
+  q.tile_band = tile_band_of<Config>(row_tiles, token_tiles, kNumMats);
+  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps));
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (tma)");
 }
 

@@ -2,6 +2,11 @@
 // Host-side argument checks of the GPU SSMM (no GPU needed: pointers are never dereferenced here).
 #include <gtest/gtest.h>
 
+#include <set>
+#include <string>
+#include <utility>
+
+#include "kernels/tile_order.h"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds {
@@ -99,6 +104,52 @@ TEST(SsmmPlan, RejectsWithReasons) {
 
 namespace samoyeds {
 namespace {
+
+TEST(SsmmPlan, BandedTileOrderVisitsEveryTileOnce) {
+  struct Grid { int num_x, num_y, band; };
+  for (const Grid g : {Grid{56, 32, 9}, Grid{16, 128, 9}, Grid{7, 5, 3}, Grid{1, 1, 1}, Grid{3, 10, 10}, Grid{5, 4, 7}, Grid{13, 17, 1}}) {
+    SCOPED_TRACE(std::to_string(g.num_x) + " x " + std::to_string(g.num_y) + ", band " + std::to_string(g.band));
+    std::set<std::pair<int, int>> seen;
+    for (long long l = 0; l < static_cast<long long>(g.num_x) * g.num_y; ++l) {
+      const kernels::TileCoord t = kernels::banded_tile(l, g.num_x, g.num_y, g.band);
+      ASSERT_GE(t.x, 0);
+      ASSERT_LT(t.x, g.num_x);
+      ASSERT_GE(t.y, 0);
+      ASSERT_LT(t.y, g.num_y);
+      ASSERT_TRUE(seen.insert({t.x, t.y}).second) << "tile (" << t.x << ", " << t.y << ") twice, at " << l;
+    }
+  }
+}
+
+TEST(SsmmPlan, BandedTileOrderWalksTokenTilesFirst) {
+  // band 1: row tiles fastest (the launch order of a plain grid).
+  EXPECT_EQ(kernels::banded_tile(0, 56, 32, 1).x, 0);
+  EXPECT_EQ(kernels::banded_tile(1, 56, 32, 1).x, 1);
+  EXPECT_EQ(kernels::banded_tile(56, 56, 32, 1).y, 1);
+  // band 9: positions 0..8 are token tiles 0..8 of row tile 0, then row tile 1.
+  for (int l = 0; l < 9; ++l) {
+    EXPECT_EQ(kernels::banded_tile(l, 56, 32, 9).x, 0);
+    EXPECT_EQ(kernels::banded_tile(l, 56, 32, 9).y, l);
+  }
+  EXPECT_EQ(kernels::banded_tile(9, 56, 32, 9).x, 1);
+  EXPECT_EQ(kernels::banded_tile(9, 56, 32, 9).y, 0);
+  // The last band (token tiles 27..31) is 5 wide.
+  const long long last_band = 3LL * 56 * 9;
+  EXPECT_EQ(kernels::banded_tile(last_band + 5, 56, 32, 9).x, 1);
+  EXPECT_EQ(kernels::banded_tile(last_band + 5, 56, 32, 9).y, 27);
+}
+
+TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
+  constexpr std::int64_t a1 = 18 * 1024, b128 = 128 * 256;  // one matrix: A + metadata, 128-token B
+  EXPECT_EQ(gpu::plan_tile_band(56, 32, a1, b128, 132), 9);    // 14336 x 4096 at L = 4096: sqrt(132 x 0.5625)
+  EXPECT_EQ(gpu::plan_tile_band(16, 128, a1, b128, 132), 9);   // 4096 x 14336: rows fastest gives 8 per wave
+  EXPECT_EQ(gpu::plan_tile_band(6, 128, a1, b128, 132), 1);    // 1408 rows: 22 token tiles per wave already
+  EXPECT_EQ(gpu::plan_tile_band(56, 2, a1, b128, 132), 1);     // one wave
+  EXPECT_EQ(gpu::plan_tile_band(56, 4, a1, b128, 132), 4);     // the band never exceeds the token tiles
+  EXPECT_EQ(gpu::plan_tile_band(56, 64, 2 * a1, 64 * 256, 132), 17);  // gate/up: two matrices, 64 tokens
+  EXPECT_EQ(gpu::plan_tile_band(0, 64, a1, b128, 132), 1);
+  EXPECT_EQ(gpu::plan_tile_band(56, 64, 0, b128, 132), 1);
+}
 
 TEST(SsmmPlan, ClusterSizeKeepsPaddingSmall) {
   EXPECT_EQ(gpu::plan_cluster_size(56, 4), 4);  // Mixtral gate/up rows: 14 clusters of 4
