@@ -650,9 +650,32 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
   return (a.num_tokens + busy - 1) / busy;
 }
 
+// Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
+// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2), SAMOYEDS_SSMM_BAND = the
+// token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest) and
+// SAMOYEDS_SSMM_NARROW = on (32-token tiles at every L, to find where they beat the wide ones) or
+// auto. Read once per process.
+struct Tuning {
+  int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
+  int max_cluster = 2;
+  int band = 0;
+  bool narrow = false;
+};
+const Tuning& tuning() {
+  static const Tuning t = [] {
+    Tuning r;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_TMA")) r.tma = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0;
+    return r;
+  }();
+  return t;
+}
+
 // The tile width a call uses: narrow tiles when an expert's tokens fit in 32.
 int tile_tokens(const gpu::SsmmArgs& a) {
-  if (tokens_per_expert(a) <= 32) return 32;
+  if (tokens_per_expert(a) <= 32 || tuning().narrow) return 32;
   return num_mats_of(a) == 1 ? 128 : (num_mats_of(a) == 2 ? 64 : 32);
 }
 
@@ -691,26 +714,6 @@ __global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K
     auto* dst = reinterpret_cast<uint4*>(x_slots + slot * p.K);
     for (std::int64_t c = threadIdx.x; c < chunks; c += blockDim.x) dst[c] = tok >= 0 ? src[c] : make_uint4(0, 0, 0, 0);
   }
-}
-
-// Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
-// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2) and SAMOYEDS_SSMM_BAND = the
-// token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest). Read once
-// per process.
-struct Tuning {
-  int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
-  int max_cluster = 2;
-  int band = 0;
-};
-const Tuning& tuning() {
-  static const Tuning t = [] {
-    Tuning r;
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_TMA")) r.tma = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
-    return r;
-  }();
-  return t;
 }
 
 // The launch order's band for a grid of row_tiles x token_tiles CTAs of configuration Config.
