@@ -234,6 +234,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
   constexpr int kBN = Config::kBN;
   constexpr int kStages = Config::kStages;
+  // A split-K reduce launched as this grid's programmatic dependent may be scheduled once every CTA
+  // got here (it waits for the whole grid before reading); without one this does nothing.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   extern __shared__ std::uint8_t smem_raw[];
   // The 128-byte swizzle works on absolute address bits: stages start on 1024-byte boundaries.
   // Offsetting smem_raw itself (not a pointer rebuilt from an integer) keeps every access an LDS.
@@ -606,6 +609,11 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 // Sums the split-K partials of each output element in split order, then applies the epilogue.
 template <bool kBf16, int kNumMats, Epi kEpi>
 __global__ void ssmm_sm90_reduce(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent of the product (launch_reduce): it may start before the
+  // product finishes, and waits here until the product's partials are complete and visible.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
   const std::int64_t n = p.L * p.rows;
   // Grouped: slots past the last expert's were never computed (their partials are not written).
   std::int64_t slot_end = p.L;
@@ -811,7 +819,19 @@ void launch(const Params& p, cudaStream_t stream) {
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
     const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
-    ssmm_sm90_reduce<kBf16, kNumMats, kEpi><<<blocks, 256, 0, stream>>>(p);
+    // A programmatic dependent launch: the reduce grid is set up while the product runs (its CTAs are
+    // scheduled once every product CTA has started, and wait in griddepcontrol.wait), hiding the
+    // launch gap that a plain stream-ordered launch pays after the product's last CTA.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(256);
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, p));
     SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
   }
 }
