@@ -44,6 +44,42 @@ std::size_t free_now() {
 
 double gb(double bytes) { return bytes / 1e9; }
 
+// `--gpu-memory`: holds the device memory above `cap_gb` in one allocation for the whole run, so the
+// build, the plan and every later allocation see a card of that size (an 80 GB H100, which reports
+// ~85.5 GB, on an H200). The held block is never touched: it costs nothing but its capacity.
+class MemoryCap {
+ public:
+  explicit MemoryCap(double cap_gb) {
+    std::size_t free_bytes = 0;
+    gpu::device_memory(free_bytes, total_);
+    if (cap_gb <= 0) return;
+    const auto target = static_cast<std::size_t>(cap_gb * 1e9);
+    SAMOYEDS_CHECK(target < total_, "--gpu-memory ", cap_gb, " GB: this GPU has only ", gb(static_cast<double>(total_)),
+                   " GB; give a smaller size");
+    const std::size_t hold = total_ - target;
+    SAMOYEDS_CHECK(hold < free_bytes, "--gpu-memory ", cap_gb, " GB: holding the other ", gb(static_cast<double>(hold)),
+                   " GB needs that much free, but only ", gb(static_cast<double>(free_bytes)),
+                   " GB is (another process holds memory); give a larger size");
+    SAMOYEDS_CUDA_CHECK(cudaMalloc(&held_, hold));
+    std::printf("  emulating a GPU of %.2f GB: %.2f GB of this one's %.2f GB held for the whole run\n", cap_gb,
+                gb(static_cast<double>(hold)), gb(static_cast<double>(total_)));
+    total_ = target;
+    capped_ = true;
+  }
+  MemoryCap(const MemoryCap&) = delete;
+  MemoryCap& operator=(const MemoryCap&) = delete;
+  ~MemoryCap() {
+    if (held_) cudaFree(held_);
+  }
+  std::size_t total() const { return total_; }  // the emulated card's total (the real one without a cap)
+  bool capped() const { return capped_; }
+
+ private:
+  void* held_ = nullptr;
+  std::size_t total_ = 0;
+  bool capped_ = false;
+};
+
 // A built model and what it holds on the device.
 struct Built {
   std::optional<gpu::Model> model;
@@ -171,6 +207,7 @@ int run_model(const ModelRunOptions& o) {
               device.c_str(), c.display_name.c_str(), layers, c.num_layers, static_cast<long long>(o.prompt_len),
               static_cast<long long>(o.gen_len), o.checkpoint.empty() ? "synthetic weights " : "checkpoint ",
               o.checkpoint.empty() ? o.pattern.to_string().c_str() : o.checkpoint.c_str(), run_commit.c_str(), date.c_str());
+  const MemoryCap cap(o.gpu_memory_gb);
 
   // Candidate(s): ours unless --dense; with --compare also the baseline, side by side.
   std::optional<Built> ours, dense;
@@ -241,6 +278,7 @@ int run_model(const ModelRunOptions& o) {
             .add("layers", static_cast<std::int64_t>(layers)).add("time_us", t)
             .add("tokens_per_s", phase == 0 ? prefill_tokens / main.prefill_s : decode_tokens / main.decode_s)
             .add("peak_bytes", static_cast<std::int64_t>(main.peak_bytes));
+        if (cap.capped()) r.add("gpu_memory_bytes", static_cast<std::int64_t>(cap.total()));
         if (a && b) {
           const double bt = phase == 0 ? b->prefill_s * 1e6 : b->decode_s * 1e6 / steps;
           r.add("baseline", "dense_cublas").add("baseline_time_us", bt)
@@ -277,6 +315,7 @@ int max_batch(const ModelRunOptions& o) {
     SAMOYEDS_CHECK(jsonl, "cannot open --out file '", o.out_path, "' for appending");
   }
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(jsonl, jsonl ? &std::fclose : nullptr);
+  const MemoryCap cap(o.gpu_memory_gb);
 
   std::vector<bool> paths;
   if (!o.dense) paths.push_back(false);
@@ -295,9 +334,8 @@ int max_batch(const ModelRunOptions& o) {
     gpu::Model& m = *built->model;
     // Plan: the largest B whose caches and workspace fit in what is free, less a margin for cuBLAS,
     // the decode graph and allocator granularity (1 % of the device plus 512 MB).
-    std::size_t free_bytes = 0, total = 0;
-    gpu::device_memory(free_bytes, total);
-    const std::size_t margin = total / 100 + (std::size_t{512} << 20);
+    const std::size_t free_bytes = free_now();
+    const std::size_t margin = cap.total() / 100 + (std::size_t{512} << 20);
     const std::size_t budget = free_bytes > margin ? free_bytes - margin : 0;
     auto needed = [&](std::int64_t B) { return m.kv_cache_bytes(static_cast<int>(B), capacity) + m.workspace_bytes(static_cast<int>(B), capacity); };
     std::int64_t lo = 0, hi = 65535;
@@ -339,6 +377,7 @@ int max_batch(const ModelRunOptions& o) {
           .add("gen_len", o.gen_len).add("layers", static_cast<std::int64_t>(layers))
           .add("peak_bytes", static_cast<std::int64_t>(result->peak_bytes))
           .add("weight_bytes", static_cast<std::int64_t>(m.weight_bytes()));
+      if (cap.capped()) r.add("gpu_memory_bytes", static_cast<std::int64_t>(cap.total()));
       std::fprintf(jsonl, "%s\n", r.json().c_str());
     }
   }

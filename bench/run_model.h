@@ -25,6 +25,7 @@ struct ModelRunOptions {
   SparsityPattern pattern;          // synthetic experts
   std::uint64_t seed = 1;
   std::string out_path;             // JSON Lines appended here when not empty
+  double gpu_memory_gb = 0;         // > 0: run as if the GPU had this much memory (10^9 bytes)
 };
 
 int run_model(const ModelRunOptions& options);  // samoyeds run (GPU)

@@ -4,8 +4,11 @@
 // step from the KV caches. On a GPU it runs gpu::Model (bench/run_model.cu: the dense baseline, the
 // check, peak memory, records); without one, the CPU reference (reference::model_forward).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <exception>
 #include <sstream>
+#include <string>
 
 #include "cli.h"
 #include "samoyeds/convert.h"
@@ -144,6 +147,21 @@ void check_sizes(const Args& args) {
 }
 
 #if SAMOYEDS_WITH_CUDA
+// --gpu-memory GB: a positive size in 10^9 bytes (the GPU runner checks it against the device).
+double gpu_memory_gb(const Args& args) {
+  const std::string text = args.get("gpu-memory");
+  std::size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || !(value > 0) || !std::isfinite(value))
+    throw UsageError{"--gpu-memory must be a positive size in GB (10^9 bytes), e.g. 85.5 for an 80 GB H100; got '" + text + "'"};
+  return value;
+}
+
 bench::ModelRunOptions gpu_options(const Args& args) {
   bench::ModelRunOptions o;
   if (args.has("checkpoint")) {
@@ -170,6 +188,7 @@ bench::ModelRunOptions gpu_options(const Args& args) {
   o.pattern = SparsityPattern::parse(args.get("pattern"));
   o.seed = static_cast<std::uint64_t>(args.get_int("seed"));
   o.out_path = args.get("out");
+  if (args.has("gpu-memory")) o.gpu_memory_gb = gpu_memory_gb(args);
   return o;
 }
 #endif
@@ -177,8 +196,8 @@ bench::ModelRunOptions gpu_options(const Args& args) {
 int run_run(const Args& args) {
   check_sizes(args);
   if (!device_is_gpu(args)) {
-    if (args.flag("dense") || args.flag("compare") || args.has("out"))
-      throw UsageError{"--dense, --compare and --out need the GPU runner (a GPU machine)"};
+    if (args.flag("dense") || args.flag("compare") || args.has("out") || args.has("gpu-memory"))
+      throw UsageError{"--dense, --compare, --out and --gpu-memory need the GPU runner (a GPU machine)"};
     return run_on_cpu(args);
   }
 #if SAMOYEDS_WITH_CUDA
@@ -217,6 +236,7 @@ std::vector<Option> model_options(bool with_batch) {
       {"compare", "", "GPU: Samoyeds and the dense baseline side by side, with ratios", ""},
       {"graph", "on|off", "GPU: decode steps of the Samoyeds path from CUDA graphs", "on"},
       {"out", "FILE", "GPU: append JSON Lines records to FILE", ""},
+      {"gpu-memory", "GB", "GPU: run as if the GPU had GB (10^9 bytes) of memory, the rest held (85.5: an 80 GB H100)", ""},
       {"device", "auto|gpu|cpu", "where to run (auto: the GPU when there is one)", "auto"}};
   options.insert(options.end(), rest.begin(), rest.end());
   return options;
