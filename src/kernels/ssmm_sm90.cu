@@ -801,15 +801,23 @@ CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const void* b
   return map;
 }
 
+// Both variants: the kernel's shared-memory size, and the token tiles its grid covers (checked
+// against the grid's y limit).
+template <typename Config, typename Kernel>
+std::int64_t prepare_launch(Kernel* kernel, const Params& p) {
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
+                 "; the grid allows 65535: split the call");
+  return token_tiles;
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 void launch(const Params& p, cudaStream_t stream) {
   using Config = Sm90Config<kNumMats, kSmallN>;
   static_assert(Config::kBK == 128, "an A tile row is one 128-byte swizzle row: 64 values = 128 columns");
   auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, kSmallN, false>;
-  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
-  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
-  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
-                 "; the grid allows 65535: split the call");
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
   Params q = p;
@@ -843,10 +851,7 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
   using Config = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
   auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
-  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
-  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
-  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
-                 "; the grid allows 65535: split the call");
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::uint16_t* b = p.x;
   std::int64_t b_rows = p.num_x_rows;
   if (p.token_idx) {
