@@ -660,14 +660,16 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 
 // Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
 // SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2), SAMOYEDS_SSMM_BAND = the
-// token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest) and
+// token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest),
 // SAMOYEDS_SSMM_NARROW = on (32-token tiles at every L, to find where they beat the wide ones) or
-// auto. Read once per process.
+// auto, and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
+// larger allows more splits at medium L). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
   int band = 0;
   bool narrow = false;
+  double split_traffic = 1.0;
 };
 const Tuning& tuning() {
   static const Tuning t = [] {
@@ -676,6 +678,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
@@ -702,7 +705,7 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   // under that bound: docs/kernels/ssmm.md.)
   const double partial_bytes =
       8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
-  const double allowed_bytes = static_cast<double>(g.total_bytes()) + 2.0e6;
+  const double allowed_bytes = (static_cast<double>(g.total_bytes()) + 2.0e6) * tuning().split_traffic;
   const auto max_splits = static_cast<std::int64_t>(allowed_bytes / partial_bytes);
   return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits);
 }
