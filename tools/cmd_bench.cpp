@@ -10,6 +10,7 @@
 #if SAMOYEDS_WITH_CUDA
 #include "bench/bench_kernel.h"
 #include "bench/bench_moe.h"
+#include "bench/bench_peak.h"
 #endif
 
 namespace samoyeds::cli {
@@ -88,14 +89,23 @@ int run_moe(const Args& args) {
 #endif
 
 int run_bench(const Args& args) {
-  if (args.positional().size() != 1 || (args.positional()[0] != "kernel" && args.positional()[0] != "moe"))
-    throw UsageError{"say what to benchmark: `samoyeds bench kernel` or `samoyeds bench moe`"};
+  const std::vector<std::string>& what = args.positional();
+  if (what.size() != 1 || (what[0] != "kernel" && what[0] != "moe" && what[0] != "peak"))
+    throw UsageError{"say what to benchmark: `samoyeds bench kernel`, `samoyeds bench moe` or `samoyeds bench peak`"};
 #if SAMOYEDS_WITH_CUDA
   if (cuda_devices().empty()) {
     std::fprintf(stderr, "samoyeds bench: needs an NVIDIA GPU: %s\n", cuda_status().c_str());
     return 1;
   }
-  if (args.positional()[0] == "moe") return run_moe(args);
+  if (what[0] == "moe") return run_moe(args);
+  if (what[0] == "peak") {
+    bench::PeakBenchOptions o;
+    o.dtype = parse_dtype(args.get("dtype"));
+    o.reps = static_cast<int>(args.get_int("reps"));
+    if (o.reps < 1) throw UsageError{"--reps must be at least 1"};
+    o.out_path = args.get("out");
+    return bench::run_peak_bench(o);
+  }
   bench::KernelBenchOptions o;
   o.shapes = parse_shapes(args.get("shapes"));
   o.tokens = positive_tokens(args, "1,16,64,256,1024,4096,16384");
@@ -121,13 +131,15 @@ int run_bench(const Args& args) {
 Command bench_command() {
   Command command{
       "bench",
-      "validated GPU benchmarks against cuBLAS (bench kernel | bench moe)",
+      "validated GPU benchmarks against cuBLAS (bench kernel | bench moe), and the sparse MMA ceiling (bench peak)",
       "bench kernel: our SSMM vs cuBLAS dense on the same routed tokens (with and without the gather copy)\n"
       "and vs cuSPARSELt 2:4 on the effective weight (when the build found cuSPARSELt), after checking\n"
       "every output element against cuBLAS on the effective weight.\n"
       "bench moe: the whole sparse MoE layer (routing included) vs the dense cuBLAS layer with the same\n"
       "routing and combine, after checking every output element against the dense layer on the effective\n"
-      "weights. Both print a table and the geomean speedups; --out appends JSON Lines.",
+      "weights. Both print a table and the geomean speedups; --out appends JSON Lines.\n"
+      "bench peak: the rate of warp-level mma.sp.m16n8k32 (the sm80 path's instruction) with operands in\n"
+      "registers on every SM, after checking the sums: the ceiling for the portable path (--dtype, --reps).",
       {{"shapes", "MxK,...", "kernel: weight shapes (M output features x K inputs)",
         "1408x2048,2048x1408,5760x2304,2304x5760,12288x3072,3072x12288,14336x4096,4096x14336,16384x6144,6144x16384"},
        {"model", "NAME,...", "moe: registry models (samoyeds models lists them)", "mixtral-8x7b,deepseek-moe-16b"},
@@ -142,7 +154,7 @@ Command bench_command() {
        {"seed", "S", "random seed", "1"},
        {"out", "FILE", "append JSON Lines records to FILE", ""}},
       run_bench};
-  command.positional = "kernel|moe";
+  command.positional = "kernel|moe|peak";
   return command;
 }
 

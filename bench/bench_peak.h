@@ -1,0 +1,22 @@
+// SPDX-License-Identifier: Apache-2.0
+// `samoyeds bench peak`: the rate at which this GPU retires warp-level sparse MMAs
+// (mma.sp.m16n8k32, the instruction of the portable sm_80 SSMM path) with every operand in
+// registers: the ceiling that path can approach, to set its measured speed against.
+#pragma once
+
+#include <string>
+
+#include "samoyeds/dtype.h"
+
+namespace samoyeds::bench {
+
+struct PeakBenchOptions {
+  DType dtype = DType::bf16;
+  int reps = 20;
+  std::string out_path;  // JSON Lines appended here ("" = none)
+};
+
+// Returns 0 when the MMAs produced the exact expected sums (then the rate is printed), else 1.
+int run_peak_bench(const PeakBenchOptions& options);
+
+}  // namespace samoyeds::bench
