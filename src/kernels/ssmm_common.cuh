@@ -57,6 +57,24 @@ inline std::int64_t grid_token_tiles(const Params& p, int bn) {
   return p.L / bn + std::min<std::int64_t>(p.num_experts, p.L);
 }
 
+// Where the k-tiles of a CTA's range fall in the row-selection segments, advanced once per k-tile:
+// a division by the runtime segment length per k-tile cost the consumers a ~25-instruction dependent
+// chain on their critical path (ncu source counters, docs/kernels/ssmm.md v5).
+struct SegmentCursor {
+  int per_segment;  // k-tiles per segment; 0 without row selection
+  int offset;       // this k-tile's position in its segment
+  int index;        // this k-tile's segment
+  __device__ __forceinline__ SegmentCursor(int kt_per_segment, int kt)
+      : per_segment(kt_per_segment), offset(kt_per_segment ? kt % kt_per_segment : 0), index(kt_per_segment ? kt / kt_per_segment : 0) {}
+  __device__ __forceinline__ bool starts() const { return per_segment != 0 && offset == 0; }
+  __device__ __forceinline__ void next() {
+    if (++offset == per_segment) {
+      offset = 0;
+      ++index;
+    }
+  }
+};
+
 // One CTA's token tile: slots [begin, min(begin + kBN, end)) of expert `expert`.
 struct TileSlots {
   std::int64_t begin;

@@ -116,22 +116,18 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     ptx::cp_async_commit();
   }
 
-  // Segments walked with counters: a runtime division per k-tile sat on the critical path (sm_90 notes).
-  const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of 64 (can_implement)
-  int kt_in_segment = 0, segment = 0;
-  for (int kt = 0; kt < num_kt; ++kt) {
+  SegmentCursor segment(p.row_select_on ? p.v / kBK : 0, 0);  // V is a multiple of 64 (can_implement)
+  for (int kt = 0; kt < num_kt; ++kt, segment.next()) {
     ptx::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage kt is visible; stage (kt-1) % kStages is free for the next load
     if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
     ptx::cp_async_commit();
 
-    const bool segment_starts = kt_per_segment != 0 && kt_in_segment == 0;
-    if (kt_per_segment != 0 && ++kt_in_segment == kt_per_segment) kt_in_segment = 0;
-    if (segment_starts) {
+    if (segment.starts()) {
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
-        const std::uint32_t word = mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment];
+        const std::uint32_t word = mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment.index];
         std::uint32_t next = 0;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -150,7 +146,6 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
           }
         sel[m] = next;
       }
-      ++segment;
     }
 
     std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]

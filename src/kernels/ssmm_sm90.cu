@@ -167,23 +167,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
-// Where the k-tiles of a CTA's range fall in the row-selection segments, advanced once per k-tile:
-// a division by the runtime segment length per k-tile cost the consumers a ~25-instruction dependent
-// chain on their critical path (ncu source counters, docs/kernels/ssmm.md v5).
-struct SegmentCursor {
-  int per_segment;  // k-tiles per segment; 0 without row selection
-  int offset;       // this k-tile's position in its segment
-  int index;        // this k-tile's segment
-  __device__ __forceinline__ SegmentCursor(int kt_per_segment, int kt)
-      : per_segment(kt_per_segment), offset(kt_per_segment ? kt % kt_per_segment : 0), index(kt_per_segment ? kt / kt_per_segment : 0) {}
-  __device__ __forceinline__ bool starts() const { return per_segment != 0 && offset == 0; }
-  __device__ __forceinline__ void next() {
-    if (++offset == per_segment) {
-      offset = 0;
-      ++index;
-    }
-  }
-};
 
 }  // namespace sm90
 
