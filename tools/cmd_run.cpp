@@ -128,13 +128,14 @@ int run_on_cpu(const Args& args) {
 }
 
 
-// Bounds shared by the CPU and GPU runs, checked before any arithmetic on the sizes.
-void check_sizes(const Args& args) {
+// Bounds shared by the CPU and GPU runs, checked before any arithmetic on the sizes. maxbatch has no
+// --batch (it finds the size), so only `run` checks the batch list.
+void check_sizes(const Args& args, bool with_batch) {
   if (args.has("model") == args.has("checkpoint"))
     throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
   constexpr std::int64_t kMaxBatch = 65535, kMaxLength = 1 << 24;
-  if (args.get_int_list("batch").empty()) throw UsageError{"--batch needs at least one size"};
-  for (const std::int64_t b : args.get_int_list("batch"))
+  if (with_batch && args.get_int_list("batch").empty()) throw UsageError{"--batch needs at least one size"};
+  for (const std::int64_t b : with_batch ? args.get_int_list("batch") : std::vector<std::int64_t>{})
     if (b < 1 || b > kMaxBatch) throw UsageError{"--batch sizes must be in [1, " + std::to_string(kMaxBatch) + "]"};
   const std::int64_t prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
   if (prompt_len < 1 || gen_len < 1 || prompt_len > kMaxLength || gen_len > kMaxLength)
@@ -194,7 +195,7 @@ bench::ModelRunOptions gpu_options(const Args& args) {
 #endif
 
 int run_run(const Args& args) {
-  check_sizes(args);
+  check_sizes(args, true);
   if (!device_is_gpu(args)) {
     if (args.flag("dense") || args.flag("compare") || args.has("out") || args.has("gpu-memory"))
       throw UsageError{"--dense, --compare, --out and --gpu-memory need the GPU runner (a GPU machine)"};
@@ -208,7 +209,7 @@ int run_run(const Args& args) {
 }
 
 int run_maxbatch(const Args& args) {
-  check_sizes(args);
+  check_sizes(args, false);
   if (!device_is_gpu(args)) {
     std::fprintf(stderr, "samoyeds maxbatch: needs an NVIDIA GPU: %s\n", cuda_status().c_str());
     return 1;

@@ -719,6 +719,7 @@ TEST(CommandLine, ConvertThenMoeLayerOnAFile) {
   EXPECT_NE(run("run --checkpoint " + out.string() + " --compare --device cpu"), 0);  // the dense baseline is GPU-only
   EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 1,2 --device cpu"), 0);  // one size on the CPU
   EXPECT_NE(run("maxbatch --checkpoint " + out.string() + " --device cpu"), 0);       // needs a GPU
+  EXPECT_NE(read_text(t.dir / "cli.log").find("needs an NVIDIA GPU"), std::string::npos) << read_text(t.dir / "cli.log");
   EXPECT_NE(run("run --checkpoint " + out.string() + " --batch 0 --device cpu"), 0);
   EXPECT_NE(run("run --checkpoint " + out.string() + " --batch= --device cpu"), 0);  // no size at all
 
