@@ -130,6 +130,14 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
+int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t num_tokens,
+                     std::int64_t busy_experts, int num_sms) {
+  if (tokens_per_expert <= 32 || num_mats >= 3) return 32;
+  if (num_mats == 2) return 64;  // gate/up: not measured narrow yet (the kernel benchmark times one matrix)
+  const std::int64_t wide_ctas = std::max<std::int64_t>(1, row_tiles) * std::max((num_tokens + 127) / 128, busy_experts);
+  return wide_ctas * 4 < num_sms ? 32 : 128;
+}
+
 int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t a_tile_bytes,
                    std::int64_t b_tile_bytes, int num_sms) {
   if (row_tiles <= 0 || token_tiles <= 1 || a_tile_bytes <= 0 || b_tile_bytes <= 0 || num_sms <= 0) return 1;

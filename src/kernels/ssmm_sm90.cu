@@ -644,14 +644,14 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
 // SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2), SAMOYEDS_SSMM_BAND = the
 // token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest),
-// SAMOYEDS_SSMM_NARROW = on (32-token tiles at every L, to find where they beat the wide ones) or
-// auto, and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
+// SAMOYEDS_SSMM_NARROW = on (32-token tiles wherever the kernel has them), off (wide tiles except where
+// only 32 exist) or auto (planned), and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
 // larger allows more splits at medium L). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
   int band = 0;
-  bool narrow = false;
+  int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -660,26 +660,32 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_TMA")) r.tma = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
 }
 
-// The tile width a call uses: narrow tiles when an expert's tokens fit in 32.
+// Experts that can hold tokens in a call (1 for one matrix); a grouped grid has a tile row for each.
+std::int64_t busy_experts_of(const gpu::SsmmArgs& a) {
+  return a.expert_offsets ? std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : 1;
+}
+
+// The tile width a call uses (gpu::plan_tile_tokens), or the SAMOYEDS_SSMM_NARROW override.
 int tile_tokens(const gpu::SsmmArgs& a) {
-  if (tokens_per_expert(a) <= 32 || tuning().narrow) return 32;
-  return num_mats_of(a) == 1 ? 128 : (num_mats_of(a) == 2 ? 64 : 32);
+  if (tuning().narrow == 1) return 32;
+  if (tuning().narrow == 0 && num_mats_of(a) < 3 && tokens_per_expert(a) > 32) return num_mats_of(a) == 1 ? 128 : 64;
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  return gpu::plan_tile_tokens(tokens_per_expert(a), num_mats_of(a), (g.compressed_rows_padded + 127) / 128, a.num_tokens,
+                               busy_experts_of(a), num_sms());
 }
 
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
   // Grouped: at least one tile per busy expert (the real tile count is only known on the device).
-  const std::int64_t busy_experts = a.expert_offsets ? std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : 1;
-  const std::int64_t token_tiles =
-      std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts);
+  const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts_of(a));
   const std::int64_t num_kt = (g.cols_padded + 127) / 128;
   const std::int64_t segment_kt = a.weight.pattern.has_row_selection() ? a.weight.pattern.v / 128 : 1;
   // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within the

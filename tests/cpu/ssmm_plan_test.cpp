@@ -139,6 +139,27 @@ TEST(SsmmPlan, BandedTileOrderWalksTokenTilesFirst) {
   EXPECT_EQ(kernels::banded_tile(last_band + 5, 56, 32, 9).y, 27);
 }
 
+TEST(SsmmPlan, TileTokensNarrowWhereWideTilesLeaveMostSmsIdle) {
+  // The 16 measured small-expert cases (H200, 132 SMs): narrow won exactly where the wide grid was
+  // 6, 9, 12, 16, 18 or 23 CTAs, and lost at 46, 48, 64 and 72.
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 6, 64, 1, 132), 32);       // 1408 x 2048, L = 64
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 6, 256, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 6, 1024, 1, 132), 128);  // 48 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 8, 256, 1, 132), 32);     // 2048 x 1408
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 8, 1024, 1, 132), 128);
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 23, 64, 1, 132), 32);      // 5760 x 2304
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 23, 256, 1, 132), 128);   // 46 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 9, 256, 1, 132), 32);     // 2304 x 5760: 18 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 9, 1024, 1, 132), 128);
+  EXPECT_EQ(gpu::plan_tile_tokens(4096, 1, 56, 4096, 1, 132), 128);
+  // A grouped call has a tile row per busy expert: 64 experts x 8 row tiles fill the SMs.
+  EXPECT_EQ(gpu::plan_tile_tokens(96, 1, 8, 6144, 64, 132), 128);
+  // Up to 32 tokens per expert, and three matrices, only have 32-token tiles; gate/up keeps 64.
+  EXPECT_EQ(gpu::plan_tile_tokens(32, 1, 56, 32, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(4096, 3, 56, 4096, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 2, 6, 64, 1, 132), 64);
+}
+
 TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
   constexpr std::int64_t a1 = 18 * 1024, b128 = 128 * 256;  // one matrix: A + metadata, 128-token B
   EXPECT_EQ(gpu::plan_tile_band(56, 32, a1, b128, 132), 9);    // 14336 x 4096 at L = 4096: sqrt(132 x 0.5625)
