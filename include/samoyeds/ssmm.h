@@ -110,12 +110,14 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 int plan_cluster_size(std::int64_t row_tiles, int max_cluster);
 
 // Tokens per output tile of the sm90 kernel: 32 when an expert's tokens fit in 32 or for three matrices
-// (OpenMoE); else the wide tile (128 for one matrix, 64 for gate/up) unless one matrix's wide grid,
-// row_tiles x max(ceil(num_tokens / 128), busy_experts) CTAs, is under a quarter of the SMs: there the
-// four times as many 32-token CTAs won 0.73-0.86x of the wide tiles' time (split-K included) and lost
-// 1.25-2.4x above that (H200, 16 small-expert cases, docs/kernels/ssmm.md v7).
-int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t num_tokens,
-                     std::int64_t busy_experts, int num_sms);
+// (OpenMoE); else the wide tile (128 for one matrix, 64 for gate/up), except for one matrix of K <= 8192
+// whose wide grid, row_tiles x max(ceil(num_tokens / 128), busy_experts) CTAs, is under a quarter of
+// the SMs: there split-K has too few k-tiles (or too much partial traffic) to fill the SMs, and the
+// four times as many 32-token CTAs took 0.73-0.86x of the wide tiles' time; at K >= 12288 split-K
+// fills them and the narrow tiles' extra weight reads cost up to 1.35x (H200, 36 cases,
+// docs/kernels/ssmm.md v7).
+int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t K,
+                     std::int64_t num_tokens, std::int64_t busy_experts, int num_sms);
 
 // How many token tiles the sm90 kernel's launch order walks before the next row tile
 // (kernels/tile_order.h; 1 = row tiles fastest). A wave of num_sms CTAs then reads num_sms / band row

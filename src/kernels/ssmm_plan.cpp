@@ -130,10 +130,11 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
-int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t num_tokens,
-                     std::int64_t busy_experts, int num_sms) {
+int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t K,
+                     std::int64_t num_tokens, std::int64_t busy_experts, int num_sms) {
   if (tokens_per_expert <= 32 || num_mats >= 3) return 32;
   if (num_mats == 2) return 64;  // gate/up: not measured narrow yet (the kernel benchmark times one matrix)
+  if (K > 8192) return 128;
   const std::int64_t wide_ctas = std::max<std::int64_t>(1, row_tiles) * std::max((num_tokens + 127) / 128, busy_experts);
   return wide_ctas * 4 < num_sms ? 32 : 128;
 }

@@ -677,7 +677,7 @@ int tile_tokens(const gpu::SsmmArgs& a) {
   if (tuning().narrow == 1) return 32;
   if (tuning().narrow == 0 && num_mats_of(a) < 3 && tokens_per_expert(a) > 32) return num_mats_of(a) == 1 ? 128 : 64;
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  return gpu::plan_tile_tokens(tokens_per_expert(a), num_mats_of(a), (g.compressed_rows_padded + 127) / 128, a.num_tokens,
+  return gpu::plan_tile_tokens(tokens_per_expert(a), num_mats_of(a), (g.compressed_rows_padded + 127) / 128, a.weight.cols, a.num_tokens,
                                busy_experts_of(a), num_sms());
 }
 

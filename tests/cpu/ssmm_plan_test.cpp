@@ -140,24 +140,26 @@ TEST(SsmmPlan, BandedTileOrderWalksTokenTilesFirst) {
 }
 
 TEST(SsmmPlan, TileTokensNarrowWhereWideTilesLeaveMostSmsIdle) {
-  // The 16 measured small-expert cases (H200, 132 SMs): narrow won exactly where the wide grid was
-  // 6, 9, 12, 16, 18 or 23 CTAs, and lost at 46, 48, 64 and 72.
-  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 6, 64, 1, 132), 32);       // 1408 x 2048, L = 64
-  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 6, 256, 1, 132), 32);
-  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 6, 1024, 1, 132), 128);  // 48 CTAs
-  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 8, 256, 1, 132), 32);     // 2048 x 1408
-  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 8, 1024, 1, 132), 128);
-  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 23, 64, 1, 132), 32);      // 5760 x 2304
-  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 23, 256, 1, 132), 128);   // 46 CTAs
-  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 9, 256, 1, 132), 32);     // 2304 x 5760: 18 CTAs
-  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 9, 1024, 1, 132), 128);
-  EXPECT_EQ(gpu::plan_tile_tokens(4096, 1, 56, 4096, 1, 132), 128);
+  // The measured cases (H200, 132 SMs): narrow won where the wide grid was 6-23 CTAs at K <= 5760,
+  // lost at 46-72 CTAs, and lost (or tied) at K >= 12288, where split-K fills the SMs.
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 6, 2048, 64, 1, 132), 32);       // 1408 x 2048, L = 64
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 6, 2048, 256, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 6, 2048, 1024, 1, 132), 128);  // 48 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 8, 1408, 256, 1, 132), 32);     // 2048 x 1408
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 8, 1408, 1024, 1, 132), 128);
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 23, 2304, 64, 1, 132), 32);      // 5760 x 2304
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 23, 2304, 256, 1, 132), 128);   // 46 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 9, 5760, 256, 1, 132), 32);     // 2304 x 5760: 18 CTAs
+  EXPECT_EQ(gpu::plan_tile_tokens(1024, 1, 9, 5760, 1024, 1, 132), 128);
+  EXPECT_EQ(gpu::plan_tile_tokens(256, 1, 12, 12288, 256, 1, 132), 128);  // 3072 x 12288: 24 CTAs, long K
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 1, 24, 16384, 64, 1, 132), 128);    // 6144 x 16384
+  EXPECT_EQ(gpu::plan_tile_tokens(4096, 1, 56, 4096, 4096, 1, 132), 128);
   // A grouped call has a tile row per busy expert: 64 experts x 8 row tiles fill the SMs.
-  EXPECT_EQ(gpu::plan_tile_tokens(96, 1, 8, 6144, 64, 132), 128);
+  EXPECT_EQ(gpu::plan_tile_tokens(96, 1, 8, 1408, 6144, 64, 132), 128);
   // Up to 32 tokens per expert, and three matrices, only have 32-token tiles; gate/up keeps 64.
-  EXPECT_EQ(gpu::plan_tile_tokens(32, 1, 56, 32, 1, 132), 32);
-  EXPECT_EQ(gpu::plan_tile_tokens(4096, 3, 56, 4096, 1, 132), 32);
-  EXPECT_EQ(gpu::plan_tile_tokens(64, 2, 6, 64, 1, 132), 64);
+  EXPECT_EQ(gpu::plan_tile_tokens(32, 1, 56, 4096, 32, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(4096, 3, 56, 4096, 4096, 1, 132), 32);
+  EXPECT_EQ(gpu::plan_tile_tokens(64, 2, 6, 2048, 64, 1, 132), 64);
 }
 
 TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
