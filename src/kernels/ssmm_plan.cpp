@@ -89,6 +89,8 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
            ") must equal num_x_rows (" + std::to_string(a.num_x_rows) + ")";
   if (a.num_tokens > 0) {
     if (!a.x || !a.y) return "x and y must be device pointers";
+    // The sm90 producer reads X's row 0 for slots without a valid token (their outputs are not stored).
+    if (a.num_x_rows == 0) return "token_idx lists " + std::to_string(a.num_tokens) + " tokens but X has no rows (num_x_rows = 0)";
     if (reinterpret_cast<std::uintptr_t>(a.x) % 16 != 0) return "x must be 16-byte aligned";
     if (reinterpret_cast<std::uintptr_t>(a.y) % 4 != 0) return "y must be 4-byte aligned";
     if (a.epilogue == SsmmEpilogue::down_weighted && !a.slot_weight) return "down_weighted needs slot_weight [L]";

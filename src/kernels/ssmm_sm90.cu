@@ -355,18 +355,19 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
                     (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
     }
     // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
-    // so destination j is b_dst + 1 KB j. Rows without a token read nothing (zero-filled).
+    // so destination j is b_dst + 1 KB j. A slot without a token (past L, or a bad index) copies X's
+    // row 0 instead of zeros: an output column depends on its own B row only, and those columns are
+    // never stored (past L) or stored as NaN (bad index), so the copies need no per-row size and the
+    // loop no per-copy predicate (two instructions per copy saved; docs/kernels/ssmm.md v8).
     constexpr int kBRows = kBN / 8;
     const int b_chunk = tid % 16;
     const int b_dst = (b_chunk / 8) * (kBN * 128) + (tid / 16) * 128 + (((b_chunk % 8) ^ ((tid / 16) & 7)) * 16);
     const std::uint32_t x_row_bytes = static_cast<std::uint32_t>(p.K) * 2;  // K < 2^31 (can_implement)
     std::uint32_t b_tok[kBRows];
-    std::uint32_t b_has_token = 0;  // bit j: row j has a token
 #pragma unroll
     for (int j = 0; j < kBRows; ++j) {
       const std::int32_t tok = s_tok[tid / 16 + 8 * j];
       b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
-      b_has_token |= (tok >= 0 ? 1u : 0u) << j;
     }
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
 
@@ -375,16 +376,22 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
+      // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
       const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
+      const int a_size = a_col_in ? 16 : 0;
       const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
-        Bytes a_k = a_src[m] + static_cast<std::uint64_t>(kt) * 128;
+        Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
+        // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
+        // rows feed only the outputs of rows that do not exist, which are never stored. The branch
+        // is uniform over the CTA, so the copies need no per-row predicate.
 #pragma unroll
-        for (int j = 0; j < kBM / 16; ++j) {
-          const bool valid = a_col_in && j < a_rows_in;
-          ptx::cp_async_16(a_tile + j * 2048, valid ? a_k + j * 16 * a_row_bytes : a_src[m], valid ? 16 : 0);
+        for (int j = 0; j < kBM / 32; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
+        if (a_rows_in == kBM / 16) {
+#pragma unroll
+          for (int j = kBM / 32; j < kBM / 16; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
         }
         ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
                          meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
@@ -392,13 +399,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       if (segment.starts()) copy_select_words(stage, tid, segment.index);
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
       const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
-      const std::uint32_t b_valid = col_bytes < x_row_bytes ? b_has_token : 0u;  // K % 8 == 0: chunks are all in or out
-      const Bytes x_k = col_bytes < x_row_bytes ? x_bytes + col_bytes : x_bytes;
+      // Past K the chunk is zero-filled (A's padding values are zero too, but smem may hold NaN bit
+      // patterns from earlier use, and 0 x NaN would reach real outputs). K % 8 == 0: a chunk is all
+      // in or all out.
+      const bool b_col_in = col_bytes < x_row_bytes;
+      const int b_size = b_col_in ? 16 : 0;
+      const Bytes x_k = b_col_in ? x_bytes + col_bytes : x_bytes;
 #pragma unroll
-      for (int j = 0; j < kBRows; ++j) {
-        ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes,
-                         static_cast<int>(((b_valid >> j) & 1u) * 16));
-      }
+      for (int j = 0; j < kBRows; ++j) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
       mbarrier_arrive_on_copies(&full_bar[stage]);
     }
     ptx::cp_async_wait<0>();

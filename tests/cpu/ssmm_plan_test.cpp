@@ -65,6 +65,11 @@ TEST(SsmmPlan, RejectsWithReasons) {
   a.num_tokens = 3;
   expect_reason(a, "must equal num_x_rows");
   a = valid_args();
+  static const std::int32_t token_list[10] = {};
+  a.token_idx = token_list;
+  a.num_x_rows = 0;
+  expect_reason(a, "X has no rows");
+  a = valid_args();
   a.epilogue = gpu::SsmmEpilogue::down_weighted;
   expect_reason(a, "slot_weight");
   a = valid_args();
