@@ -47,6 +47,9 @@ struct Params {
   // Launch order of the sm90 kernel's output tiles (tile_order.h): token tiles per band, 1 = row
   // tiles fastest (the sm80 kernel always walks row tiles fastest).
   int tile_band;
+  // sm90 cp.async variant: A values and metadata come by bulk tensor copies (the launch's maps) while
+  // the producer warpgroup gathers B (SAMOYEDS_SSMM_A_TMA; docs/kernels/ssmm.md v8).
+  int a_by_tma;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 
@@ -149,8 +152,10 @@ __device__ __forceinline__ MatrixArrays<kNumMats> matrix_arrays(const Params& p,
 
 Params make_params(const gpu::SsmmArgs& args);
 
-// Token slot values: a row of X, kNoToken past L (zeros, nothing stored), kBadToken for an index
-// outside X (zeros, stored as NaN so a bad list never yields a plausible result).
+// Token slot values: a row of X, kNoToken past L (nothing stored), kBadToken for an index outside X
+// (stored as NaN so a bad list never yields a plausible result). What such a slot's B row holds is
+// the loader's choice (zeros, or X's row 0 in the sm90 cp.async producer): its outputs depend on it
+// alone and are never seen.
 constexpr std::int32_t kNoToken = -1;
 constexpr std::int32_t kBadToken = -2;
 

@@ -4,7 +4,8 @@
 // Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
 // tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
 // stages with cp.async (A values, metadata words, row-select words, and the B tile gathered from
-// X[token_idx[j], k0:k0+128], zero-filled past L or K) and signal each stage's `full` mbarrier with
+// X[token_idx[j], k0:k0+128], zero-filled past K; a slot without a valid token copies X's row 0, its
+// outputs never being stored or stored as NaN) and signal each stage's `full` mbarrier with
 // cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own copies. Warpgroups 1 and 2
 // are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
 // issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
@@ -254,8 +255,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      // TMA: the producer warp's 32 select-word arrivals + the expect_tx arrival; else every producer thread.
-      mbarrier_init(&full_bar[s], kTma ? 33u : Config::kProducerThreads);
+      // TMA: the producer warp's 32 select-word arrivals + the expect_tx arrival; else every producer
+      // thread, + the expect_tx arrival when A comes by tensor copies.
+      mbarrier_init(&full_bar[s], kTma ? 33u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
     if constexpr (kTma) fence_mbarrier_init();
@@ -370,31 +372,47 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
     }
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
+    const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
 
     SegmentCursor segment(kt_per_segment, kt_begin);
     for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
-      // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
-      const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
-      const int a_size = a_col_in ? 16 : 0;
-      const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
+      if (a_by_tma) {
+        // Thread 0 arrives with the stage's A bytes expected, then issues their bulk copies (whole
+        // boxes: rows past the padded count and columns past K_padded are zero-filled by the copy).
+        if (tid == 0 && kNumMats <= 2) {
+          mbarrier_arrive_expect_tx(&full_bar[stage], kNumMats * (kATileBytes + Config::kMetaTileBytes));
 #pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
-        Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
-        // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
-        // rows feed only the outputs of rows that do not exist, which are never stored. The branch
-        // is uniform over the CTA, so the copies need no per-row predicate.
-#pragma unroll
-        for (int j = 0; j < kBM / 32; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
-        if (a_rows_in == kBM / 16) {
-#pragma unroll
-          for (int j = kBM / 32; j < kBM / 16; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
+          for (int m = 0; m < kNumMats; ++m) {
+            const int map = m < 2 ? m : 1;  // the maps hold two matrices; three never take this path
+            tma_load_3d(base + m * kATileBytes, &maps.values[map], &full_bar[stage], kt * 64, static_cast<int>(row0), tile.expert);
+            tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[map], &full_bar[stage],
+                        kt * 64, static_cast<int>(row0 / 16), tile.expert);
+          }
         }
-        ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
-                         meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
+      } else {
+        // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
+        const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
+        const int a_size = a_col_in ? 16 : 0;
+        const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
+          Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
+          // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
+          // rows feed only the outputs of rows that do not exist, which are never stored. The branch
+          // is uniform over the CTA, so the copies need no per-row predicate.
+#pragma unroll
+          for (int j = 0; j < kBM / 32; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
+          if (a_rows_in == kBM / 16) {
+#pragma unroll
+            for (int j = kBM / 32; j < kBM / 16; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
+          }
+          ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
+                           meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
+        }
       }
       if (segment.starts()) copy_select_words(stage, tid, segment.index);
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
@@ -476,9 +494,10 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
-    // Everything that reads only the stage comes before the drain: after it, the running-total
-    // update and the next wgmmas are the chain that keeps the tensor cores waiting (v8 profile: the
-    // select word's shared load stalled 6.5 % of all samples right after the drain).
+    // What reads only the stage and no register an issued wgmma uses comes before the drain: after
+    // it, the running-total update and the next wgmmas are the chain that keeps the tensor cores
+    // waiting (v8 profile: the select word's shared load stalled 6.5 % of all samples right after
+    // the drain).
     const bool new_segment = segment.starts();
     float c[kNumMats][2];
     if (new_segment) {
@@ -490,6 +509,16 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         sel[m] = next;
       }
     }
+    // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
+    const std::uint64_t desc_stage = sw128_descriptor(base);
+    // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
+    // running totals may be read. (At most one k-tile per consumer is in flight; the other
+    // consumer's wgmmas cover the gap.)
+    wgmma_wait<0>();
+    if (i > 0) release_stage((i - 1) % kStages);
+    // The metadata registers are rewritten only now: whether an issued wgmma.sp may still read its
+    // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
+    // latency hides behind the update's FFMAs anyway.
     std::uint32_t meta[kNumMats][4];
     // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
     const int ksteps_here = warp_rows_exist ? static_cast<int>(min(ksteps_per_row - static_cast<std::int64_t>(kt) * 4, std::int64_t{4})) : 0;
@@ -500,13 +529,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
     }
-    // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
-    const std::uint64_t desc_stage = sw128_descriptor(base);
-    // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
-    // running totals may be read. (At most one k-tile per consumer is in flight; the other
-    // consumer's wgmmas cover the gap.)
-    wgmma_wait<0>();
-    if (i > 0) release_stage((i - 1) % kStages);
     if (new_segment) update_selection(c);
 
     if (group == 1 || i > 0) named_barrier_sync(1 + group, Config::kConsumerThreads);
@@ -669,12 +691,15 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest),
 // SAMOYEDS_SSMM_NARROW = on (32-token tiles wherever the kernel has them), off (wide tiles except where
 // only 32 exist) or auto (planned), and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
-// larger allows more splits at medium L). Read once per process.
+// larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
+// and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
+// measured: docs/kernels/ssmm.md v8). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
   int band = 0;
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
+  bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -684,6 +709,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER")) r.max_cluster = std::clamp(std::atoi(v), 1, 8);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -758,6 +784,7 @@ bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(po
 struct Sm90Choice {
   gpu::SplitPlan plan;
   bool tma = false;
+  bool a_tma = false;  // the cp.async variant with A by tensor copies
   int cluster = 1;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
 };
@@ -773,11 +800,13 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   const bool pays_off = !a.token_idx || num_mats_of(a) == 2;
   const bool wanted = t.tma == 1 || (t.tma == -1 && pays_off && tokens_per_expert(a) >= kTmaMinTokensPerExpert);
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  bool arrays_ok = aligned16(a.x);
-  for (const gpu::PackedMatrixView* m : {&a.weight, &a.up}) arrays_ok = arrays_ok && aligned16(m->values) && aligned16(m->metadata);
+  bool weights_ok = true;
+  for (const gpu::PackedMatrixView* m : {&a.weight, &a.up}) weights_ok = weights_ok && aligned16(m->values) && aligned16(m->metadata);
   // Tensor-map strides are whole 16-byte units: X rows (K % 8 == 0 already), values rows and stacks.
-  arrays_ok = arrays_ok && (g.num_values() * 2) % 16 == 0 && (g.cols_padded % 16) == 0;
+  weights_ok = weights_ok && (g.num_values() * 2) % 16 == 0 && (g.cols_padded % 16) == 0;
+  const bool arrays_ok = weights_ok && aligned16(a.x);
   c.tma = wanted && t.tma != 0 && c.plan.splits == 1 && num_mats_of(a) <= 2 && tile_tokens(a) != 32 && arrays_ok;
+  c.a_tma = !c.tma && t.a_tma && num_mats_of(a) <= 2 && weights_ok;
   if (!c.tma) return c;
   c.cluster = gpu::plan_cluster_size((g.compressed_rows_padded + 127) / 128, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
@@ -816,6 +845,26 @@ CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const void* b
   return map;
 }
 
+// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices, [experts][rows][K] each, in
+// the boxes a stage holds: 128 rows x 64 values (128-byte swizzle), 8 row tiles x 4 k-steps of words.
+template <int kNumMats>
+TmaMaps weight_maps(const Params& p) {
+  static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
+  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
+  TmaMaps maps;
+  std::memset(&maps, 0, sizeof(maps));
+  for (int m = 0; m < kNumMats; ++m) {
+    maps.values[m] = tensor_map<3>("values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
+                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
+                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {64, 128, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
+    maps.metadata[m] = tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
+                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
+                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, 8, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
+  }
+  return maps;
+}
+
 // Both variants: the kernel's shared-memory size, and the token tiles its grid covers (checked
 // against the grid's y limit).
 template <typename Config, typename Kernel>
@@ -837,7 +886,12 @@ void launch(const Params& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
   Params q = p;
   q.tile_band = tile_band_of<Config>(row_tiles, token_tiles, kNumMats);
-  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, TmaMaps{});
+  TmaMaps maps{};
+  if constexpr (kNumMats <= 2) {
+    if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
+  }
+  q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
+  kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
@@ -878,17 +932,7 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
     b_rows = p.L;
   }
   const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
-  TmaMaps maps;
-  std::memset(&maps, 0, sizeof(maps));
-  for (int m = 0; m < kNumMats; ++m) {
-    maps.values[m] = tensor_map<3>("values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
-                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
-                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {64, 128, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
-    maps.metadata[m] = tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
-                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
-                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, 8, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
-  }
+  TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
                          {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
@@ -974,6 +1018,7 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     p.k_tiles_per_split = c.plan.k_tiles_per_split;
     p.workspace = static_cast<float*>(args.workspace);
   }
+  p.a_by_tma = c.a_tma ? 1 : 0;
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);
   } else {
