@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <random>
@@ -359,6 +361,59 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
       EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(256 + r)]));
       EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(384 + r)]));
     }
+  }
+}
+
+// Slots without a valid token (past L, or a bad index) may load any row of X (the sm90 cp.async
+// producer copies row 0): whatever that row holds must stay in those slots. Row 0 is NaN here and no
+// valid slot names it; the valid slots must equal, bit for bit, the same call with row 0 finite.
+// 1408 rows leave the last row tile half full (the producer skips the missing A rows).
+TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Problem prob{1408, 256, "1:2:128"};
+  const gpu::DevicePackedMatrix dw(cached_weight(prob, DType::bf16, false, 21));
+  Matrix x = random_normal_matrix(DType::bf16, 8, 256, 22);
+  const std::vector<std::int32_t> idx = {3, 5, 9, 1, 7};  // 9 is outside X's 8 rows; the tile's other slots are empty
+  DeviceBuffer didx(idx);
+  Matrix x_nan = x;
+  for (std::int64_t c = 0; c < 256; ++c) x_nan.set(0, c, std::numeric_limits<float>::quiet_NaN());
+  DeviceBuffer dx(x.data(), x.bytes()), dx_nan(x_nan.data(), x_nan.bytes());
+  const std::size_t y_count = idx.size() * 1408;
+  DeviceBuffer dy(y_count * sizeof(float));
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = 8;
+  args.token_idx = didx.as<std::int32_t>();
+  args.num_tokens = static_cast<std::int64_t>(idx.size());
+  args.y = dy.get();
+  args.y_dtype = DType::f32;
+  auto run = [&](const void* x_device, gpu::SsmmPath path) {
+    args.x = x_device;
+    // With the workspace the sm90 path splits K here (a few CTAs): the reduce sees the slots too.
+    args.workspace = nullptr;
+    args.workspace_bytes = gpu::ssmm_workspace_bytes(args, path);
+    DeviceBuffer workspace(std::max<std::size_t>(args.workspace_bytes, 16));
+    args.workspace = workspace.get();
+    dy.poison();
+    gpu::ssmm(args, nullptr, path);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return dy.to_host<float>();
+  };
+  for (gpu::SsmmPath path : paths_for(args)) {
+    SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+    const std::vector<float> finite = run(dx.get(), path);
+    const std::vector<float> with_nan = run(dx_nan.get(), path);
+    for (std::size_t slot = 0; slot < idx.size(); ++slot)
+      for (std::size_t r = 0; r < 1408; ++r) {
+        const std::size_t at = slot * 1408 + r;
+        if (idx[slot] >= 8) {
+          EXPECT_TRUE(std::isnan(with_nan[at])) << "bad index, slot " << slot << " row " << r;
+          continue;
+        }
+        ASSERT_TRUE(std::isfinite(with_nan[at])) << "slot " << slot << " row " << r << " (seeds 21, 22)";
+        ASSERT_EQ(std::memcmp(&finite[at], &with_nan[at], sizeof(float)), 0) << "slot " << slot << " row " << r;
+      }
   }
 }
 
