@@ -388,33 +388,34 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
   args.num_tokens = static_cast<std::int64_t>(idx.size());
   args.y = dy.get();
   args.y_dtype = DType::f32;
-  auto run = [&](const void* x_device, gpu::SsmmPath path) {
+  auto run = [&](const void* x_device, gpu::SsmmPath path, bool split) {
     args.x = x_device;
     // With the workspace the sm90 path splits K here (a few CTAs): the reduce sees the slots too.
     args.workspace = nullptr;
-    args.workspace_bytes = gpu::ssmm_workspace_bytes(args, path);
+    args.workspace_bytes = split ? gpu::ssmm_workspace_bytes(args, path) : 0;
     DeviceBuffer workspace(std::max<std::size_t>(args.workspace_bytes, 16));
-    args.workspace = workspace.get();
+    args.workspace = split ? workspace.get() : nullptr;
     dy.poison();
     gpu::ssmm(args, nullptr, path);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     return dy.to_host<float>();
   };
-  for (gpu::SsmmPath path : paths_for(args)) {
-    SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
-    const std::vector<float> finite = run(dx.get(), path);
-    const std::vector<float> with_nan = run(dx_nan.get(), path);
-    for (std::size_t slot = 0; slot < idx.size(); ++slot)
-      for (std::size_t r = 0; r < 1408; ++r) {
-        const std::size_t at = slot * 1408 + r;
-        if (idx[slot] >= 8) {
-          EXPECT_TRUE(std::isnan(with_nan[at])) << "bad index, slot " << slot << " row " << r;
-          continue;
+  for (gpu::SsmmPath path : paths_for(args))
+    for (const bool split : {false, true}) {
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (split ? ", with workspace" : ", no workspace"));
+      const std::vector<float> finite = run(dx.get(), path, split);
+      const std::vector<float> with_nan = run(dx_nan.get(), path, split);
+      for (std::size_t slot = 0; slot < idx.size(); ++slot)
+        for (std::size_t r = 0; r < 1408; ++r) {
+          const std::size_t at = slot * 1408 + r;
+          if (idx[slot] >= 8) {
+            EXPECT_TRUE(std::isnan(with_nan[at])) << "bad index, slot " << slot << " row " << r;
+            continue;
+          }
+          ASSERT_TRUE(std::isfinite(with_nan[at])) << "slot " << slot << " row " << r << " (seeds 21, 22)";
+          ASSERT_EQ(std::memcmp(&finite[at], &with_nan[at], sizeof(float)), 0) << "slot " << slot << " row " << r;
         }
-        ASSERT_TRUE(std::isfinite(with_nan[at])) << "slot " << slot << " row " << r << " (seeds 21, 22)";
-        ASSERT_EQ(std::memcmp(&finite[at], &with_nan[at], sizeof(float)), 0) << "slot " << slot << " row " << r;
-      }
-  }
+    }
 }
 
 TEST(SsmmGpu, RejectsBadArguments) {
