@@ -124,8 +124,10 @@ int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t 
 // tiles' weights and band token tiles' activations, a_tile_bytes and b_tile_bytes per k-tile each;
 // their sum is smallest at band = sqrt(num_sms * a / b). Row tiles fastest streamed every weight from
 // DRAM once per wave whenever a wave held fewer token tiles than that (docs/kernels/ssmm.md v7).
+// Only token tiles of one weight matrix share A: a grouped launch passes its experts' mean token
+// tiles as tiles_per_expert, which caps the band (<= 0: all token tiles share one matrix).
 int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t a_tile_bytes,
-                   std::int64_t b_tile_bytes, int num_sms);
+                   std::int64_t b_tile_bytes, int num_sms, std::int64_t tiles_per_expert = 0);
 
 // Workspace bytes that let `path` run `args` at its best (0 when it needs none).
 std::size_t ssmm_workspace_bytes(const SsmmArgs& args, SsmmPath path = SsmmPath::automatic);

@@ -142,11 +142,13 @@ int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t 
 }
 
 int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t a_tile_bytes,
-                   std::int64_t b_tile_bytes, int num_sms) {
+                   std::int64_t b_tile_bytes, int num_sms, std::int64_t tiles_per_expert) {
   if (row_tiles <= 0 || token_tiles <= 1 || a_tile_bytes <= 0 || b_tile_bytes <= 0 || num_sms <= 0) return 1;
   if (row_tiles * token_tiles <= num_sms) return 1;  // one wave: every tile's bytes are read once anyway
   const double best = std::sqrt(static_cast<double>(num_sms) * static_cast<double>(a_tile_bytes) / static_cast<double>(b_tile_bytes));
-  const std::int64_t band = std::clamp<std::int64_t>(std::llround(best), 1, token_tiles);
+  const std::int64_t shared = tiles_per_expert > 0 ? std::min(tiles_per_expert, token_tiles) : token_tiles;
+  const std::int64_t band = std::clamp<std::int64_t>(std::llround(best), 1, shared);
+  if (band <= 1) return 1;
   // Row tiles fastest already puts num_sms / row_tiles token tiles in each wave.
   if (num_sms / row_tiles >= band) return 1;
   return static_cast<int>(band);

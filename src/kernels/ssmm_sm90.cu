@@ -693,13 +693,15 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // only 32 exist) or auto (planned), and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
 // larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
-// measured: docs/kernels/ssmm.md v8). Read once per process.
+// measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
+// stream-ordered launch). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
   int band = 0;
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
+  bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -710,6 +712,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_BAND")) r.band = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -765,12 +768,20 @@ __global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K
   }
 }
 
-// The launch order's band for a grid of row_tiles x token_tiles CTAs of configuration Config.
+// The launch order's band for a grid of row_tiles x token_tiles CTAs of configuration Config. In a
+// grouped launch only the token tiles of one expert share weights: a band wider than an expert's
+// (mean) tile count would mix experts and reuse no weight at all.
 template <typename Config>
-int tile_band_of(std::int64_t row_tiles, std::int64_t token_tiles, int num_mats) {
-  const std::int64_t band = tuning().band > 0 ? tuning().band
-                                              : gpu::plan_tile_band(row_tiles, token_tiles, num_mats * (Config::kATileBytes + Config::kMetaTileBytes),
-                                                                    Config::kBTileBytes, num_sms());
+int tile_band_of(const Params& p, std::int64_t row_tiles, std::int64_t token_tiles, int num_mats) {
+  std::int64_t tiles_per_expert = token_tiles;
+  if (p.expert_offsets) {
+    const std::int64_t busy = std::max<std::int64_t>(1, std::min<std::int64_t>(p.num_experts, p.L));
+    tiles_per_expert = ((p.L + busy - 1) / busy + Config::kBN - 1) / Config::kBN;
+  }
+  const std::int64_t band =
+      tuning().band > 0 ? tuning().band
+                        : gpu::plan_tile_band(row_tiles, token_tiles, num_mats * (Config::kATileBytes + Config::kMetaTileBytes),
+                                              Config::kBTileBytes, num_sms(), tiles_per_expert);
   return static_cast<int>(std::clamp<std::int64_t>(band, 1, std::max<std::int64_t>(token_tiles, 1)));
 }
 
@@ -885,7 +896,7 @@ void launch(const Params& p, cudaStream_t stream) {
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
   const dim3 grid(static_cast<unsigned>(row_tiles), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits));
   Params q = p;
-  q.tile_band = tile_band_of<Config>(row_tiles, token_tiles, kNumMats);
+  q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
   TmaMaps maps{};
   if constexpr (kNumMats <= 2) {
     if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
@@ -907,7 +918,7 @@ void launch(const Params& p, cudaStream_t stream) {
     attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attribute.val.programmaticStreamSerializationAllowed = 1;
     config.attrs = &attribute;
-    config.numAttrs = 1;
+    config.numAttrs = tuning().pdl ? 1 : 0;  // without it griddepcontrol.wait returns at once
     SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, p));
     SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
   }
@@ -949,7 +960,7 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
   config.attrs = &attribute;
   config.numAttrs = 1;
   Params q = p;
-  q.tile_band = tile_band_of<Config>(row_tiles, token_tiles, kNumMats);
+  q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
   SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps));
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (tma)");
 }

@@ -175,6 +175,13 @@ TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
   EXPECT_EQ(gpu::plan_tile_band(56, 2, a1, b128, 132), 1);     // one wave
   EXPECT_EQ(gpu::plan_tile_band(56, 4, a1, b128, 132), 4);     // the band never exceeds the token tiles
   EXPECT_EQ(gpu::plan_tile_band(56, 64, 2 * a1, 64 * 256, 132), 17);  // gate/up: two matrices, 64 tokens
+  // Grouped: a band never mixes experts' token tiles. Mixtral gate/up at T = 4096: 16 tiles of 64 per
+  // expert, so 16 instead of 17; at T = 1024, 4 per expert.
+  EXPECT_EQ(gpu::plan_tile_band(56, 136, 2 * a1, 64 * 256, 132, 16), 16);
+  EXPECT_EQ(gpu::plan_tile_band(56, 40, 2 * a1, 64 * 256, 132, 4), 4);
+  EXPECT_EQ(gpu::plan_tile_band(56, 400, a1, b128, 132, 1), 1);  // one tile per expert: rows fastest
+  // Small experts (DeepSeek-MoE, 6-8 row tiles): rows fastest already holds 16-22 token tiles per wave.
+  EXPECT_EQ(gpu::plan_tile_band(8, 192, a1, b128, 132, 3), 1);
   EXPECT_EQ(gpu::plan_tile_band(0, 64, a1, b128, 132), 1);
   EXPECT_EQ(gpu::plan_tile_band(56, 64, 0, b128, 132), 1);
 }
