@@ -69,6 +69,20 @@ __device__ __forceinline__ std::uint64_t advance_descriptor(std::uint64_t descri
   return (descriptor & 0xFFFFFFFF00000000ull) | low;
 }
 
+// A position in the ring of kStages stages and the parity of its pass, as counters: i % kStages and
+// i / kStages took a dozen instructions per k-tile (signed division, by 3 or 7 for some stage counts).
+template <int kStages>
+struct RingPosition {
+  int stage = 0;
+  unsigned phase = 0;
+  __device__ __forceinline__ void next() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 template <int kPending>
@@ -462,11 +476,11 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   };
   // At a segment's first k-tile, whose stage holds the select words: the selection of this thread's
   // rows in the new segment (bit h: row g + 8h). Reads only the stage, so it runs before the drain.
+  const int select_word = static_cast<int>((warp_row0 - row0) / 32), select_shift = static_cast<int>(warp_row0 % 32) + g;
   auto next_selection = [&](int stage, int m) -> std::uint32_t {
     const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
-    const std::uint32_t word = warp_rows_exist ? words[m * 4 + static_cast<int>((warp_row0 - row0) / 32)] : 0u;
-    const int shift = static_cast<int>(warp_row0 % 32) + g;
-    return ((word >> shift) & 1u) | (((word >> (shift + 8)) & 1u) << 1);
+    const std::uint32_t word = warp_rows_exist ? words[m * 4 + select_word] : 0u;
+    return ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
   };
   // Called with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row whose selection
   // goes from p to n (c = 0 for the others leaves S as it is, and at the first k-tile T is still zero).
@@ -487,10 +501,16 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
   // consumer 1 issues k-tile i after consumer 0 issued it (barrier 2). Arrivals and waits pair up.
   const int num_kt = kt_end - kt_begin;
+  // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2; a warp without
+  // rows reads no metadata (its wgmmas see the padding pattern).
+  const int ksteps_full = warp_rows_exist ? 4 : 0;
+  const int ksteps_last = warp_rows_exist ? static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt_total - 1) * 4) : 0;
   SegmentCursor segment(kt_per_segment, kt_begin);
-  for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
-    const int i = kt - kt_begin, stage = i % kStages;
-    mbarrier_wait(&full_bar[stage], (i / kStages) & 1);
+  RingPosition<kStages> ring;
+  int prev_stage = 0;  // the stage of this warpgroup's k-tile in flight
+  for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
+    const int i = kt - kt_begin, stage = ring.stage;
+    mbarrier_wait(&full_bar[stage], ring.phase);
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
@@ -515,19 +535,24 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // running totals may be read. (At most one k-tile per consumer is in flight; the other
     // consumer's wgmmas cover the gap.)
     wgmma_wait<0>();
-    if (i > 0) release_stage((i - 1) % kStages);
+    if (i > 0) release_stage(prev_stage);
+    prev_stage = stage;
     // The metadata registers are rewritten only now: whether an issued wgmma.sp may still read its
     // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
     // latency hides behind the update's FFMAs anyway.
     std::uint32_t meta[kNumMats][4];
-    // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
-    const int ksteps_here = warp_rows_exist ? static_cast<int>(min(ksteps_per_row - static_cast<std::int64_t>(kt) * 4, std::int64_t{4})) : 0;
+    const int ksteps_here = kt + 1 < num_kt_total ? ksteps_full : ksteps_last;
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
       const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
                           (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
+      if (__builtin_expect(ksteps_here == 4, 1)) {  // every k-tile of a warp with rows but a short last one
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
+        for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
+      } else {
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
+      }
     }
     if (new_segment) update_selection(c);
 
@@ -547,7 +572,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     if (group == 0 || i + 1 < num_kt) named_barrier_arrive(2 - group, Config::kConsumerThreads);
   }
   wgmma_wait<0>();
-  if constexpr (kTma) release_stage((num_kt - 1) % kStages);  // the producers drain every stage before exiting
+  if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   // Sets 0 and 1 become logical rows 2 crow and 2 crow + 1 (without row selection S stays zero and
   // set 0 is the row).
 #pragma unroll
