@@ -389,9 +389,10 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
 
     SegmentCursor segment(kt_per_segment, kt_begin);
-    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
-      const int i = kt - kt_begin, stage = i % kStages;
-      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // its last reader is done
+    RingPosition<kStages> ring;
+    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
+      const int i = kt - kt_begin, stage = ring.stage;
+      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
       if (a_by_tma) {
         // Thread 0 arrives with the stage's A bytes expected, then issues their bulk copies (whole
