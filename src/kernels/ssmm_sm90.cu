@@ -274,7 +274,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       mbarrier_init(&full_bar[s], kTma ? 33u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
-    if constexpr (kTma) fence_mbarrier_init();
+    // Bulk tensor copies complete on these barriers through the async proxy: make the inits visible to it.
+    if (kTma || (kNumMats <= 2 && p.a_by_tma)) fence_mbarrier_init();
   }
   if constexpr (kTma) {
     cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
@@ -843,7 +844,9 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   weights_ok = weights_ok && (g.num_values() * 2) % 16 == 0 && (g.cols_padded % 16) == 0;
   const bool arrays_ok = weights_ok && aligned16(a.x);
   c.tma = wanted && t.tma != 0 && c.plan.splits == 1 && num_mats_of(a) <= 2 && tile_tokens(a) != 32 && arrays_ok;
-  c.a_tma = !c.tma && t.a_tma && num_mats_of(a) <= 2 && weights_ok;
+  // Used whenever the cp.async variant runs (also when the TMA variant is chosen but its gather
+  // workspace is missing).
+  c.a_tma = t.a_tma && num_mats_of(a) <= 2 && weights_ok;
   if (!c.tma) return c;
   c.cluster = gpu::plan_cluster_size((g.compressed_rows_padded + 127) / 128, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
@@ -878,7 +881,7 @@ CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const void* b
                                     CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   SAMOYEDS_CHECK(r == CUDA_SUCCESS, "ssmm: cuTensorMapEncodeTiled failed (CUresult ", static_cast<int>(r), ") for the ", what,
-                 " map; set SAMOYEDS_SSMM_TMA=off to use the cp.async variant");
+                 " map; set SAMOYEDS_SSMM_TMA=off (and SAMOYEDS_SSMM_A_TMA=off) to use plain cp.async copies");
   return map;
 }
 

@@ -175,8 +175,9 @@ TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
   EXPECT_EQ(gpu::plan_tile_band(56, 2, a1, b128, 132), 1);     // one wave
   EXPECT_EQ(gpu::plan_tile_band(56, 4, a1, b128, 132), 4);     // the band never exceeds the token tiles
   EXPECT_EQ(gpu::plan_tile_band(56, 64, 2 * a1, 64 * 256, 132), 17);  // gate/up: two matrices, 64 tokens
-  // Grouped: a band never mixes experts' token tiles. Mixtral gate/up at T = 4096: 16 tiles of 64 per
-  // expert, so 16 instead of 17; at T = 1024, 4 per expert.
+  // Grouped: the band is capped at the experts' mean token tiles (bands need not align with the
+  // experts' boundaries). Mixtral gate/up at T = 4096: 16 tiles of 64 per expert, so 16 instead of
+  // 17; at T = 1024, 4 per expert.
   EXPECT_EQ(gpu::plan_tile_band(56, 136, 2 * a1, 64 * 256, 132, 16), 16);
   EXPECT_EQ(gpu::plan_tile_band(56, 40, 2 * a1, 64 * 256, 132, 4), 4);
   EXPECT_EQ(gpu::plan_tile_band(56, 400, a1, b128, 132, 1), 1);  // one tile per expert: rows fastest

@@ -52,6 +52,9 @@ class DeviceBuffer {
   template <class T> T* as() const { return static_cast<T*>(ptr_); }
   std::size_t bytes() const { return bytes_; }
   void poison() const { if (ptr_) cudaMemset(ptr_, 0xFF, bytes_); }  // NaN in bf16, fp16 and fp32
+  // A finite fill (0x3F3F...: 0.747 in fp32, 0.184 in bf16): where an output must come out NaN, a
+  // NaN poison would let an unwritten output pass.
+  void poison_finite() const { if (ptr_) cudaMemset(ptr_, 0x3F, bytes_); }
   template <class T> std::vector<T> to_host() const {
     std::vector<T> out(bytes_ / sizeof(T));
     if (bytes_) cudaMemcpy(out.data(), ptr_, bytes_, cudaMemcpyDeviceToHost);

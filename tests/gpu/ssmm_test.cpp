@@ -351,14 +351,19 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   args.y_dtype = DType::f32;
   for (gpu::SsmmPath path : paths_for(args)) {
     SCOPED_TRACE(std::string("path ") + gpu::path_name(path));
+    // NaN poison: the valid rows must be written (finite); finite poison: the bad rows must be NaN.
     dy.poison();
     gpu::ssmm(args, nullptr, path);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     const auto y = dy.to_host<float>();
+    dy.poison_finite();
+    gpu::ssmm(args, nullptr, path);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const auto y_bad = dy.to_host<float>();
     for (int r = 0; r < 128; ++r) {
       EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(r)]));
-      EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(128 + r)]));
-      EXPECT_TRUE(std::isnan(y[static_cast<std::size_t>(256 + r)]));
+      EXPECT_TRUE(std::isnan(y_bad[static_cast<std::size_t>(128 + r)]));
+      EXPECT_TRUE(std::isnan(y_bad[static_cast<std::size_t>(256 + r)]));
       EXPECT_TRUE(std::isfinite(y[static_cast<std::size_t>(384 + r)]));
     }
   }
@@ -367,16 +372,18 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
 // Slots without a valid token (past L, or a bad index) may load any row of X (the sm90 cp.async
 // producer copies row 0): whatever that row holds must stay in those slots. Row 0 is NaN here and no
 // valid slot names it; the valid slots must equal, bit for bit, the same call with row 0 finite.
-// 1408 rows leave the last row tile half full (the producer skips the missing A rows).
+// 1408 rows leave the last row tile half full (the producer skips the missing A rows); K = 1024 has
+// enough k-tiles for the sm90 path to split K (6 CTAs), so the reduce sees the slots too.
 TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
-  const Problem prob{1408, 256, "1:2:128"};
+  constexpr std::int64_t K = 1024;
+  const Problem prob{1408, K, "1:2:128"};
   const gpu::DevicePackedMatrix dw(cached_weight(prob, DType::bf16, false, 21));
-  Matrix x = random_normal_matrix(DType::bf16, 8, 256, 22);
+  Matrix x = random_normal_matrix(DType::bf16, 8, K, 22);
   const std::vector<std::int32_t> idx = {3, 5, 9, 1, 7};  // 9 is outside X's 8 rows; the tile's other slots are empty
   DeviceBuffer didx(idx);
   Matrix x_nan = x;
-  for (std::int64_t c = 0; c < 256; ++c) x_nan.set(0, c, std::numeric_limits<float>::quiet_NaN());
+  for (std::int64_t c = 0; c < K; ++c) x_nan.set(0, c, std::numeric_limits<float>::quiet_NaN());
   DeviceBuffer dx(x.data(), x.bytes()), dx_nan(x_nan.data(), x_nan.bytes());
   const std::size_t y_count = idx.size() * 1408;
   DeviceBuffer dy(y_count * sizeof(float));
@@ -388,14 +395,20 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
   args.num_tokens = static_cast<std::int64_t>(idx.size());
   args.y = dy.get();
   args.y_dtype = DType::f32;
-  auto run = [&](const void* x_device, gpu::SsmmPath path, bool split) {
+  // The finite run starts from NaN poison (its valid slots must be written), the NaN run from a
+  // finite fill (its bad-index slot must come out NaN).
+  auto run = [&](const void* x_device, gpu::SsmmPath path, bool split, bool finite_poison) {
     args.x = x_device;
-    // With the workspace the sm90 path splits K here (a few CTAs): the reduce sees the slots too.
     args.workspace = nullptr;
     args.workspace_bytes = split ? gpu::ssmm_workspace_bytes(args, path) : 0;
+    if (split && path == gpu::SsmmPath::sm90) EXPECT_GT(args.workspace_bytes, 0u) << "the sm90 path no longer splits this call";
     DeviceBuffer workspace(std::max<std::size_t>(args.workspace_bytes, 16));
     args.workspace = split ? workspace.get() : nullptr;
-    dy.poison();
+    if (finite_poison) {
+      dy.poison_finite();
+    } else {
+      dy.poison();
+    }
     gpu::ssmm(args, nullptr, path);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     return dy.to_host<float>();
@@ -403,8 +416,8 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
   for (gpu::SsmmPath path : paths_for(args))
     for (const bool split : {false, true}) {
       SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (split ? ", with workspace" : ", no workspace"));
-      const std::vector<float> finite = run(dx.get(), path, split);
-      const std::vector<float> with_nan = run(dx_nan.get(), path, split);
+      const std::vector<float> finite = run(dx.get(), path, split, false);
+      const std::vector<float> with_nan = run(dx_nan.get(), path, split, true);
       for (std::size_t slot = 0; slot < idx.size(); ++slot)
         for (std::size_t r = 0; r < 1408; ++r) {
           const std::size_t at = slot * 1408 + r;
