@@ -151,15 +151,19 @@ struct GpuResult {
   std::vector<float> pre_weight, weight, shared, slot_weight;
 };
 
-void run_gpu(const DeviceBuffer& logits, std::int64_t T, const kernels::GpuRouting& r, GpuResult& out) {
+// finite_poison: the float outputs start from a finite fill instead of NaN, for checks that an
+// output comes out NaN (over NaN poison they could not fail).
+void run_gpu(const DeviceBuffer& logits, std::int64_t T, const kernels::GpuRouting& r, GpuResult& out,
+             bool finite_poison = false) {
   const std::int64_t n = T * r.top_k;
   DeviceBuffer expert = buffer_of<std::int32_t>(n), weight = buffer_of<float>(n),
                shared = buffer_of<float>(r.shared_gate ? T : 0), offsets = buffer_of<std::int32_t>(r.num_experts + 1),
                slot_token = buffer_of<std::int32_t>(n), slot_weight = buffer_of<float>(n),
                token_slot = buffer_of<std::int32_t>(n);
+  const auto poison_floats = [finite_poison](const DeviceBuffer& b) { finite_poison ? b.poison_finite() : b.poison(); };
   poison_ints(expert);
-  weight.poison();
-  shared.poison();
+  poison_floats(weight);
+  poison_floats(shared);
   kernels::softmax_topk(logits.as<float>(), T, r, expert.as<std::int32_t>(), weight.as<float>(),
                         r.shared_gate ? shared.as<float>() : nullptr, nullptr);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -168,7 +172,7 @@ void run_gpu(const DeviceBuffer& logits, std::int64_t T, const kernels::GpuRouti
   out.shared = shared.to_host<float>();
   poison_ints(offsets);
   poison_ints(slot_token);
-  slot_weight.poison();
+  poison_floats(slot_weight);
   poison_ints(token_slot);
   kernels::build_expert_lists(expert.as<std::int32_t>(), weight.as<float>(), T, r, offsets.as<std::int32_t>(),
                               slot_token.as<std::int32_t>(), slot_weight.as<float>(), token_slot.as<std::int32_t>(),
@@ -394,8 +398,11 @@ TEST(GpuRouting, NonFiniteLogitsGiveNaNWeightsNotPlausibleRouting) {
   logits.router[8 * f.E + 0] = -INFINITY;
   logits.gate[9] = std::nanf("");
   const DeviceBuffer d_logits(logits.device_layout(f.E));
-  GpuResult g;
+  // NaN poison: the good tokens' weights must be written (finite); finite poison: the bad ones NaN.
+  GpuResult g, g_finite_poison;
   run_gpu(d_logits, T, gpu_config(f, T), g);
+  if (::testing::Test::HasFatalFailure()) return;
+  run_gpu(d_logits, T, gpu_config(f, T), g_finite_poison, true);
   if (::testing::Test::HasFatalFailure()) return;
   for (std::int64_t t = 0; t < T; ++t) {
     const bool bad = t == 5 || t == 7 || t == 8 || t == 9;
@@ -403,12 +410,13 @@ TEST(GpuRouting, NonFiniteLogitsGiveNaNWeightsNotPlausibleRouting) {
       const std::size_t at = static_cast<std::size_t>(t * f.top_k + j);
       if (bad) {
         EXPECT_EQ(g.pre_expert[at], j) << "token " << t;
-        EXPECT_TRUE(std::isnan(g.pre_weight[at])) << "token " << t;
+        EXPECT_TRUE(std::isnan(g_finite_poison.pre_weight[at])) << "token " << t;
       } else {
         EXPECT_TRUE(std::isfinite(g.pre_weight[at])) << "token " << t;
       }
     }
-    EXPECT_EQ(std::isnan(g.shared[static_cast<std::size_t>(t)]), bad) << "token " << t;
+    const std::size_t ts = static_cast<std::size_t>(t);
+    EXPECT_EQ(std::isnan(bad ? g_finite_poison.shared[ts] : g.shared[ts]), bad) << "token " << t;
   }
   // The lists still hold every choice (with its NaN weight).
   EXPECT_EQ(g.offsets.back(), T * f.top_k);
