@@ -12,9 +12,10 @@ shift
 source scripts/gpu_common.sh
 build_gpu
 # Tests run in the default environment, then in each distinct one the specs name, or only in those
-# listed in AB_TEST_ENVS (';'-separated, e.g. 'SAMOYEDS_SSMM_TMA=on;SAMOYEDS_SSMM_CLUSTER=2').
+# listed in AB_TEST_ENVS (';'-separated, e.g. 'SAMOYEDS_SSMM_TMA=on;SAMOYEDS_SSMM_CLUSTER=2'; a leading
+# ';' keeps the default environment too).
 envs=("")
-if [ -n "${AB_TEST_ENVS:-}" ]; then IFS=';' read -r -a extra <<<"$AB_TEST_ENVS"; envs+=("${extra[@]}"); fi
+if [ -n "${AB_TEST_ENVS:-}" ]; then IFS=';' read -r -a envs <<<"$AB_TEST_ENVS"; fi
 for spec in "$@"; do
   [ -n "${AB_TEST_ENVS:-}" ] && break
   e=$(echo "${spec%%::*}" | xargs)
