@@ -797,7 +797,7 @@ __global__ void gather_slot_rows(const Params p, std::uint16_t* x_slots /* [L, K
 
 // The launch order's band for a grid of row_tiles x token_tiles CTAs of configuration Config. In a
 // grouped launch only the token tiles of one expert share weights: a band wider than an expert's
-// (mean) tile count would mix experts and reuse no weight at all.
+// (mean) tile count spans experts whose weights differ, so it is capped there.
 template <typename Config>
 int tile_band_of(const Params& p, std::int64_t row_tiles, std::int64_t token_tiles, int num_mats) {
   std::int64_t tiles_per_expert = token_tiles;
