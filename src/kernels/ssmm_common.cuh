@@ -154,8 +154,8 @@ Params make_params(const gpu::SsmmArgs& args);
 
 // Token slot values: a row of X, kNoToken past L (nothing stored), kBadToken for an index outside X
 // (stored as NaN so a bad list never yields a plausible result). What such a slot's B row holds is
-// the loader's choice (zeros, or X's row 0 in the sm90 cp.async producer): its outputs depend on it
-// alone and are never seen.
+// the loader's choice (zeros; in the sm90 cp.async producer stale data past L and X's row 0 for a bad
+// index): its outputs depend on it alone and are never seen.
 constexpr std::int32_t kNoToken = -1;
 constexpr std::int32_t kBadToken = -2;
 

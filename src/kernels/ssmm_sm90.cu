@@ -4,8 +4,8 @@
 // Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
 // tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
 // stages with cp.async (A values, metadata words, row-select words, and the B tile gathered from
-// X[token_idx[j], k0:k0+128], zero-filled past K; a slot without a valid token copies X's row 0, its
-// outputs never being stored or stored as NaN) and signal each stage's `full` mbarrier with
+// X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad index
+// copies X's row 0, those outputs never being stored or stored as NaN) and signal each stage's `full` mbarrier with
 // cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own copies. Warpgroups 1 and 2
 // are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
 // issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
@@ -372,11 +372,15 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
                     (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
     }
     // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
-    // so destination j is b_dst + 1 KB j. A slot without a token (past L, or a bad index) copies X's
-    // row 0 instead of zeros: an output column depends on its own B row only, and those columns are
-    // never stored (past L) or stored as NaN (bad index), so the copies need no per-row size and the
-    // loop no per-copy predicate (two instructions per copy saved; docs/kernels/ssmm.md v8).
+    // so destination j is b_dst + 1 KB j. An output column depends on its own B row only, and the
+    // columns of slots without a token are never stored (past L) or stored as NaN (bad index), so
+    // their rows need no zeros: slots past L (a suffix of the tile) are not copied at all, and a bad
+    // index copies X's row 0. The copies then share one size per k-tile, and a full tile needs no
+    // per-copy predicate (two instructions per copy saved; docs/kernels/ssmm.md v8). Not copying the
+    // suffix keeps a decode tile (1 of 32 slots used) from reading one row of X 31 times per k-tile.
     constexpr int kBRows = kBN / 8;
+    const int b_slots = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));  // slots with a token id
+    const int b_rows_here = b_slots > tid / 16 ? (b_slots - tid / 16 + 7) / 8 : 0;    // rows tid / 16 + 8 j < b_slots
     const int b_chunk = tid % 16;
     const int b_dst = (b_chunk / 8) * (kBN * 128) + (tid / 16) * 128 + (((b_chunk % 8) ^ ((tid / 16) & 7)) * 16);
     const std::uint32_t x_row_bytes = static_cast<std::uint32_t>(p.K) * 2;  // K < 2^31 (can_implement)
@@ -439,8 +443,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       const bool b_col_in = col_bytes < x_row_bytes;
       const int b_size = b_col_in ? 16 : 0;
       const Bytes x_k = b_col_in ? x_bytes + col_bytes : x_bytes;
+      if (b_rows_here == kBRows) {
 #pragma unroll
-      for (int j = 0; j < kBRows; ++j) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
+        for (int j = 0; j < kBRows; ++j) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kBRows; ++j)
+          if (j < b_rows_here) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
+      }
       mbarrier_arrive_on_copies(&full_bar[stage]);
     }
     ptx::cp_async_wait<0>();

@@ -369,8 +369,9 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   }
 }
 
-// Slots without a valid token (past L, or a bad index) may load any row of X (the sm90 cp.async
-// producer copies row 0): whatever that row holds must stay in those slots. Row 0 is NaN here and no
+// Slots without a valid token (past L, or a bad index) may hold anything in B (the sm90 cp.async
+// producer copies X's row 0 for a bad index and leaves the rows past L stale): whatever they hold
+// must stay in those slots. Row 0 is NaN here and no
 // valid slot names it; the valid slots must equal, bit for bit, the same call with row 0 finite.
 // 1408 rows leave the last row tile half full (the producer skips the missing A rows); K = 1024 has
 // enough k-tiles for the sm90 path to split K (6 CTAs), so the reduce sees the slots too.
