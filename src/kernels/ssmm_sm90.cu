@@ -4,9 +4,10 @@
 // Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
 // tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
 // stages with cp.async (A values, metadata words, row-select words, and the B tile gathered from
-// X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad index
-// copies X's row 0, those outputs never being stored or stored as NaN) and signal each stage's `full` mbarrier with
-// cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own copies. Warpgroups 1 and 2
+// X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad
+// index copies X's row 0, those outputs never being stored or stored as NaN) and signal each
+// stage's `full` mbarrier with cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own
+// copies (SAMOYEDS_SSMM_A_TMA=on: thread 0 brings A and metadata by bulk tensor copies instead). Warpgroups 1 and 2
 // are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
 // issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
 // offset), then release the stage through its `empty` mbarrier once those wgmmas have finished.
