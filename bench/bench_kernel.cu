@@ -267,9 +267,8 @@ int run_kernel_bench(const KernelBenchOptions& o) {
           baselines.emplace_back("cusparselt+gather", csl.t_gather, sparse_bytes);
         }
         for (const auto& [name, timing, baseline_bytes] : baselines) {
-          Record r;
-          r.add("bench", "kernel").add("device", device).add("commit", run_commit).add("date", date)
-              .add("dtype", dtype_name(o.dtype)).add("pattern", o.pattern.to_string()).add("epilogue", "plain")
+          Record r = run_record("kernel", device, run_commit, date);
+          r.add("dtype", dtype_name(o.dtype)).add("pattern", o.pattern.to_string()).add("epilogue", "plain")
               .add("M", M).add("K", K).add("L", L).add("T", T)
               .add("kernel", std::string("samoyeds_") + gpu::path_name(path)).add("time_us", t_ours.median_us)
               .add("p10_us", t_ours.p10_us).add("p90_us", t_ours.p90_us).add("tflops", flops / t_ours.median_us * 1e-6)

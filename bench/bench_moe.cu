@@ -137,9 +137,8 @@ int run_moe_bench(const MoeBenchOptions& o) {
                   speedup);
       std::fflush(stdout);
       if (jsonl) {
-        Record r;
-        r.add("bench", "moe").add("device", device).add("commit", run_commit).add("date", date)
-            .add("dtype", dtype_name(o.dtype)).add("pattern", o.pattern.to_string()).add("model", config.name)
+        Record r = run_record("moe", device, run_commit, date);
+        r.add("dtype", dtype_name(o.dtype)).add("pattern", o.pattern.to_string()).add("model", config.name)
             .add("T", T).add("M", config.intermediate_size).add("K", config.hidden_size)
             .add("L", T * config.top_k)  // routed slots of the layer
             .add("kernel", std::string("samoyeds_moe_") + gpu::path_name(path) + (o.graph ? "_graph" : ""))

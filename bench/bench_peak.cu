@@ -91,9 +91,8 @@ int run_peak_bench(const PeakBenchOptions& o) {
   if (!o.out_path.empty()) {
     std::FILE* f = std::fopen(o.out_path.c_str(), "a");
     SAMOYEDS_CHECK(f, "cannot open --out file '", o.out_path, "' for appending");
-    Record r;
-    r.add("bench", "peak").add("device", device_label).add("commit", run_commit).add("date", date)
-        .add("dtype", dtype_name(o.dtype)).add("kernel", "mma_sp_m16n8k32_registers").add("time_us", t.median_us)
+    Record r = run_record("peak", device_label, run_commit, date);
+    r.add("dtype", dtype_name(o.dtype)).add("kernel", "mma_sp_m16n8k32_registers").add("time_us", t.median_us)
         .add("p10_us", t.p10_us).add("p90_us", t.p90_us).add("tflops", tflops).add("reps", static_cast<std::int64_t>(o.reps));
     std::fprintf(f, "%s\n", r.json().c_str());
     std::fclose(f);

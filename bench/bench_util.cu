@@ -9,7 +9,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <ctime>
+
+#include <unistd.h>  // environ
 
 #include "io/json.h"
 #include "kernels/cuda_check.h"
@@ -123,6 +126,19 @@ Record& Record::add(const std::string& key, double value) {
 Record& Record::add(const std::string& key, std::int64_t value) {
   fields_.emplace_back(key, json::dump(json::Value(value)));
   return *this;
+}
+
+Record run_record(const std::string& bench, const std::string& device, const std::string& commit, const std::string& date) {
+  Record r;
+  r.add("bench", bench).add("device", device).add("commit", commit).add("date", date);
+  std::vector<std::string> knobs;
+  for (char** e = environ; e && *e; ++e)
+    if (std::strncmp(*e, "SAMOYEDS_SSMM_", 14) == 0) knobs.emplace_back(*e);
+  std::sort(knobs.begin(), knobs.end());
+  std::string env;
+  for (const std::string& k : knobs) env += (env.empty() ? "" : " ") + k;
+  if (!env.empty()) r.add("env", env);
+  return r;
 }
 
 std::string Record::json() const {

@@ -49,6 +49,11 @@ class Record {
   std::vector<std::pair<std::string, std::string>> fields_;  // value already JSON-encoded
 };
 
+// The first fields of every record: bench, device, commit, date, and "env" with the SAMOYEDS_SSMM_*
+// tuning knobs set in the environment (sorted, space-separated; absent when none is set), so that the
+// runs of an A/B stay apart in one file.
+Record run_record(const std::string& bench, const std::string& device, const std::string& commit, const std::string& date);
+
 double geomean(const std::vector<double>& values);
 
 // Deterministic pseudo-normal data N(0, scale^2), bf16 (else fp16), written on the device (a sum of

@@ -269,9 +269,8 @@ int run_model(const ModelRunOptions& o) {
         const RunResult& main = a ? *a : *b;
         const double steps = static_cast<double>(o.gen_len - 1);
         const double t = phase == 0 ? main.prefill_s * 1e6 : main.decode_s * 1e6 / steps;  // per step for decode
-        Record r;
-        r.add("bench", "model").add("device", device).add("commit", run_commit).add("date", date)
-            .add("dtype", "bf16").add("pattern", o.checkpoint.empty() ? o.pattern.to_string() : std::string("checkpoint"))
+        Record r = run_record("model", device, run_commit, date);
+        r.add("dtype", "bf16").add("pattern", o.checkpoint.empty() ? o.pattern.to_string() : std::string("checkpoint"))
             .add("model", c.name).add("phase", phase == 0 ? "prefill" : "decode")
             .add("kernel", a ? (o.graph ? "samoyeds_graph" : "samoyeds") : "dense_cublas")
             .add("batch", B).add("prompt_len", o.prompt_len).add("gen_len", o.gen_len)
@@ -370,8 +369,8 @@ int max_batch(const ModelRunOptions& o) {
                   gb(static_cast<double>(result->peak_bytes)));
     found.push_back(result ? B : 0);
     if (jsonl && result) {
-      Record r;
-      r.add("bench", "maxbatch").add("device", device).add("commit", run_commit).add("date", date).add("dtype", "bf16")
+      Record r = run_record("maxbatch", device, run_commit, date);
+      r.add("dtype", "bf16")
           .add("pattern", o.checkpoint.empty() ? o.pattern.to_string() : std::string("checkpoint")).add("model", c.name)
           .add("kernel", dense ? "dense_cublas" : "samoyeds").add("batch", B).add("prompt_len", o.prompt_len)
           .add("gen_len", o.gen_len).add("layers", static_cast<std::int64_t>(layers))
