@@ -4,8 +4,9 @@
 // Algorithm. A CTA computes 64 compressed rows x 64 tokens. K is walked in 64-column tiles through a
 // 3-stage cp.async pipeline: the A tile (packed values, 64 rows x 32 values per matrix) is contiguous;
 // the B tile gathers the 64 token rows X[token_idx[j], k0:k0+64] (zero-filled past L or K, so no X[idx]
-// copy exists). Metadata words go straight from global memory to registers (docs/format.md §3.2 is the
-// mma.sp register layout). Row selection (1:2:V) keeps two accumulator sets per compressed row, as
+// copy exists). Metadata words (docs/format.md §3.2 is the mma.sp register layout) and, at segment
+// starts, the row-select words come with the stage (read from global memory by the MMA warps they put
+// a memory latency before each k-tile's first MMA). Row selection (1:2:V) keeps two accumulator sets per compressed row, as
 // the sm_90 path does: the MMA always accumulates into set 0, the running total T of row r; set 1, S,
 // gathers the odd logical row 2r + 1 as differences of T (S += (p - n) T at a segment boundary where
 // the row's selection goes from p to n: one FFMA per accumulator, no branch). After the last
@@ -13,8 +14,8 @@
 // Grouped launch: blockIdx.y walks the token tiles of all experts (find_tile, ssmm_common.cuh).
 // Warps: 2 (rows) x kWarpsN (tokens); one weight matrix: 4 warps, warp tile 32 x 32 (2 x 4 MMA tiles);
 // gate/up (2-3 matrices): 8 warps, warp tile 32 x 16, so the accumulators stay in registers.
-// Budget: smem 3 x (8 KB B + 4 KB per matrix) + 256 B token ids (up to 60.25 KB for OpenMoE's three
-// matrices); registers: 64 fp32 accumulators per matrix.
+// Budget: smem 3 x (8 KB B + 4.5 KB per matrix + 128 B select words) + 256 B token ids (up to 65.1 KB
+// for OpenMoE's three matrices); registers: 64 fp32 accumulators per matrix.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -34,9 +35,11 @@ constexpr int kBN = 64;      // tokens per CTA
 constexpr int kBK = 64;      // logical columns per k-tile (32 stored values per row)
 constexpr int kStages = 3;
 constexpr int kATileBytes = kBM * (kBK / 2) * 2;  // 4 KB per matrix
+constexpr int kMetaTileBytes = (kBM / 16) * 2 * 64;  // 512 B per matrix: 4 row tiles x 2 k-steps x 16 words
 constexpr int kBTileBytes = kBN * kBK * 2;        // 8 KB
+constexpr int kSelectBytes = 128;                 // 2 row-select words per matrix, padded to keep stages 128-byte aligned
 
-constexpr int stage_bytes(int num_mats) { return num_mats * kATileBytes + kBTileBytes; }
+constexpr int stage_bytes(int num_mats) { return num_mats * (kATileBytes + kMetaTileBytes) + kBTileBytes + kSelectBytes; }
 constexpr int smem_bytes(int num_mats) { return kStages * stage_bytes(num_mats) + kBN * 4; }
 
 template <int kNumMats>
@@ -68,6 +71,11 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
   __syncthreads();
 
   const std::int64_t values_per_row = p.K_padded / 2;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of 64 (can_implement)
+  // The metadata and, at a segment's first k-tile, the row-select words travel with the stage: read
+  // from global memory by the MMA warps they put a memory latency before every k-tile's first MMA.
+  SegmentCursor load_segment(kt_per_segment, 0);  // the k-tile load_stage is called for next (in order)
   auto load_stage = [&](int stage, int kt) {
     std::uint8_t* base = smem + stage * stage_bytes(kNumMats);
 #pragma unroll
@@ -80,7 +88,18 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
         ptx::cp_async_16(a_tile + r * 64 + ((c ^ ((r >> 1) & 3)) * 16), src, 16);
       }
     }
-    std::uint8_t* b_tile = base + kNumMats * kATileBytes;  // [64 tokens][8 chunks of 8], chunk ^= token%8
+    // Metadata [4 row tiles][2 k-steps][16 words]: a row tile's two k-steps of this k-tile are 128
+    // contiguous bytes in global memory (docs/format.md §3.2); the CTA's 64 rows all exist (the padded
+    // row count is a multiple of 64) and K_padded is a whole number of 64-column k-tiles.
+    std::uint8_t* meta_tile = base + kNumMats * kATileBytes;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+      for (int i = threadIdx.x; i < kMetaTileBytes / 16; i += kThreads) {
+        const int tile16 = i / 8, chunk = i % 8;
+        const std::uint32_t* src = mats.metadata[m] + ((row0 / 16 + tile16) * ksteps_per_row + kt * 2) * 16 + chunk * 4;
+        ptx::cp_async_16(meta_tile + m * kMetaTileBytes + tile16 * 128 + chunk * 16, src, 16);
+      }
+    std::uint8_t* b_tile = base + kNumMats * (kATileBytes + kMetaTileBytes);  // [64 tokens][8 chunks of 8], chunk ^= token%8
 #pragma unroll
     for (int i = threadIdx.x; i < kBN * 8; i += kThreads) {
       const int r = i / 8, c = i % 8;
@@ -90,6 +109,15 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
       const std::uint16_t* src = valid ? p.x + tok * p.K + col : p.x;
       ptx::cp_async_16(b_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
     }
+    // Word w of matrix m: rows row0 + 32 w .. + 31 of the segment starting at this k-tile.
+    if (load_segment.starts() && static_cast<int>(threadIdx.x) < 2 * kNumMats) {
+      const int m = threadIdx.x / 2, w = threadIdx.x % 2;
+      auto* dst = base + kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes + threadIdx.x * 4;
+#pragma unroll
+      for (int mm = 0; mm < kNumMats; ++mm)  // a compile-time matrix index keeps `mats` in registers
+        if (mm == m) ptx::cp_async_4(dst, mats.row_select[mm] + (row0 / 32 + w) * p.num_segments + load_segment.index, 4);
+    }
+    load_segment.next();
   };
 
   float acc[kNumMats][2][2][kNT][4];  // [matrix][set][m16 tile][n8 tile][fragment]
@@ -108,7 +136,6 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
   for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
 
   const int num_kt = static_cast<int>(p.K_padded / kBK);
-  const std::int64_t ksteps_per_row = p.K_padded / 32;
   const std::int64_t warp_row0 = row0 + warp_m * 32;
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -116,18 +143,20 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     ptx::cp_async_commit();
   }
 
-  SegmentCursor segment(p.row_select_on ? p.v / kBK : 0, 0);  // V is a multiple of 64 (can_implement)
+  SegmentCursor segment(kt_per_segment, 0);
   for (int kt = 0; kt < num_kt; ++kt, segment.next()) {
     ptx::cp_async_wait<kStages - 2>();
     __syncthreads();  // stage kt is visible; stage (kt-1) % kStages is free for the next load
     if (kt + kStages - 1 < num_kt) load_stage((kt + kStages - 1) % kStages, kt + kStages - 1);
     ptx::cp_async_commit();
 
+    const std::uint8_t* base = smem + (kt % kStages) * stage_bytes(kNumMats);
     if (segment.starts()) {
+      const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes);
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
         // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
-        const std::uint32_t word = mats.row_select[m][(warp_row0 / 32) * p.num_segments + segment.index];
+        const std::uint32_t word = words[m * 2 + warp_m];
         std::uint32_t next = 0;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -149,18 +178,16 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     }
 
     std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
+    const auto* meta_words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes);
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m)
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-        for (int ks = 0; ks < 2; ++ks) {
-          const std::int64_t tile16 = (warp_row0 + mt * 16) / 16;
-          meta[m][mt][ks] = __ldg(mats.metadata[m] + (tile16 * ksteps_per_row + kt * 2 + ks) * 16 + g * 2 + (lane & 1));
-        }
+        for (int ks = 0; ks < 2; ++ks)
+          meta[m][mt][ks] = meta_words[m * (kMetaTileBytes / 4) + ((warp_m * 2 + mt) * 2 + ks) * 16 + g * 2 + (lane & 1)];
 
-    const std::uint8_t* base = smem + (kt % kStages) * stage_bytes(kNumMats);
-    const std::uint8_t* b_tile = base + kNumMats * kATileBytes;
+    const std::uint8_t* b_tile = base + kNumMats * (kATileBytes + kMetaTileBytes);
 #pragma unroll
     for (int ks = 0; ks < 2; ++ks) {
       std::uint32_t b[kNT][4];
