@@ -35,6 +35,9 @@ namespace {
 std::string check_weight(const char* name, const PackedMatrixView& w, DType x_dtype, SsmmPath path) {
   const std::string prefix = std::string(name) + ": ";
   if (!w.values || !w.metadata) return prefix + "values and metadata must be device pointers (upload with DevicePackedMatrix)";
+  // Both paths copy values and metadata in 16-byte pieces (DevicePackedMatrix aligns them).
+  if (reinterpret_cast<std::uintptr_t>(w.values) % 16 != 0 || reinterpret_cast<std::uintptr_t>(w.metadata) % 16 != 0)
+    return prefix + "values and metadata must be 16-byte aligned (upload with DevicePackedMatrix)";
   if (w.rows < 1 || w.cols < 1) return prefix + "empty matrix";
   if (w.dtype != x_dtype) return prefix + "weights are " + dtype_name(w.dtype) + " but X is " + dtype_name(x_dtype);
   const SparsityPattern& p = w.pattern;

@@ -65,6 +65,9 @@ TEST(SsmmPlan, RejectsWithReasons) {
   a.num_tokens = 3;
   expect_reason(a, "must equal num_x_rows");
   a = valid_args();
+  a.weight.metadata = reinterpret_cast<const std::uint32_t*>(reinterpret_cast<const std::uint8_t*>(a.weight.metadata) + 4);
+  expect_reason(a, "16-byte aligned");
+  a = valid_args();
   static const std::int32_t token_list[10] = {};
   a.token_idx = token_list;
   a.num_x_rows = 0;
