@@ -76,17 +76,33 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
   // The metadata and, at a segment's first k-tile, the row-select words travel with the stage: read
   // from global memory by the MMA warps they put a memory latency before every k-tile's first MMA.
   SegmentCursor load_segment(kt_per_segment, 0);  // the k-tile load_stage is called for next (in order)
+  // Each thread copies the same chunk positions every k-tile, so everything but the k offset is
+  // computed here once (the sm90 producer's lesson, docs/kernels/ssmm.md v4): A chunk tid % 4 of rows
+  // tid / 4 + (kThreads / 4) j, B chunk tid % 8 of token rows tid / 8 + (kThreads / 8) j. The rows of
+  // one thread share their swizzle phase, so only the row offset differs between its copies.
+  constexpr int kACopies = kBM * 4 / kThreads, kBCopies = kBN * 8 / kThreads;
+  static_assert(kBM * 4 % kThreads == 0 && kBN * 8 % kThreads == 0, "whole copies per thread");
+  const int a_row = threadIdx.x / 4, a_chunk = threadIdx.x % 4;
+  const int a_dst = a_row * 64 + ((a_chunk ^ ((a_row >> 1) & 3)) * 16);  // [64 rows][4 chunks of 8 values], chunk ^= (row/2)%4
+  const std::uint16_t* a_src[kNumMats];
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) a_src[m] = mats.values[m] + (row0 + a_row) * values_per_row + a_chunk * 8;
+  const int b_row = threadIdx.x / 8, b_chunk = threadIdx.x % 8;
+  const int b_dst = b_row * 128 + ((b_chunk ^ (b_row & 7)) * 16);  // [64 tokens][8 chunks of 8], chunk ^= token%8
+  const std::uint16_t* b_src[kBCopies];  // null: the slot has no token (zero-filled)
+#pragma unroll
+  for (int j = 0; j < kBCopies; ++j) {
+    const std::int32_t tok = s_tok[b_row + (kThreads / 8) * j];
+    b_src[j] = tok >= 0 ? p.x + static_cast<std::int64_t>(tok) * p.K + b_chunk * 8 : nullptr;
+  }
   auto load_stage = [&](int stage, int kt) {
     std::uint8_t* base = smem + stage * stage_bytes(kNumMats);
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
-      std::uint8_t* a_tile = base + m * kATileBytes;  // [64 rows][4 chunks of 8 values], chunk ^= (row/2)%4
+      std::uint8_t* a_tile = base + m * kATileBytes;
 #pragma unroll
-      for (int i = threadIdx.x; i < kBM * 4; i += kThreads) {
-        const int r = i / 4, c = i % 4;
-        const std::uint16_t* src = mats.values[m] + (row0 + r) * values_per_row + kt * (kBK / 2) + c * 8;
-        ptx::cp_async_16(a_tile + r * 64 + ((c ^ ((r >> 1) & 3)) * 16), src, 16);
-      }
+      for (int j = 0; j < kACopies; ++j)
+        ptx::cp_async_16(a_tile + a_dst + j * (kThreads / 4) * 64, a_src[m] + (kThreads / 4) * j * values_per_row + kt * (kBK / 2), 16);
     }
     // Metadata [4 row tiles][2 k-steps][16 words]: a row tile's two k-steps of this k-tile are 128
     // contiguous bytes in global memory (docs/format.md §3.2); the CTA's 64 rows all exist (the padded
@@ -99,15 +115,12 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
         const std::uint32_t* src = mats.metadata[m] + ((row0 / 16 + tile16) * ksteps_per_row + kt * 2) * 16 + chunk * 4;
         ptx::cp_async_16(meta_tile + m * kMetaTileBytes + tile16 * 128 + chunk * 16, src, 16);
       }
-    std::uint8_t* b_tile = base + kNumMats * (kATileBytes + kMetaTileBytes);  // [64 tokens][8 chunks of 8], chunk ^= token%8
+    std::uint8_t* b_tile = base + kNumMats * (kATileBytes + kMetaTileBytes);
+    const bool col_in = static_cast<std::int64_t>(kt) * kBK + b_chunk * 8 < p.K;  // K % 8 == 0: a chunk is all in or all out
 #pragma unroll
-    for (int i = threadIdx.x; i < kBN * 8; i += kThreads) {
-      const int r = i / 8, c = i % 8;
-      const std::int32_t tok = s_tok[r];
-      const std::int64_t col = static_cast<std::int64_t>(kt) * kBK + c * 8;
-      const bool valid = tok >= 0 && col < p.K;  // K % 8 == 0: a chunk is all in or all out
-      const std::uint16_t* src = valid ? p.x + tok * p.K + col : p.x;
-      ptx::cp_async_16(b_tile + r * 128 + ((c ^ (r & 7)) * 16), src, valid ? 16 : 0);
+    for (int j = 0; j < kBCopies; ++j) {
+      const bool valid = col_in && b_src[j] != nullptr;
+      ptx::cp_async_16(b_tile + b_dst + j * (kThreads / 8) * 128, valid ? b_src[j] + kt * kBK : p.x, valid ? 16 : 0);
     }
     // Word w of matrix m: rows row0 + 32 w .. + 31 of the segment starting at this k-tile.
     if (load_segment.starts() && static_cast<int>(threadIdx.x) < 2 * kNumMats) {
