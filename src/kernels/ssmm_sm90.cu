@@ -716,11 +716,16 @@ int num_mats_of(const gpu::SsmmArgs& a) {
   return a.epilogue == gpu::SsmmEpilogue::gate_up ? (a.gate_linear.values ? 3 : 2) : 1;
 }
 
+// Experts that can hold tokens in a call (1 for one matrix); a grouped grid has a tile row for each.
+std::int64_t busy_experts_of(const gpu::SsmmArgs& a) {
+  return a.expert_offsets ? std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : 1;
+}
+
 // Token slots per expert a call expects: all of them for one matrix, the mean over the experts that
 // can be non-empty for a grouped call (the real counts stay on the device).
 std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
   if (!a.expert_offsets) return a.num_tokens;
-  const std::int64_t busy = std::max<std::int64_t>(1, std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens));
+  const std::int64_t busy = std::max<std::int64_t>(1, busy_experts_of(a));
   return (a.num_tokens + busy - 1) / busy;
 }
 
@@ -755,11 +760,6 @@ const Tuning& tuning() {
     return r;
   }();
   return t;
-}
-
-// Experts that can hold tokens in a call (1 for one matrix); a grouped grid has a tile row for each.
-std::int64_t busy_experts_of(const gpu::SsmmArgs& a) {
-  return a.expert_offsets ? std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : 1;
 }
 
 // The tile width a call uses (gpu::plan_tile_tokens), or the SAMOYEDS_SSMM_NARROW override.
