@@ -134,9 +134,12 @@ void check_sizes(const Args& args, bool with_batch) {
   if (args.has("model") == args.has("checkpoint"))
     throw UsageError{"give exactly one of --model NAME (synthetic seeded weights) or --checkpoint DIR (samoyeds convert output)"};
   constexpr std::int64_t kMaxBatch = 65535, kMaxLength = 1 << 24;
-  if (with_batch && args.get_int_list("batch").empty()) throw UsageError{"--batch needs at least one size"};
-  for (const std::int64_t b : with_batch ? args.get_int_list("batch") : std::vector<std::int64_t>{})
-    if (b < 1 || b > kMaxBatch) throw UsageError{"--batch sizes must be in [1, " + std::to_string(kMaxBatch) + "]"};
+  if (with_batch) {
+    const std::vector<std::int64_t> batches = args.get_int_list("batch");
+    if (batches.empty()) throw UsageError{"--batch needs at least one size"};
+    for (const std::int64_t b : batches)
+      if (b < 1 || b > kMaxBatch) throw UsageError{"--batch sizes must be in [1, " + std::to_string(kMaxBatch) + "]"};
+  }
   const std::int64_t prompt_len = args.get_int("prompt-len"), gen_len = args.get_int("gen-len");
   if (prompt_len < 1 || gen_len < 1 || prompt_len > kMaxLength || gen_len > kMaxLength)
     throw UsageError{"--prompt-len and --gen-len must be in [1, " + std::to_string(kMaxLength) + "]"};
