@@ -157,6 +157,13 @@ int plan_tile_band(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_
   return static_cast<int>(band);
 }
 
+bool plan_tma_variant(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, bool token_list) {
+  constexpr std::int64_t kMinTokensPerExpert = 128;  // below: no full token tile to multicast
+  constexpr std::int64_t kMinRowTiles = 16;          // below: the gather and prologue outweigh the multicast
+  if (num_mats > 2 || tokens_per_expert < kMinTokensPerExpert || row_tiles < kMinRowTiles) return false;
+  return !token_list || num_mats == 2;
+}
+
 int plan_cluster_size(std::int64_t row_tiles, int max_cluster) {
   // Padded CTAs stream weights of rows that do not exist (zero-filled) and store nothing: pure loss,
   // so a cluster is only worth it when that loss stays small next to the L2 traffic multicast saves.

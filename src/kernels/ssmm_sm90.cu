@@ -823,9 +823,6 @@ int tile_band_of(const Params& p, std::int64_t row_tiles, std::int64_t token_til
   return static_cast<int>(std::clamp<std::int64_t>(band, 1, std::max<std::int64_t>(token_tiles, 1)));
 }
 
-// Below this many tokens per expert the TMA variant has no full token tiles to multicast.
-constexpr std::int64_t kTmaMinTokensPerExpert = 128;
-
 bool aligned16(const void* pointer) { return reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0; }
 
 // What the launcher runs for a call: the split plan, and whether the TMA variant takes it (unsplit,
@@ -842,13 +839,10 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   Sm90Choice c;
   c.plan = split_plan(a);
   const Tuning& t = tuning();
-  // A token list costs the TMA variant a gather copy of L x K x 2 bytes, written and read again. For
-  // one matrix that ate the variant's gain (14336x4096, L = 4096: +4 %; 1408x2048, L = 16384: -23 %, the
-  // copy being a quarter of the product); gate/up, whose cp.async producer copies two weight tiles per
-  // k-tile, gains more than the copy costs (Mixtral layer +7 to +11 %). Measured: docs/kernels/ssmm.md v5.
-  const bool pays_off = !a.token_idx || num_mats_of(a) == 2;
-  const bool wanted = t.tma == 1 || (t.tma == -1 && pays_off && tokens_per_expert(a) >= kTmaMinTokensPerExpert);
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
+  const bool wanted =
+      t.tma == 1 || (t.tma == -1 && gpu::plan_tma_variant(tokens_per_expert(a), num_mats_of(a), row_tiles, a.token_idx != nullptr));
   bool weights_ok = true;
   for (const gpu::PackedMatrixView* m : {&a.weight, &a.up}) weights_ok = weights_ok && aligned16(m->values) && aligned16(m->metadata);
   // Tensor-map strides are whole 16-byte units: X rows (K % 8 == 0 already), values rows and stacks.
@@ -859,7 +853,7 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // workspace is missing).
   c.a_tma = t.a_tma && num_mats_of(a) <= 2 && weights_ok;
   if (!c.tma) return c;
-  c.cluster = gpu::plan_cluster_size((g.compressed_rows_padded + 127) / 128, t.max_cluster);
+  c.cluster = gpu::plan_cluster_size(row_tiles, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
   while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
   if (a.token_idx) c.gather_bytes = (static_cast<std::size_t>(a.num_tokens) * static_cast<std::size_t>(a.weight.cols) * 2 + 255) / 256 * 256;

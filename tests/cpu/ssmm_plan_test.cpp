@@ -190,6 +190,17 @@ TEST(SsmmPlan, TileBandBalancesWeightAndActivationBytes) {
   EXPECT_EQ(gpu::plan_tile_band(56, 64, 0, b128, 132), 1);
 }
 
+TEST(SsmmPlan, TmaVariantOnlyForLargeExpertsWithFullTokenTiles) {
+  EXPECT_TRUE(gpu::plan_tma_variant(1024, 2, 56, true));    // Mixtral gate/up, T = 4096
+  EXPECT_TRUE(gpu::plan_tma_variant(1024, 1, 16, false));   // Mixtral down (compact A, no token list)
+  EXPECT_FALSE(gpu::plan_tma_variant(1024, 1, 56, true));   // one matrix with a token list: the gather eats the gain
+  EXPECT_FALSE(gpu::plan_tma_variant(512, 2, 6, true));     // DeepSeek-MoE gate/up: cp.async was 1.07-1.10x faster
+  EXPECT_FALSE(gpu::plan_tma_variant(512, 1, 8, false));    // DeepSeek-MoE down
+  EXPECT_FALSE(gpu::plan_tma_variant(127, 2, 56, true));    // no full token tile to multicast
+  EXPECT_TRUE(gpu::plan_tma_variant(128, 2, 16, true));
+  EXPECT_FALSE(gpu::plan_tma_variant(4096, 3, 56, false));  // three matrices (OpenMoE): no TMA variant
+}
+
 TEST(SsmmPlan, ClusterSizeKeepsPaddingSmall) {
   EXPECT_EQ(gpu::plan_cluster_size(56, 4), 4);  // Mixtral gate/up rows: 14 clusters of 4
   EXPECT_EQ(gpu::plan_cluster_size(23, 4), 4);  // 5760 rows: one padded CTA in 24

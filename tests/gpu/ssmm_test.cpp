@@ -279,6 +279,8 @@ INSTANTIATE_TEST_SUITE_P(
         EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, false, {1408, 2048, "1:2:128"}},
         EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::f16, false, false, {5760, 2304, "1:2:128"}},
         EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, true, {2816, 2048, "1:2:128"}},
+        // 16 row tiles: the smallest gate/up the TMA variant takes at L = 1000 (gpu::plan_tma_variant).
+        EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, false, {4096, 2048, "1:2:128"}},
         EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, true, false, {1024, 2048, "1:2:128"}},
         EpilogueCase{gpu::SsmmEpilogue::gate_up, DType::bf16, false, false, {1408, 2048, "2:4"}},
         EpilogueCase{gpu::SsmmEpilogue::down_weighted, DType::bf16, false, true, {2048, 1408, "1:2:128"}},
