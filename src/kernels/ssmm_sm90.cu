@@ -3,7 +3,7 @@
 //
 // Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
 // tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
-// stages with cp.async (A values, metadata words, row-select words, and the B tile gathered from
+// stages with cp.async (A values, metadata words, and the B tile gathered from
 // X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad
 // index copies X's row 0, those outputs never being stored or stored as NaN) and signal each
 // stage's `full` mbarrier with cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own
@@ -36,7 +36,8 @@
 // the arrivals of every consumer warp in the cluster, and a producer leaves only after all of them.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
-// matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B + 64 B of row-select words) <= 200 KB.
+// matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
+// row-select words from global memory themselves, one segment ahead (v9).
 #include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
 #include <cudaTypedefs.h>
 
@@ -220,11 +221,9 @@ struct Sm90Config {
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
-  // Row-select words of each stage (kNumMats x 4 words: 128 rows / 32), kept apart so that stages stay
-  // 1024-byte aligned for the swizzle.
-  static constexpr int kSelectBytes = 64;
-  // + full/empty barriers + token ids + alignment slack
-  static constexpr int kSmemBytes = kStages * (kStageBytes + kSelectBytes) + kStages * 16 + kBN * 4 + 1024;
+  // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
+  // global memory to the consumers: v9)
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
@@ -242,8 +241,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // The 128-byte swizzle works on absolute address bits: stages start on 1024-byte boundaries.
   // Offsetting smem_raw itself (not a pointer rebuilt from an integer) keeps every access an LDS.
   std::uint8_t* smem = smem_raw + ((1024 - (ptx::smem_address(smem_raw) & 1023)) & 1023);
-  std::uint8_t* s_select = smem + kStages * Config::kStageBytes;  // [kStages][kNumMats * 4] words
-  auto* full_bar = reinterpret_cast<std::uint64_t*>(s_select + kStages * Config::kSelectBytes);  // [kStages]
+  auto* full_bar = reinterpret_cast<std::uint64_t*>(smem + kStages * Config::kStageBytes);  // [kStages]
   std::uint64_t* empty_bar = full_bar + kStages;                                                 // [kStages]
   auto* s_tok = reinterpret_cast<std::int32_t*>(empty_bar + kStages);                            // [kBN]
 
@@ -270,9 +268,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      // TMA: the producer warp's 32 select-word arrivals + the expect_tx arrival; else every producer
-      // thread, + the expect_tx arrival when A comes by tensor copies.
-      mbarrier_init(&full_bar[s], kTma ? 33u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
+      // TMA: lane 0's expect_tx arrival; else every producer thread, + the expect_tx arrival when A
+      // comes by tensor copies.
+      mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
     // Bulk tensor copies complete on these barriers through the async proxy: make the inits visible to it.
@@ -286,23 +284,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const std::int64_t ksteps_per_row = p.K_padded / 32;
   const int kt_per_segment = p.row_select_on ? p.v / kBK : 0;  // V is a multiple of kBK (can_implement)
 
-  // The row-select words of a segment into a stage: producer thread `copier` (4m .. 4m + 3) copies
-  // matrix m's word of one 32-row group (a compile-time m keeps `mats` in registers).
-  auto copy_select_words = [&](int stage, int copier, int segment_index) {
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      if (copier / 4 != m) continue;
-      const std::int64_t row32 = row0 / 32 + copier % 4;
-      const bool valid = row32 * 32 < p.compressed_rows_padded;
-      const std::uint32_t* src = valid ? mats.row_select[m] + row32 * p.num_segments + segment_index : mats.row_select[m];
-      ptx::cp_async_4(s_select + stage * Config::kSelectBytes + copier * 4, src, valid ? 4 : 0);
-    }
-  };
   if (kTma && tid < Config::kProducerThreads) {
-    // ---- TMA producer: one warp. Lane 0 issues the bulk tensor copies (A values and metadata of
-    // this CTA's rows, its slice of the B tile multicast to the cluster); lanes copy the row-select
-    // words, which no tensor map can address (their row stride, num_segments words, need not be a
-    // multiple of 16 bytes). ----
+    // ---- TMA producer: one warp, lane 0 issuing the bulk tensor copies (A values and metadata of
+    // this CTA's rows, its slice of the B tile multicast to the cluster). ----
     setmaxnreg_dec<Config::kProducerRegisters>();
     if (tid >= 32) return;
     const int lane = tid;
@@ -310,13 +294,10 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     const int b_rows = kBN / static_cast<int>(num_ctas);
     const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
     const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0) + static_cast<int>(rank) * b_rows;
-    SegmentCursor segment(kt_per_segment, kt_begin);
-    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next()) {
+    for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
-      if (segment.starts()) copy_select_words(stage, lane, segment.index);
-      mbarrier_arrive_on_copies(&full_bar[stage]);
       if (lane == 0) {
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B slice.
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
@@ -394,9 +375,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
     const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
 
-    SegmentCursor segment(kt_per_segment, kt_begin);
     RingPosition<kStages> ring;
-    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
+    for (int kt = kt_begin; kt < kt_end; ++kt, ring.next()) {
       const int i = kt - kt_begin, stage = ring.stage;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
@@ -435,7 +415,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
                            meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
         }
       }
-      if (segment.starts()) copy_select_words(stage, tid, segment.index);
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
       const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
       // Past K the chunk is zero-filled (A's padding values are zero too, but smem may hold NaN bit
@@ -487,12 +466,18 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       mbarrier_arrive(&empty_bar[stage]);
     }
   };
-  // At a segment's first k-tile, whose stage holds the select words: the selection of this thread's
-  // rows in the new segment (bit h: row g + 8h). Reads only the stage, so it runs before the drain.
-  const int select_word = static_cast<int>((warp_row0 - row0) / 32), select_shift = static_cast<int>(warp_row0 % 32) + g;
-  auto next_selection = [&](int stage, int m) -> std::uint32_t {
-    const auto* words = reinterpret_cast<const std::uint32_t*>(s_select + stage * Config::kSelectBytes);
-    const std::uint32_t word = warp_rows_exist ? words[m * 4 + select_word] : 0u;
+  // Row selection: the select word of this warp's 32-row group in each segment comes from global
+  // memory, fetched one segment ahead into a register (v9: read from the stage, its shared load
+  // stalled the chain between the `full` wait and the next wgmmas, 6-10 % of all samples, and the
+  // producers spent instructions copying it). [32-row groups][num_segments] words per matrix. A warp
+  // without rows reads nothing and keeps every selection at 0.
+  const int select_shift = static_cast<int>(warp_row0 % 32) + g;
+  const std::uint32_t* select_src[kNumMats];
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+    select_src[m] = p.row_select_on && warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
+  // The selection of this thread's rows (bit h: row g + 8h) in a segment, from its word.
+  auto selection_of = [&](std::uint32_t word) -> std::uint32_t {
     return ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
   };
   // Called with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row whose selection
@@ -519,6 +504,15 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int ksteps_full = warp_rows_exist ? 4 : 0;
   const int ksteps_last = warp_rows_exist ? static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt_total - 1) * 4) : 0;
   SegmentCursor segment(kt_per_segment, kt_begin);
+  // The next segment start's select words (a CTA's k range starts on a segment boundary: plan_split_k).
+  std::uint32_t word_ahead[kNumMats];
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) word_ahead[m] = segment.starts() && select_src[m] ? __ldg(select_src[m] + segment.index) : 0u;
+  // The turn-taking conditions as loop-carried values: written as `group == 1 || i > 0`, the
+  // compiler re-read the thread index every k-tile to rebuild them, and that S2R's latency sat right
+  // before the running-total update (v8 profile: 11-12 % of all samples in the TMA kernels).
+  bool wait_turn = group == 1;                             // consumer 0's first k-tile waits for nobody
+  int arrivals_left = group == 0 ? num_kt : num_kt - 1;  // consumer 1's last k-tile has no successor
   RingPosition<kStages> ring;
   int prev_stage = 0;  // the stage of this warpgroup's k-tile in flight
   for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
@@ -527,19 +521,19 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
-    // What reads only the stage and no register an issued wgmma uses comes before the drain: after
-    // it, the running-total update and the next wgmmas are the chain that keeps the tensor cores
-    // waiting (v8 profile: the select word's shared load stalled 6.5 % of all samples right after
-    // the drain).
+    // What needs no register an issued wgmma uses comes before the drain: after it, the running-total
+    // update and the next wgmmas are the chain that keeps the tensor cores waiting.
     const bool new_segment = segment.starts();
     float c[kNumMats][2];
     if (new_segment) {
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
-        const std::uint32_t next = next_selection(stage, m);
+        const std::uint32_t next = selection_of(word_ahead[m]);
 #pragma unroll
         for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
         sel[m] = next;
+        // The following segment's word: its latency hides behind this segment's k-tiles.
+        if (kt + kt_per_segment < kt_end && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
       }
     }
     // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
@@ -569,7 +563,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     }
     if (new_segment) update_selection(c);
 
-    if (group == 1 || i > 0) named_barrier_sync(1 + group, Config::kConsumerThreads);
+    if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
+    wait_turn = true;
     wgmma_fence();
     const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
@@ -582,7 +577,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       }
     }
     wgmma_commit();
-    if (group == 0 || i + 1 < num_kt) named_barrier_arrive(2 - group, Config::kConsumerThreads);
+    if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
+    --arrivals_left;
   }
   wgmma_wait<0>();
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
