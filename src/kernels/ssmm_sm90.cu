@@ -507,7 +507,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // The next segment start's select words (a CTA's k range starts on a segment boundary: plan_split_k).
   std::uint32_t word_ahead[kNumMats];
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m) word_ahead[m] = segment.starts() && select_src[m] ? __ldg(select_src[m] + segment.index) : 0u;
+  for (int m = 0; m < kNumMats; ++m)
+    word_ahead[m] = kt_begin < kt_end && segment.starts() && select_src[m] ? __ldg(select_src[m] + segment.index) : 0u;
   // The turn-taking conditions as loop-carried values: written as `group == 1 || i > 0`, the
   // compiler re-read the thread index every k-tile to rebuild them, and that S2R's latency sat right
   // before the running-total update (v8 profile: 11-12 % of all samples in the TMA kernels).
@@ -1057,6 +1058,10 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   if (!c.tma && c.plan.splits > 1 && has_workspace) {
     p.splits = c.plan.splits;
     p.k_tiles_per_split = c.plan.k_tiles_per_split;
+    // The consumers fetch each segment's select words one segment ahead, starting at their range's
+    // first k-tile: a range must start on a segment boundary (plan_split_k rounds to segments).
+    SAMOYEDS_CHECK(!p.row_select_on || (p.v >= 128 && p.k_tiles_per_split % (p.v / 128) == 0), "ssmm: split of ", p.k_tiles_per_split,
+                   " k-tiles is not a whole number of ", p.v / 128, "-k-tile segments (internal planning error)");
     p.workspace = static_cast<float*>(args.workspace);
   }
   p.a_by_tma = c.a_tma ? 1 : 0;
