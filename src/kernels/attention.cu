@@ -7,13 +7,13 @@
 // group instead of once per query head. Each warp owns 16 rows and keeps Q (16 x d) in registers as
 // MMA A fragments. Key/value tiles of 64 positions stream through a two-stage cp.async ring
 // (zero-filled past the last needed key, so masked positions are finite zeros); per tile a warp computes
-// S = Q K^T (m16n8k16, K read with 4-byte shared loads), masks causally (and by the sliding window),
+// S = Q K^T (m16n8k16, K fragments by ldmatrix), masks causally (and by the sliding window),
 // updates the running max/sum in the log2 domain, turns P into bf16/fp16 A fragments in registers
 // (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
 // fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
 // Budget (d = 128): shared 2 stages x (K + V) x 64 x (128 + 8) x 2 B = 68 KB (row padding of 8 keeps
-// ldmatrix and the 4-byte K reads conflict-free); registers per thread: Q 32, O 64, S 32 of the 216-224
+// the ldmatrix reads of K and V conflict-free); registers per thread: Q 32, O 64, S 32 of the 216-224
 // ptxas allots at d = 128 (168 at d = 64), so two CTAs per SM at d = 128.
 // Numerics differ from the CPU reference (fp32 probabilities) by the rounding of P to 16 bits.
 #include <cuda_bf16.h>
@@ -150,11 +150,16 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
 #pragma unroll
       for (int nt = 0; nt < kBlockN / 8; ++nt) {
         s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        // B fragments of two k-steps per ldmatrix: matrices (keys nt*8 .. +7) x (d 16kk, 16kk + 8,
+        // 16kk + 16, 16kk + 24); lane l addresses key nt*8 + l % 8 at d 16kk + 8 (l / 8). Thread (g, t)
+        // gets key nt*8 + g, d 16kk + 8m + 2t (+1) in register m: the B layout of m16n8k16 (the
+        // 4-byte shared loads it replaces took two instructions per MMA).
 #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          const T* key_row = ks + (nt * 8 + g) * kStride + kk * 16 + tig * 2;
-          ptx::mma_16816<kBf16>(s[nt], q_frag[kk], *reinterpret_cast<const std::uint32_t*>(key_row),
-                                *reinterpret_cast<const std::uint32_t*>(key_row + 8));
+        for (int kk = 0; kk < D / 16; kk += 2) {
+          std::uint32_t k_frag[4];
+          ptx::ldmatrix_x4(k_frag, ks + (nt * 8 + lane % 8) * kStride + kk * 16 + (lane / 8) * 8);
+          ptx::mma_16816<kBf16>(s[nt], q_frag[kk], k_frag[0], k_frag[1]);
+          ptx::mma_16816<kBf16>(s[nt], q_frag[kk + 1], k_frag[2], k_frag[3]);
         }
       }
       // Mask, scale, running max and sum; o rescaled by exp2(old max - new max).
@@ -162,15 +167,21 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         RowState& row = rows[h];
+        // Key key0 + jj is visible to this row iff lo < jj <= hi: the causal and window bounds as
+        // 32-bit offsets into the tile, clamped, so the per-element test is two compares (the 64-bit
+        // positions per element cost ~5 instructions each, 32 elements per thread and tile).
+        const std::int64_t hi64 = row.valid ? row.position - key0 : -1;
+        const std::int64_t lo64 = a.window > 0 ? row.position - a.window - key0 : -1;
+        const int hi = static_cast<int>(std::clamp<std::int64_t>(hi64, -1, kBlockN));
+        const int lo = static_cast<int>(std::clamp<std::int64_t>(lo64, -1, kBlockN));
         float tile_max = -INFINITY;
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const std::int64_t j = key0 + nt * 8 + tig * 2 + e;
-            const bool visible = row.valid && j <= row.position && (a.window == 0 || j > row.position - a.window);
+            const int jj = nt * 8 + tig * 2 + e;
             float& v = s[nt][2 * h + e];
-            v = visible ? v * scale_log2 : -INFINITY;
+            v = jj <= hi && jj > lo ? v * scale_log2 : -INFINITY;
             tile_max = fmaxf(tile_max, v);
           }
         const float new_max = fmaxf(row.max, quad_max(tile_max));
