@@ -113,9 +113,10 @@ int plan_cluster_size(std::int64_t row_tiles, int max_cluster);
 // tiles) should take a call rather than the cp.async variant: only with at least 128 tokens per expert
 // (full token tiles to multicast), at least 16 row tiles, and without a token list unless there are
 // two matrices (gate/up). A token list costs the TMA variant a gather copy of X into slot order, which
-// for one matrix ate its gain (14336x4096 @ 4096: +4 %; 1408x2048 @ 16384: -23 %; docs/kernels/ssmm.md v5). Small experts lose with it since v8 made the
-// cp.async producer cheaper: DeepSeek-MoE's layer (6 and 8 row tiles) took 1.07-1.10x longer at
-// T >= 4096 with it, while Mixtral's (56 and 16) ran 1-2 % faster (H200, docs/kernels/ssmm.md v8).
+// for one matrix ate its gain (14336x4096 @ 4096: +4 %; 1408x2048 @ 16384: -23 %; docs/kernels/ssmm.md
+// v5). Small experts lose with it since v8 made the cp.async producer cheaper: DeepSeek-MoE's layer
+// (6 and 8 row tiles) took 1.07-1.10x longer at T >= 4096 with it, while Mixtral's (56 and 16) ran
+// 1-2 % faster (H200, docs/kernels/ssmm.md v8).
 bool plan_tma_variant(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, bool token_list);
 
 // Tokens per output tile of the sm90 kernel: 32 when an expert's tokens fit in 32 or for three matrices
