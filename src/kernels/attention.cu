@@ -8,7 +8,8 @@
 // MMA A fragments. Key/value tiles of 64 positions stream through a two-stage cp.async ring
 // (zero-filled past the last needed key, so masked positions are finite zeros); per tile a warp computes
 // S = Q K^T (m16n8k16, K fragments by ldmatrix), masks causally (and by the sliding window),
-// updates the running max/sum in the log2 domain, turns P into bf16/fp16 A fragments in registers
+// updates the running max/sum in the log2 domain (max over the raw scores, scaled once; each
+// probability one FFMA and one ex2.approx.ftz), turns P into bf16/fp16 A fragments in registers
 // (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
 // fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
@@ -44,6 +45,15 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
     const __half2 v = __floats2half2_rn(lo, hi);
     return *reinterpret_cast<const std::uint32_t*>(&v);
   }
+}
+
+// 2^x by the special-function unit alone. exp2f adds a range check and two multiplies around it so
+// that results below 2^-126 come out as denormals (four instructions per probability); those
+// probabilities are flushed to zero here, which moves a row's sum by less than 2^-126 of its max.
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -181,20 +191,22 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
           for (int e = 0; e < 2; ++e) {
             const int jj = nt * 8 + tig * 2 + e;
             float& v = s[nt][2 * h + e];
-            v = jj <= hi && jj > lo ? v * scale_log2 : -INFINITY;
+            v = jj <= hi && jj > lo ? v : -INFINITY;
             tile_max = fmaxf(tile_max, v);
           }
-        const float new_max = fmaxf(row.max, quad_max(tile_max));
+        // The max of the raw scores, scaled once (scale > 0, and rounding is monotonic: the same value
+        // as the max of the scaled scores); each probability is then one FFMA and one EX2.
+        const float new_max = fmaxf(row.max, quad_max(tile_max) * scale_log2);
         // Rows with nothing visible yet keep max -inf: their probabilities and rescale stay 0 and 1.
         const float base = new_max == -INFINITY ? 0.0f : new_max;
-        const float rescale = new_max == -INFINITY ? 1.0f : exp2f(row.max - new_max);
+        const float rescale = new_max == -INFINITY ? 1.0f : exp2_ftz(row.max - new_max);
         float tile_sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& v = s[nt][2 * h + e];
-            v = exp2f(v - base);
+            v = exp2_ftz(fmaf(v, scale_log2, -base));
             tile_sum += v;
           }
         row.sum = row.sum * rescale + tile_sum;
@@ -344,6 +356,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                  "attention: ", reason, " (head_dim ", a.head_dim, ", ", a.num_heads, " heads, ", a.num_kv_heads,
                  " KV heads, ", a.num_sequences, " sequences, ", dtype_name(a.dtype), ")");
   SAMOYEDS_CHECK(a.window >= 0 && a.capacity >= 1, "attention: window must be >= 0 and capacity >= 1");
+  // The kernel takes each row's max over the raw scores and scales it once, which needs scale > 0.
+  SAMOYEDS_CHECK(a.scale > 0.0f && std::isfinite(a.scale), "attention: the softmax scale must be positive and finite, got ", a.scale);
   SAMOYEDS_CHECK(static_cast<std::int64_t>(a.tokens_per_sequence) * (a.num_heads / a.num_kv_heads) <= (std::int64_t{1} << 30),
                  "attention: ", a.tokens_per_sequence, " tokens per sequence is too many for one step");
   if (a.num_sequences == 0 || a.tokens_per_sequence == 0) return;

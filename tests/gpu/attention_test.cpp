@@ -9,10 +9,13 @@
 
 #include <cmath>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
 #include "kernels/attention.h"
+#include "samoyeds/error.h"
 
 namespace samoyeds {
 namespace {
@@ -109,8 +112,44 @@ TEST(GpuAttention, MatchesDirectComputation) {
   for (const Case& c : {Case{128, 8, 2, 1, 0, {700, 313}, 1000},    // decode, grouped heads (4 per KV head)
                         Case{64, 4, 4, 3, 0, {0, 257, 1}, 600},       // three new tokens, one sequence from empty
                         Case{128, 4, 1, 2, 100, {650, 64}, 900},      // sliding window shorter than the context
-                        Case{64, 6, 3, 1, 33, {500}, 512}})           // window not a multiple of the tile
+                        Case{64, 6, 3, 1, 33, {500}, 512},            // window not a multiple of the tile
+                        // Prefill: many 64-row CTAs, keys from before the step and from it, diagonal
+                        // tiles cut at a position that is no multiple of the tile, one sequence from empty.
+                        Case{128, 8, 2, 300, 0, {0, 37}, 400}})
     check_case(c, seed++);
+}
+
+TEST(GpuAttention, RejectsScaleThatIsNotPositive) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  // Valid in every other respect, so the error can only be the scale's.
+  const int d = 64;
+  DeviceBuffer q(static_cast<std::size_t>(4 * d) * 2), kv(static_cast<std::size_t>(8 * 4 * d) * 2), out(q.bytes());
+  DeviceBuffer len(std::vector<std::int32_t>{3});
+  kernels::AttentionArgs a;
+  a.q = q.get();
+  a.k_cache = kv.get();
+  a.v_cache = kv.get();
+  a.out = out.get();
+  a.seq_len = len.as<std::int32_t>();
+  a.num_sequences = 1;
+  a.tokens_per_sequence = 1;
+  a.num_heads = 4;
+  a.num_kv_heads = 4;
+  a.head_dim = d;
+  a.capacity = 8;
+  a.dtype = DType::bf16;
+  for (float scale : {0.0f, -0.125f, NAN, INFINITY}) {
+    a.scale = scale;
+    try {
+      kernels::attention(a, nullptr);
+      ADD_FAILURE() << "scale " << scale << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("scale"), std::string::npos) << e.what();
+    }
+  }
+  a.scale = 0.125f;
+  EXPECT_NO_THROW(kernels::attention(a, nullptr));
+  SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
 }
 
 }  // namespace
