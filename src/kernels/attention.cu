@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Causal grouped-query attention over the KV cache (flash-attention style, warp-level mma.sync):
 //
-// Grid (ceil(n * group / 64), kv_heads, B); 4 warps. The query heads that share a key/value head are
+// Grid (kv_heads, ceil(n * group / 64) x splits, B), row tiles walked from the last (longest) one; 4 warps. The query heads that share a key/value head are
 // packed into the M dimension: CTA row r is token i = r / group, head kv_head * group + r % group, so
 // a decode step (n = 1) still fills part of a 16-row MMA and every key/value tile is read once per
 // group instead of once per query head. Each warp owns 16 rows and keeps Q (16 x d) in registers as
@@ -35,6 +35,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kBlockM = 64;  // query rows per CTA (16 per warp)
 constexpr int kBlockN = 64;  // key positions per tile
+constexpr std::int64_t kMaxRowsPerStep = std::int64_t{65535} * kBlockM;  // grid y: row tiles (x splits)
 
 template <class T>
 __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
@@ -83,11 +84,15 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   T* k_smem = reinterpret_cast<T*>(smem);      // [2][kBlockN][kStride]
   T* v_smem = k_smem + 2 * kBlockN * kStride;  // [2][kBlockN][kStride]
 
-  const int b = blockIdx.z, kv_head = blockIdx.y;
+  // Longest work first: CTAs start in grid order (x fastest), and a causal row tile further down sees
+  // more keys, so x walks the KV heads and y the row tiles from the last to the first (in the old
+  // order, row tiles in x, the longest tiles of the last head started last and ran alone).
+  const int b = blockIdx.z, kv_head = blockIdx.x;
   const int group = a.num_heads / a.num_kv_heads;
   const int rows_total = a.tokens_per_sequence * group;
-  const int split = static_cast<int>(blockIdx.x % a.splits);
-  const int row0 = static_cast<int>(blockIdx.x / a.splits) * kBlockM;
+  const int unit = static_cast<int>(blockIdx.y), split = unit % a.splits;
+  const int row_tiles = static_cast<int>(gridDim.y) / a.splits;
+  const int row0 = (row_tiles - 1 - unit / a.splits) * kBlockM;
   const std::int64_t len0 = a.seq_len[b];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tig = lane % 4;
 
@@ -297,8 +302,9 @@ void launch(const AttentionArgs& a, cudaStream_t stream) {
   const std::int64_t rows = static_cast<std::int64_t>(a.tokens_per_sequence) * group;
   AttentionArgs args = a;
   args.splits = attention_splits(a);
-  const dim3 grid(static_cast<unsigned>((rows + kBlockM - 1) / kBlockM * args.splits), static_cast<unsigned>(a.num_kv_heads),
+  const dim3 grid(static_cast<unsigned>(a.num_kv_heads), static_cast<unsigned>((rows + kBlockM - 1) / kBlockM * args.splits),
                   static_cast<unsigned>(a.num_sequences));
+  SAMOYEDS_CHECK(grid.y <= 65535, "attention: ", grid.y, " row tiles x splits exceed the grid's y limit");
   attention_kernel<T, D><<<grid, kThreads, kSmemBytes, stream>>>(args);
   SAMOYEDS_CHECK_LAUNCH("attention_kernel");
   if (args.splits > 1) {
@@ -358,8 +364,10 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   SAMOYEDS_CHECK(a.window >= 0 && a.capacity >= 1, "attention: window must be >= 0 and capacity >= 1");
   // The kernel takes each row's max over the raw scores and scales it once, which needs scale > 0.
   SAMOYEDS_CHECK(a.scale > 0.0f && std::isfinite(a.scale), "attention: the softmax scale must be positive and finite, got ", a.scale);
-  SAMOYEDS_CHECK(static_cast<std::int64_t>(a.tokens_per_sequence) * (a.num_heads / a.num_kv_heads) <= (std::int64_t{1} << 30),
-                 "attention: ", a.tokens_per_sequence, " tokens per sequence is too many for one step");
+  // Row tiles x splits are the grid's y extent (at most 65535; many row tiles leave one split).
+  SAMOYEDS_CHECK(static_cast<std::int64_t>(a.tokens_per_sequence) * (a.num_heads / a.num_kv_heads) <= kMaxRowsPerStep,
+                 "attention: ", a.tokens_per_sequence, " tokens per sequence x ", a.num_heads / a.num_kv_heads,
+                 " query heads per KV head is more than ", kMaxRowsPerStep, " rows for one step; split the prefill into chunks");
   if (a.num_sequences == 0 || a.tokens_per_sequence == 0) return;
   const bool bf16 = a.dtype == DType::bf16;
   if (a.head_dim == 128) bf16 ? launch<__nv_bfloat16, 128>(a, stream) : launch<__half, 128>(a, stream);
