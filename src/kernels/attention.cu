@@ -363,7 +363,9 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                  " KV heads, ", a.num_sequences, " sequences, ", dtype_name(a.dtype), ")");
   SAMOYEDS_CHECK(a.window >= 0 && a.capacity >= 1, "attention: window must be >= 0 and capacity >= 1");
   // The kernel takes each row's max over the raw scores and scales it once, which needs scale > 0.
-  SAMOYEDS_CHECK(a.scale > 0.0f && std::isfinite(a.scale), "attention: the softmax scale must be positive and finite, got ", a.scale);
+  // (and scale x log2(e), the kernel's factor, a normal float: a subnormal one would flush to 0).
+  SAMOYEDS_CHECK(a.scale > 0.0f && std::isnormal(a.scale * 1.4426950408889634f),
+                 "attention: the softmax scale must be positive, finite and not tiny (a normal float), got ", a.scale);
   // Row tiles x splits are the grid's y extent (at most 65535; many row tiles leave one split).
   SAMOYEDS_CHECK(static_cast<std::int64_t>(a.tokens_per_sequence) * (a.num_heads / a.num_kv_heads) <= kMaxRowsPerStep,
                  "attention: ", a.tokens_per_sequence, " tokens per sequence x ", a.num_heads / a.num_kv_heads,

@@ -125,6 +125,7 @@ TEST(GpuAttention, RejectsScaleThatIsNotPositive) {
   const int d = 64;
   DeviceBuffer q(static_cast<std::size_t>(4 * d) * 2), kv(static_cast<std::size_t>(8 * 4 * d) * 2), out(q.bytes());
   DeviceBuffer len(std::vector<std::int32_t>{3});
+  for (DeviceBuffer* buffer : {&q, &kv}) SAMOYEDS_ASSERT_CUDA(cudaMemset(buffer->get(), 0, buffer->bytes()));
   kernels::AttentionArgs a;
   a.q = q.get();
   a.k_cache = kv.get();
@@ -138,7 +139,7 @@ TEST(GpuAttention, RejectsScaleThatIsNotPositive) {
   a.head_dim = d;
   a.capacity = 8;
   a.dtype = DType::bf16;
-  for (float scale : {0.0f, -0.125f, NAN, INFINITY}) {
+  for (float scale : {0.0f, -0.125f, NAN, INFINITY, 1e-45f}) {
     a.scale = scale;
     try {
       kernels::attention(a, nullptr);
