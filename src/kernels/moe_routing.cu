@@ -17,6 +17,7 @@
 #include <limits>
 
 #include "kernels/cuda_check.h"
+#include "kernels/half_math.cuh"
 #include "samoyeds/error.h"
 
 namespace samoyeds::kernels {
@@ -583,6 +584,56 @@ void check_tokens(std::int64_t T, int top_k, const char* what) {
                  " does not fit int32 slot ids; route fewer tokens per call");
 }
 
+// Router logits: warp w of CTA (bx, by) computes logit column e = 8 bx + w for tokens 8 by .. 8 by + 7.
+// Lane l reads w[e, 8l + 256 i .. +7] once and x[t, same] for each of the tile's tokens (16-byte loads;
+// the 8 warps of a CTA read the same x rows, which L1 serves after the first), accumulates 8 products
+// per token in fp32, and the warp sums its lanes by an xor tree. Registers: 8 accumulators + 8 weights.
+constexpr int kRouterTokens = 8;  // tokens per CTA
+constexpr int kRouterLogits = 8;  // logit columns per CTA (one per warp)
+
+template <class T>
+__device__ __forceinline__ void widen8(const uint4& packed, float (&out)[8]) {
+  const auto* v = reinterpret_cast<const T*>(&packed);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) out[i] = widen(v[i]);
+}
+
+template <class T>
+__global__ void __launch_bounds__(32 * kRouterLogits) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                                          float* __restrict__ logits, std::int64_t num_tokens,
+                                                                          int num_logits, std::int64_t H) {
+  const int lane = threadIdx.x % 32;
+  const int e = blockIdx.x * kRouterLogits + threadIdx.x / 32;
+  if (e >= num_logits) return;  // a whole warp
+  const std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRouterTokens;
+  const std::int64_t left = num_tokens - t0;
+  const int tokens = left < kRouterTokens ? static_cast<int>(left) : kRouterTokens;
+  const T* w_row = w + static_cast<std::int64_t>(e) * H;
+  const T* x_tile = x + t0 * H;
+  float acc[kRouterTokens];
+#pragma unroll
+  for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
+  for (std::int64_t h = 8 * lane; h < H; h += 256) {
+    float wf[8];
+    widen8<T>(__ldg(reinterpret_cast<const uint4*>(w_row + h)), wf);
+#pragma unroll
+    for (int t = 0; t < kRouterTokens; ++t) {
+      if (t >= tokens) break;
+      float xf[8];
+      widen8<T>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[t] = fmaf(xf[i], wf[i], acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRouterTokens; ++t) {
+    float v = acc[t];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0 && t < tokens) logits[(t0 + t) * num_logits + e] = v;
+  }
+}
+
 }  // namespace
 
 void GpuRouting::validate(const char* what) const {
@@ -682,6 +733,33 @@ void combine(const void* slot_rows, const std::int32_t* token_slot, const float*
                                                                   top_k, chunks_per_row);
   }
   SAMOYEDS_CHECK_LAUNCH("combine_kernel");
+}
+
+bool router_kernel_fits(const void* x, const void* w, std::int64_t H) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  return H > 0 && H % 8 == 0 && aligned(x) && aligned(w);
+}
+
+void router_logits(const void* x, const void* w, float* logits, std::int64_t T, int E, std::int64_t H, DType dtype,
+                   cudaStream_t stream) {
+  SAMOYEDS_CHECK(T >= 0 && E >= 1 && E <= kMaxExperts + 1, "router_logits: T = ", T, ", E = ", E, " (E must be in [1, ",
+                 kMaxExperts + 1, "])");
+  SAMOYEDS_CHECK(router_kernel_fits(x, w, H), "router_logits: H (", H,
+                 ") must be a positive multiple of 8 with 16-byte aligned x and w; use the cuBLAS product");
+  SAMOYEDS_CHECK(dtype == DType::bf16 || dtype == DType::f16, "router_logits: x and w must be bf16 or fp16, got ", dtype_name(dtype));
+  SAMOYEDS_CHECK((T + kRouterTokens - 1) / kRouterTokens <= 65535, "router_logits: ", T, " tokens exceed the grid (",
+                 65535 * kRouterTokens, " at most)");
+  if (T == 0) return;
+  const dim3 grid(static_cast<unsigned>((E + kRouterLogits - 1) / kRouterLogits),
+                  static_cast<unsigned>((T + kRouterTokens - 1) / kRouterTokens));
+  if (dtype == DType::bf16) {
+    router_logits_kernel<__nv_bfloat16><<<grid, 32 * kRouterLogits, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), logits, T, E, H);
+  } else {
+    router_logits_kernel<__half><<<grid, 32 * kRouterLogits, 0, stream>>>(static_cast<const __half*>(x),
+                                                                          static_cast<const __half*>(w), logits, T, E, H);
+  }
+  SAMOYEDS_CHECK_LAUNCH("router_logits_kernel");
 }
 
 }  // namespace samoyeds::kernels

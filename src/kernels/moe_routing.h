@@ -34,6 +34,19 @@ struct GpuRouting {              // what the router kernels need to know; filled
   void validate(const char* what) const;  // throws samoyeds::Error naming the bad field
 };
 
+// Router logits [T, E] fp32 row-major = x [T, H] (bf16/fp16, row-major) times w [E, H]^T, fp32
+// accumulation in a fixed order (bitwise reproducible). For the products cuBLAS serves poorly: a
+// warp per logit column over a tile of 8 tokens, each lane 8 consecutive H values at a time. Needs H a
+// positive multiple of 8 and 16-byte aligned x and w (router_kernel_fits); T = 0 launches nothing.
+void router_logits(const void* x, const void* w, float* logits, std::int64_t T, int E, std::int64_t H, DType dtype,
+                   cudaStream_t stream);
+bool router_kernel_fits(const void* x, const void* w, std::int64_t H);
+// Whether router_logits should take a router product instead of cuBLAS: decode-sized T (<= 64 tokens:
+// cuBLAS took 8.9 µs per layer for Mixtral's 1 x 4096 x 8 in the decode profile, docs/model.md) or few
+// logits (E <= 16: at T = 4096, N = 8 cuBLAS ran a 256 x 8 tile at 67 µs where reading x takes ~8 µs).
+// Many logits at large T stay with cuBLAS: the kernel reads x once per 8 logits.
+constexpr bool router_kernel_wanted(std::int64_t T, int E) { return T <= 64 || E <= 16; }
+
 // logits [T, E (+1 when shared_gate)] fp32 row-major (row stride E or E + 1).
 // -> topk_expert [T, top_k] int32, topk_weight [T, top_k] fp32, and shared_weight [T] fp32 =
 //    sigmoid(logits[t, E]) = 1 / (1 + exp(-z)) when shared_gate (must be nullptr otherwise).

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// MoeRouter: one cuBLAS GEMM for the logits (Qwen2-MoE's shared-gate row rides along as logit E),
-// then the routing kernels of kernels/moe_routing.cu. No host synchronisation in route().
+// MoeRouter: one product for the logits (ours at decode sizes and for few experts, else cuBLAS; Qwen2-MoE's
+// shared-gate row rides along as logit E), then the routing kernels of kernels/moe_routing.cu. No host
+// synchronisation in route().
 #include "moe/moe_router.h"
 
 #include <cstring>
@@ -99,8 +100,13 @@ void MoeRouter::route(const void* x, const RoutingBuffers& b, cudaStream_t strea
   const std::int64_t T = b.num_tokens;
   const kernels::GpuRouting r = gpu_routing(config_, T);
   if (T > 0) {
-    SAMOYEDS_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
-    gemm_xwt(cublas_, dtype_, weight_, x, b.logits, DType::f32, num_logits_, T, config_.hidden_size);  // [T, E(+1)]
+    // [T, E(+1)]: our small-product kernel where cuBLAS is slow (kernels::router_kernel_wanted).
+    if (kernels::router_kernel_wanted(T, num_logits_) && kernels::router_kernel_fits(x, weight_, config_.hidden_size)) {
+      kernels::router_logits(x, weight_, b.logits, T, num_logits_, config_.hidden_size, dtype_, stream);
+    } else {
+      SAMOYEDS_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
+      gemm_xwt(cublas_, dtype_, weight_, x, b.logits, DType::f32, num_logits_, T, config_.hidden_size);
+    }
     kernels::softmax_topk(b.logits, T, r, b.topk_expert, b.topk_weight, b.shared_weight, stream);
   }
   kernels::build_expert_lists(b.topk_expert, b.topk_weight, T, r, b.expert_offsets, b.slot_token, b.slot_weight,

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// The routing stage that the sparse and the dense MoE layers share: router GEMM (cuBLAS, fp32 logits)
+// The routing stage that the sparse and the dense MoE layers share: router GEMM (fp32 logits; ours or cuBLAS)
 // -> softmax/top-k per family -> capacity dropping -> per-expert lists, all on one stream with no
 // host synchronisation (kernels/moe_routing.h has the list layout; docs/routing.md the meaning).
 #pragma once

@@ -581,6 +581,83 @@ TEST(GpuRouting, CapturableInCudaGraph) {
 
 // --- bad arguments (rejected on the host before any CUDA call, so these run without a GPU too) ---------
 
+// router_logits against the product on the host: exact tier (small integers: every partial sum is an
+// integer below 2^24, so any summation order gives the same fp32 value) and realistic tier (normal
+// data, within 1e-5 of sum |x w| per logit); two runs bitwise equal; outputs poisoned (NaN) before
+// each run. Decode sizes, a tile-crossing T, H not a multiple of 256, Qwen's 61 logits, 1 logit.
+TEST(GpuRouting, RouterLogitsMatchHostProduct) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  struct Shape {
+    std::int64_t T;
+    int E;
+    std::int64_t H;
+    DType dtype;
+  };
+  std::uint64_t seed = 7100;
+  for (const Shape& c : {Shape{1, 8, 4096, DType::bf16}, Shape{7, 61, 2048, DType::f16}, Shape{64, 64, 2048, DType::bf16},
+                         Shape{1000, 8, 4104, DType::bf16}, Shape{13, 1, 8, DType::f16}}) {
+    for (bool exact : {true, false}) {
+      ++seed;
+      SCOPED_TRACE(seed_trace(seed) + ", T " + std::to_string(c.T) + ", E " + std::to_string(c.E) + ", H " +
+                   std::to_string(c.H) + (exact ? ", exact" : ", normal"));
+      const Matrix x = exact ? random_int_matrix(c.dtype, c.T, c.H, seed) : random_normal_matrix(c.dtype, c.T, c.H, seed);
+      const Matrix w = exact ? random_int_matrix(c.dtype, c.E, c.H, seed + 1)
+                             : random_normal_matrix(c.dtype, c.E, c.H, seed + 1, 0.02f);
+      DeviceBuffer dx(x.data(), x.bytes()), dw(w.data(), w.bytes()), out(static_cast<std::size_t>(c.T * c.E) * 4);
+      ASSERT_TRUE(kernels::router_kernel_fits(dx.get(), dw.get(), c.H));
+      std::vector<float> first;
+      for (int run = 0; run < 2; ++run) {
+        out.poison();
+        kernels::router_logits(dx.get(), dw.get(), out.as<float>(), c.T, c.E, c.H, c.dtype, nullptr);
+        SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+        const std::vector<float> got = out.to_host<float>();
+        if (run == 1) {
+          EXPECT_EQ(std::memcmp(got.data(), first.data(), got.size() * 4), 0) << "two runs differ";
+          break;
+        }
+        first = got;
+        std::int64_t bad = 0;
+        for (std::int64_t t = 0; t < c.T; ++t)
+          for (int e = 0; e < c.E; ++e) {
+            double want = 0, magnitude = 0;
+            for (std::int64_t h = 0; h < c.H; ++h) {
+              const double p = static_cast<double>(x.get(t, h)) * w.get(e, h);
+              want += p;
+              magnitude += std::fabs(p);
+            }
+            const double g = got[static_cast<std::size_t>(t * c.E + e)];
+            const bool ok = exact ? g == want : std::fabs(g - want) <= 1e-5 * magnitude + 1e-30;
+            if (!ok && bad++ < 3) ADD_FAILURE() << "logit (" << t << ", " << e << "): got " << g << ", want " << want;
+          }
+      }
+    }
+  }
+}
+
+TEST(GpuRouting, RouterKernelPolicyAndBadArguments) {
+  // Which router products take our kernel (kernels::router_kernel_wanted): decode sizes, or few logits.
+  EXPECT_TRUE(kernels::router_kernel_wanted(1, 64));
+  EXPECT_TRUE(kernels::router_kernel_wanted(64, 61));
+  EXPECT_FALSE(kernels::router_kernel_wanted(65, 64));
+  EXPECT_TRUE(kernels::router_kernel_wanted(4096, 8));
+  EXPECT_TRUE(kernels::router_kernel_wanted(16384, 16));
+  EXPECT_FALSE(kernels::router_kernel_wanted(4096, 17));
+  void* fake = reinterpret_cast<void*>(std::uintptr_t{256});
+  void* misaligned = reinterpret_cast<void*>(std::uintptr_t{258});
+  auto* fake_f = reinterpret_cast<float*>(std::uintptr_t{256});
+  EXPECT_FALSE(kernels::router_kernel_fits(fake, fake, 12));  // H % 8
+  EXPECT_FALSE(kernels::router_kernel_fits(misaligned, fake, 64));
+  EXPECT_FALSE(kernels::router_kernel_fits(fake, misaligned, 64));
+  EXPECT_TRUE(kernels::router_kernel_fits(fake, fake, 64));
+  // Never dereferenced: every call throws before it launches.
+  EXPECT_THROW(kernels::router_logits(fake, fake, fake_f, 4, 8, 12, DType::bf16, nullptr), Error);
+  EXPECT_THROW(kernels::router_logits(misaligned, fake, fake_f, 4, 8, 64, DType::bf16, nullptr), Error);
+  EXPECT_THROW(kernels::router_logits(fake, fake, fake_f, 4, 0, 64, DType::bf16, nullptr), Error);
+  EXPECT_THROW(kernels::router_logits(fake, fake, fake_f, -1, 8, 64, DType::bf16, nullptr), Error);
+  EXPECT_THROW(kernels::router_logits(fake, fake, fake_f, 4, 8, 64, DType::f32, nullptr), Error);
+  EXPECT_NO_THROW(kernels::router_logits(fake, fake, fake_f, 0, 8, 64, DType::bf16, nullptr));  // T = 0: nothing
+}
+
 TEST(GpuRouting, RejectsBadArguments) {
   // Never dereferenced: every call below must throw before it launches anything.
   auto* fake_i = reinterpret_cast<std::int32_t*>(std::uintptr_t{256});
