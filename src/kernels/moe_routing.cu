@@ -747,8 +747,9 @@ void router_logits(const void* x, const void* w, float* logits, std::int64_t T, 
   SAMOYEDS_CHECK(router_kernel_fits(x, w, H), "router_logits: H (", H,
                  ") must be a positive multiple of 8 with 16-byte aligned x and w; use the cuBLAS product");
   SAMOYEDS_CHECK(dtype == DType::bf16 || dtype == DType::f16, "router_logits: x and w must be bf16 or fp16, got ", dtype_name(dtype));
-  SAMOYEDS_CHECK((T + kRouterTokens - 1) / kRouterTokens <= 65535, "router_logits: ", T, " tokens exceed the grid (",
-                 65535 * kRouterTokens, " at most)");
+  static_assert(kRouterMaxTokens == std::int64_t{65535} * kRouterTokens, "the grid's y limit in tiles of kRouterTokens");
+  SAMOYEDS_CHECK(T <= kRouterMaxTokens, "router_logits: ", T, " tokens exceed the grid (", kRouterMaxTokens,
+                 " at most; route() uses cuBLAS beyond)");
   if (T == 0) return;
   const dim3 grid(static_cast<unsigned>((E + kRouterLogits - 1) / kRouterLogits),
                   static_cast<unsigned>((T + kRouterTokens - 1) / kRouterTokens));

@@ -45,7 +45,9 @@ bool router_kernel_fits(const void* x, const void* w, std::int64_t H);
 // cuBLAS took 8.9 µs per layer for Mixtral's 1 x 4096 x 8 in the decode profile, docs/model.md) or few
 // logits (E <= 16: at T = 4096, N = 8 cuBLAS ran a 256 x 8 tile at 67 µs where reading x takes ~8 µs).
 // Many logits at large T stay with cuBLAS: the kernel reads x once per 8 logits.
-constexpr bool router_kernel_wanted(std::int64_t T, int E) { return T <= 64 || E <= 16; }
+// (Beyond kRouterMaxTokens, the grid's y limit of 8-token tiles, cuBLAS takes every product.)
+constexpr std::int64_t kRouterMaxTokens = std::int64_t{65535} * 8;
+constexpr bool router_kernel_wanted(std::int64_t T, int E) { return T <= kRouterMaxTokens && (T <= 64 || E <= 16); }
 
 // logits [T, E (+1 when shared_gate)] fp32 row-major (row stride E or E + 1).
 // -> topk_expert [T, top_k] int32, topk_weight [T, top_k] fp32, and shared_weight [T] fp32 =
