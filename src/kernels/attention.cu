@@ -9,7 +9,8 @@
 // (zero-filled past the last needed key, so masked positions are finite zeros); per tile a warp computes
 // S = Q K^T (m16n8k16, K fragments by ldmatrix), masks causally (and by the sliding window),
 // updates the running max/sum in the log2 domain (max over the raw scores, scaled once; each
-// probability one FFMA and one ex2.approx.ftz), turns P into bf16/fp16 A fragments in registers
+// probability one FFMA and one ex2.approx.ftz; the max, and with it O's rescale, moves only when a
+// tile exceeds it by 2^8), turns P into bf16/fp16 A fragments in registers
 // (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
 // fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
@@ -35,6 +36,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kBlockM = 64;  // query rows per CTA (16 per warp)
 constexpr int kBlockN = 64;  // key positions per tile
+constexpr float kLazyRescaleLog2 = 8.0f;  // the running max moves only when a tile exceeds it by 2^8
 constexpr std::int64_t kMaxRowsPerStep = std::int64_t{65535} * kBlockM;  // grid y: row tiles (x splits)
 
 template <class T>
@@ -179,6 +181,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
       }
       // Mask, scale, running max and sum; o rescaled by exp2(old max - new max).
       const std::int64_t key0 = key_begin + static_cast<std::int64_t>(tile) * kBlockN;
+      float rescale[2];  // per row h: what O and the sum are multiplied by for this tile
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         RowState& row = rows[h];
@@ -201,10 +204,17 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
           }
         // The max of the raw scores, scaled once (scale > 0, and rounding is monotonic: the same value
         // as the max of the scaled scores); each probability is then one FFMA and one EX2.
-        const float new_max = fmaxf(row.max, quad_max(tile_max) * scale_log2);
+        // Lazy rescaling: the running max (the base of the probabilities) only moves when a tile's
+        // max exceeds it by more than kLazyRescaleLog2, so most tiles leave O and the sum as they are
+        // (probabilities up to 2^kLazyRescaleLog2 = 256 are exact enough in bf16/fp16 and fp32 sums;
+        // O / sum is the same quotient whatever the base). A row's first visible tile always moves it
+        // from -inf.
+        const float tile_max_scaled = quad_max(tile_max) * scale_log2;
+        const bool moves = tile_max_scaled > row.max + kLazyRescaleLog2;
+        const float new_max = moves ? tile_max_scaled : row.max;
         // Rows with nothing visible yet keep max -inf: their probabilities and rescale stay 0 and 1.
         const float base = new_max == -INFINITY ? 0.0f : new_max;
-        const float rescale = new_max == -INFINITY ? 1.0f : exp2_ftz(row.max - new_max);
+        rescale[h] = moves ? exp2_ftz(row.max - new_max) : 1.0f;  // exp2(-inf) = 0 on the first move
         float tile_sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < kBlockN / 8; ++nt)
@@ -214,12 +224,17 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
             v = exp2_ftz(fmaf(v, scale_log2, -base));
             tile_sum += v;
           }
-        row.sum = row.sum * rescale + tile_sum;
+        row.sum = row.sum * rescale[h] + tile_sum;
         row.max = new_max;
+      }
+      // O's rescale, 4 x D / 8 multiplies per thread, only when some row of the warp moved its base.
+      if (__any_sync(0xffffffffu, rescale[0] != 1.0f || rescale[1] != 1.0f)) {
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd) {
-          o[nd][2 * h] *= rescale;
-          o[nd][2 * h + 1] *= rescale;
+          o[nd][0] *= rescale[0];
+          o[nd][1] *= rescale[0];
+          o[nd][2] *= rescale[1];
+          o[nd][3] *= rescale[1];
         }
       }
       // O += P V: P's accumulator pairs are the A fragment of keys 16kk .. 16kk + 15.
