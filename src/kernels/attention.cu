@@ -10,7 +10,7 @@
 // S = Q K^T (m16n8k16, K fragments by ldmatrix), masks causally (and by the sliding window),
 // updates the running max/sum in the log2 domain (max over the raw scores, scaled once; each
 // probability one FFMA and one ex2.approx.ftz; the max, and with it O's rescale, moves only when a
-// tile exceeds it by 2^8), turns P into bf16/fp16 A fragments in registers
+// tile exceeds it by more than 8 in log2 units, a factor of 2^8), turns P into bf16/fp16 A fragments in registers
 // (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
 // fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
@@ -36,7 +36,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kBlockM = 64;  // query rows per CTA (16 per warp)
 constexpr int kBlockN = 64;  // key positions per tile
-constexpr float kLazyRescaleLog2 = 8.0f;  // the running max moves only when a tile exceeds it by 2^8
+constexpr float kLazyRescaleLog2 = 8.0f;  // the running max moves only when a tile exceeds it by more (log2)
 constexpr std::int64_t kMaxRowsPerStep = std::int64_t{65535} * kBlockM;  // grid y: row tiles (x splits)
 
 template <class T>
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
         // as the max of the scaled scores); each probability is then one FFMA and one EX2.
         // Lazy rescaling: the running max (the base of the probabilities) only moves when a tile's
         // max exceeds it by more than kLazyRescaleLog2, so most tiles leave O and the sum as they are
-        // (probabilities up to 2^kLazyRescaleLog2 = 256 are exact enough in bf16/fp16 and fp32 sums;
+        // (probabilities up to about 2^kLazyRescaleLog2 = 256, rounding aside, are exact enough in bf16/fp16 and fp32 sums;
         // O / sum is the same quotient whatever the base). A row's first visible tile always moves it
         // from -inf.
         const float tile_max_scaled = quad_max(tile_max) * scale_log2;

@@ -3,7 +3,8 @@
 // grouped-query heads, causal masking (the cache holds random values past each position, so a key
 // that should be masked would show), sliding windows, several new tokens per sequence, sequences of
 // different lengths, head_dim 64 and 128, with and without split-KV (whose result must also match
-// the unsplit one). Tolerance: 2^-7 max|v| (16-bit probabilities, fp32 sums, a bf16 output).
+// the unsplit one), the usual softmax scale and 8x it (peaky rows), bf16 and fp16. Tolerance: 2^-7
+// max|v| (16-bit probabilities, fp32 sums, a 16-bit output).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -27,16 +28,19 @@ struct Case {
   std::int64_t window;
   std::vector<std::int32_t> lengths;  // cached positions before the step, per sequence
   std::int64_t capacity;
+  float scale_factor = 1.0f;  // softmax scale = scale_factor / sqrt(d); larger ones make peakier rows
+  DType dtype = DType::bf16;
 };
 
 void check_case(const Case& c, std::uint64_t seed) {
   SCOPED_TRACE(testing::seed_trace(seed) + ", d " + std::to_string(c.head_dim) + ", n " + std::to_string(c.n) +
-               ", window " + std::to_string(c.window));
+               ", window " + std::to_string(c.window) + ", scale x" + std::to_string(c.scale_factor) + ", " +
+               dtype_name(c.dtype));
   const int B = static_cast<int>(c.lengths.size()), d = c.head_dim, group = c.heads / c.kv_heads;
   const std::int64_t T = static_cast<std::int64_t>(B) * c.n, kv_row = static_cast<std::int64_t>(c.kv_heads) * d;
-  const Matrix q = testing::random_normal_matrix(DType::bf16, T, c.heads * d, seed);
-  const Matrix k = testing::random_normal_matrix(DType::bf16, B * c.capacity, kv_row, seed + 1);
-  const Matrix v = testing::random_normal_matrix(DType::bf16, B * c.capacity, kv_row, seed + 2);
+  const Matrix q = testing::random_normal_matrix(c.dtype, T, c.heads * d, seed);
+  const Matrix k = testing::random_normal_matrix(c.dtype, B * c.capacity, kv_row, seed + 1);
+  const Matrix v = testing::random_normal_matrix(c.dtype, B * c.capacity, kv_row, seed + 2);
   DeviceBuffer dq(q.data(), q.bytes()), dk(k.data(), k.bytes()), dv(v.data(), v.bytes()), dlen(c.lengths);
   DeviceBuffer out_split(q.bytes()), out_plain(q.bytes());
   const std::size_t ws_bytes = kernels::attention_workspace_bytes(T * c.heads, d, 16);
@@ -54,8 +58,8 @@ void check_case(const Case& c, std::uint64_t seed) {
   a.head_dim = d;
   a.capacity = c.capacity;
   a.window = c.window;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(d));
-  a.dtype = DType::bf16;
+  a.scale = c.scale_factor / std::sqrt(static_cast<float>(d));
+  a.dtype = c.dtype;
   out_plain.poison();
   a.out = out_plain.get();
   kernels::attention(a, nullptr);  // no workspace: one CTA per rows tile
@@ -97,7 +101,7 @@ void check_case(const Case& c, std::uint64_t seed) {
           want /= sum;
           const std::size_t at = static_cast<std::size_t>((t * c.heads + h) * d + x);
           for (const auto* got : {&plain, &split}) {
-            const double g = half_to_float(DType::bf16, (*got)[at]);
+            const double g = half_to_float(c.dtype, (*got)[at]);
             if (!(std::fabs(g - want) <= std::ldexp(max_v, -7)) && bad++ < 3)
               ADD_FAILURE() << (got == &plain ? "unsplit" : "split") << " (b " << b << ", i " << i << ", h " << h << ", "
                             << x << "): got " << g << ", want " << want;
@@ -115,7 +119,11 @@ TEST(GpuAttention, MatchesDirectComputation) {
                         Case{64, 6, 3, 1, 33, {500}, 512},            // window not a multiple of the tile
                         // Prefill: many 64-row CTAs, keys from before the step and from it, diagonal
                         // tiles cut at a position that is no multiple of the tile, one sequence from empty.
-                        Case{128, 8, 2, 300, 0, {0, 37}, 400}})
+                        Case{128, 8, 2, 300, 0, {0, 37}, 400},
+                        // Peaky rows (8x the usual scale: scores spread ~12 in log2 units), fp16: a row's
+                        // running max moves after its first tile and probabilities reach ~2^8 (lazy rescaling).
+                        Case{128, 8, 2, 200, 0, {0, 150}, 400, 8.0f, DType::f16},
+                        Case{64, 4, 4, 1, 0, {900}, 1000, 8.0f, DType::bf16}})
     check_case(c, seed++);
 }
 
