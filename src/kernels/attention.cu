@@ -10,9 +10,9 @@
 // S = Q K^T (m16n8k16, K fragments by ldmatrix), masks causally (and by the sliding window),
 // updates the running max/sum in the log2 domain (max over the raw scores, scaled once; each
 // probability one FFMA and one ex2.approx.ftz; the max, and with it O's rescale, moves only when a
-// tile exceeds it by more than 8 in log2 units, a factor of 2^8), turns P into bf16/fp16 A fragments in registers
-// (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates O += P V (V
-// fragments by ldmatrix.trans). O is divided by the row sums at the end.
+// tile exceeds it by more than 8 in log2 units, a factor of 2^8), turns P into bf16/fp16 A fragments
+// in registers (the accumulator layout of m16n8 is the A layout of the next MMA) and accumulates
+// O += P V (V fragments by ldmatrix.trans). O is divided by the row sums at the end.
 //
 // Budget (d = 128): shared 2 stages x (K + V) x 64 x (128 + 8) x 2 B = 68 KB (row padding of 8 keeps
 // the ldmatrix reads of K and V conflict-free); registers per thread: Q 32, O 64, S 32 of the 216-224
