@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Causal grouped-query attention over the KV cache (flash-attention style, warp-level mma.sync):
 //
-// Grid (kv_heads, ceil(n * group / 64) x splits, B), row tiles walked from the last (longest) one; 4 warps. The query heads that share a key/value head are
-// packed into the M dimension: CTA row r is token i = r / group, head kv_head * group + r % group, so
+// Grid (kv_heads, ceil(n * group / 64) x splits, B), the row tiles walked from the last (longest)
+// one; 4 warps. The query heads that share a key/value head are packed into the M dimension: CTA
+// row r is token i = r / group, head kv_head * group + r % group, so
 // a decode step (n = 1) still fills part of a 16-row MMA and every key/value tile is read once per
 // group instead of once per query head. Each warp owns 16 rows and keeps Q (16 x d) in registers as
 // MMA A fragments. Key/value tiles of 64 positions stream through a two-stage cp.async ring
@@ -206,9 +207,9 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
         // as the max of the scaled scores); each probability is then one FFMA and one EX2.
         // Lazy rescaling: the running max (the base of the probabilities) only moves when a tile's
         // max exceeds it by more than kLazyRescaleLog2, so most tiles leave O and the sum as they are
-        // (probabilities up to about 2^kLazyRescaleLog2 = 256, rounding aside, are exact enough in bf16/fp16 and fp32 sums;
-        // O / sum is the same quotient whatever the base). A row's first visible tile always moves it
-        // from -inf.
+        // (probabilities up to about 2^kLazyRescaleLog2 = 256 lose nothing in bf16/fp16 or in fp32
+        // sums, and O / sum is the same quotient whatever the base). A row's first visible tile always
+        // moves it from -inf.
         const float tile_max_scaled = quad_max(tile_max) * scale_log2;
         const bool moves = tile_max_scaled > row.max + kLazyRescaleLog2;
         const float new_max = moves ? tile_max_scaled : row.max;
@@ -377,8 +378,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                  "attention: ", reason, " (head_dim ", a.head_dim, ", ", a.num_heads, " heads, ", a.num_kv_heads,
                  " KV heads, ", a.num_sequences, " sequences, ", dtype_name(a.dtype), ")");
   SAMOYEDS_CHECK(a.window >= 0 && a.capacity >= 1, "attention: window must be >= 0 and capacity >= 1");
-  // The kernel takes each row's max over the raw scores and scales it once, which needs scale > 0.
-  // (and scale x log2(e), the kernel's factor, a normal float: a subnormal one would flush to 0).
+  // The kernel takes each row's max over the raw scores and scales it once, which needs scale > 0,
+  // and scale x log2(e), its factor, a normal float (a subnormal one would flush to 0).
   SAMOYEDS_CHECK(a.scale > 0.0f && std::isnormal(a.scale * 1.4426950408889634f),
                  "attention: the softmax scale must be positive, finite and not tiny (a normal float), got ", a.scale);
   // Row tiles x splits are the grid's y extent (at most 65535; many row tiles leave one split).
