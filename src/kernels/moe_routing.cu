@@ -584,12 +584,15 @@ void check_tokens(std::int64_t T, int top_k, const char* what) {
                  " does not fit int32 slot ids; route fewer tokens per call");
 }
 
-// Router logits: warp w of CTA (bx, by) computes logit column e = 8 bx + w for tokens 8 by .. 8 by + 7.
-// Lane l reads w[e, 8l + 256 i .. +7] once and x[t, same] for each of the tile's tokens (16-byte loads;
-// the 8 warps of a CTA read the same x rows, which L1 serves after the first), accumulates 8 products
-// per token in fp32, and the warp sums its lanes by an xor tree. Registers: 8 accumulators + 8 weights.
-constexpr int kRouterTokens = 8;  // tokens per CTA
-constexpr int kRouterLogits = 8;  // logit columns per CTA (one per warp)
+// Router logits: CTA (bx, by) computes logit columns 4 bx .. 4 bx + 3 for tokens 8 by .. 8 by + 7. Its
+// 256 threads stride over H in 16-byte chunks (thread i takes chunks i, i + 256, ...; two chunks each
+// at H = 4096), so even a decode call (one CTA per 4 logits) has its loads in flight at once instead of
+// one warp walking a row; each thread keeps 4 x 8 fp32 partial sums, reduced by an xor tree per warp
+// and then over the 8 warps through shared memory, in a fixed order. x is read once per 4 logits (L1
+// serves the CTA's repeats), w once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights.
+constexpr int kRouterTokens = 8;   // tokens per CTA
+constexpr int kRouterLogits = 4;   // logit columns per CTA
+constexpr int kRouterThreads = 256;
 
 template <class T>
 __device__ __forceinline__ void widen8(const uint4& packed, float (&out)[8]) {
@@ -599,38 +602,60 @@ __device__ __forceinline__ void widen8(const uint4& packed, float (&out)[8]) {
 }
 
 template <class T>
-__global__ void __launch_bounds__(32 * kRouterLogits) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                                                                          float* __restrict__ logits, std::int64_t num_tokens,
-                                                                          int num_logits, std::int64_t H) {
-  const int lane = threadIdx.x % 32;
-  const int e = blockIdx.x * kRouterLogits + threadIdx.x / 32;
-  if (e >= num_logits) return;  // a whole warp
+__global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
+                                                                      float* __restrict__ logits, std::int64_t num_tokens,
+                                                                      int num_logits, std::int64_t H) {
+  __shared__ float partial[kRouterThreads / 32][kRouterLogits * kRouterTokens];  // [warp][e * 8 + t]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int e0 = blockIdx.x * kRouterLogits;
+  const int logits_here = min(kRouterLogits, num_logits - e0);
   const std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRouterTokens;
   const std::int64_t left = num_tokens - t0;
   const int tokens = left < kRouterTokens ? static_cast<int>(left) : kRouterTokens;
-  const T* w_row = w + static_cast<std::int64_t>(e) * H;
+  const T* w_rows = w + static_cast<std::int64_t>(e0) * H;
   const T* x_tile = x + t0 * H;
-  float acc[kRouterTokens];
+  float acc[kRouterLogits][kRouterTokens];
 #pragma unroll
-  for (int t = 0; t < kRouterTokens; ++t) acc[t] = 0.0f;
-  for (std::int64_t h = 8 * lane; h < H; h += 256) {
-    float wf[8];
-    widen8<T>(__ldg(reinterpret_cast<const uint4*>(w_row + h)), wf);
+  for (int e = 0; e < kRouterLogits; ++e)
+#pragma unroll
+    for (int t = 0; t < kRouterTokens; ++t) acc[e][t] = 0.0f;
+  for (std::int64_t h = 8 * static_cast<std::int64_t>(threadIdx.x); h < H; h += 8 * kRouterThreads) {
+    float wf[kRouterLogits][8];
+#pragma unroll
+    for (int e = 0; e < kRouterLogits; ++e) {
+      if (e < logits_here) widen8<T>(__ldg(reinterpret_cast<const uint4*>(w_rows + e * H + h)), wf[e]);
+      else
+#pragma unroll
+        for (int i = 0; i < 8; ++i) wf[e][i] = 0.0f;
+    }
 #pragma unroll
     for (int t = 0; t < kRouterTokens; ++t) {
-      if (t >= tokens) break;
-      float xf[8];
-      widen8<T>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
+      if (t < tokens) {  // (a `break` here kept the loop rolled and the partials in local memory)
+        float xf[8];
+        widen8<T>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[t] = fmaf(xf[i], wf[i], acc[t]);
+        for (int e = 0; e < kRouterLogits; ++e)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[e][t] = fmaf(xf[i], wf[e][i], acc[e][t]);
+      }
     }
   }
 #pragma unroll
-  for (int t = 0; t < kRouterTokens; ++t) {
-    float v = acc[t];
+  for (int e = 0; e < kRouterLogits; ++e)
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0 && t < tokens) logits[(t0 + t) * num_logits + e] = v;
+    for (int t = 0; t < kRouterTokens; ++t) {
+      float v = acc[e][t];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][e * kRouterTokens + t] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < kRouterLogits * kRouterTokens) {
+    const int e = threadIdx.x / kRouterTokens, t = threadIdx.x % kRouterTokens;
+    float v = 0.0f;
+#pragma unroll
+    for (int w_idx = 0; w_idx < kRouterThreads / 32; ++w_idx) v += partial[w_idx][threadIdx.x];
+    if (e < logits_here && t < tokens) logits[(t0 + t) * num_logits + e0 + e] = v;
   }
 }
 
@@ -754,10 +779,10 @@ void router_logits(const void* x, const void* w, float* logits, std::int64_t T, 
   const dim3 grid(static_cast<unsigned>((E + kRouterLogits - 1) / kRouterLogits),
                   static_cast<unsigned>((T + kRouterTokens - 1) / kRouterTokens));
   if (dtype == DType::bf16) {
-    router_logits_kernel<__nv_bfloat16><<<grid, 32 * kRouterLogits, 0, stream>>>(
+    router_logits_kernel<__nv_bfloat16><<<grid, kRouterThreads, 0, stream>>>(
         static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), logits, T, E, H);
   } else {
-    router_logits_kernel<__half><<<grid, 32 * kRouterLogits, 0, stream>>>(static_cast<const __half*>(x),
+    router_logits_kernel<__half><<<grid, kRouterThreads, 0, stream>>>(static_cast<const __half*>(x),
                                                                           static_cast<const __half*>(w), logits, T, E, H);
   }
   SAMOYEDS_CHECK_LAUNCH("router_logits_kernel");

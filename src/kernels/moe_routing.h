@@ -35,9 +35,9 @@ struct GpuRouting {              // what the router kernels need to know; filled
 };
 
 // Router logits [T, E] fp32 row-major = x [T, H] (bf16/fp16, row-major) times w [E, H]^T, fp32
-// accumulation in a fixed order (bitwise reproducible). For the products cuBLAS serves poorly: a
-// warp per logit column over a tile of 8 tokens, each lane 8 consecutive H values at a time. Needs H a
-// positive multiple of 8 and 16-byte aligned x and w (router_kernel_fits); T = 0 launches nothing.
+// accumulation in a fixed order (bitwise reproducible). For the products cuBLAS serves poorly: a CTA
+// per 4 logit columns and 8 tokens, its threads splitting H in 16-byte chunks. Needs H a positive
+// multiple of 8 and 16-byte aligned x and w (router_kernel_fits); T = 0 launches nothing.
 void router_logits(const void* x, const void* w, float* logits, std::int64_t T, int E, std::int64_t H, DType dtype,
                    cudaStream_t stream);
 bool router_kernel_fits(const void* x, const void* w, std::int64_t H);
