@@ -588,11 +588,12 @@ void check_tokens(std::int64_t T, int top_k, const char* what) {
 // 256 threads stride over H in 16-byte chunks (thread i takes chunks i, i + 256, ...; two chunks each
 // at H = 4096), so even a decode call (one CTA per 4 logits) has its loads in flight at once instead of
 // one warp walking a row; each thread keeps 4 x 8 fp32 partial sums, reduced by an xor tree per warp
-// and then over the 8 warps through shared memory, in a fixed order. x is read once per 4 logits (L1
-// serves the CTA's repeats), w once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights.
+// and then over the 8 warps through shared memory, in a fixed order. Each CTA reads its x tile and its
+// w rows once: x is read once per 4 logits over the grid (through L2), w once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights.
 constexpr int kRouterTokens = 8;   // tokens per CTA
 constexpr int kRouterLogits = 4;   // logit columns per CTA
 constexpr int kRouterThreads = 256;
+static_assert(kRouterLogits * kRouterTokens <= 32, "threads 0-31 of a CTA write its logits (one per lane)");
 
 template <class T>
 __device__ __forceinline__ void widen8(const uint4& packed, float (&out)[8]) {

@@ -585,7 +585,7 @@ TEST(GpuRouting, CapturableInCudaGraph) {
 // integer below 2^24, so any summation order gives the same fp32 value) and realistic tier (normal
 // data, within 2e-5 of sum |x w| per logit); two runs bitwise equal; outputs poisoned (NaN) before
 // each run, with a guard area behind them. Decode sizes, T with a partial last tile, H not a multiple
-// of 256, Qwen's 61 logits, 1 logit.
+// of 256, Qwen's 61 logits, 1 and 7 logits (CTAs with 1 and 3 of their 4 columns).
 TEST(GpuRouting, RouterLogitsMatchHostProduct) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   struct Shape {
@@ -596,7 +596,8 @@ TEST(GpuRouting, RouterLogitsMatchHostProduct) {
   };
   std::uint64_t seed = 7100;
   for (const Shape& c : {Shape{1, 8, 4096, DType::bf16}, Shape{7, 61, 2048, DType::f16}, Shape{64, 64, 2048, DType::bf16},
-                         Shape{1003, 8, 4104, DType::bf16}, Shape{13, 1, 264, DType::f16}}) {
+                         Shape{1003, 8, 4104, DType::bf16}, Shape{13, 1, 264, DType::f16},
+                         Shape{9, 7, 1024, DType::bf16}}) {
     for (bool exact : {true, false}) {
       ++seed;
       SCOPED_TRACE(seed_trace(seed) + ", T " + std::to_string(c.T) + ", E " + std::to_string(c.E) + ", H " +
