@@ -15,9 +15,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/cuda_check.h"
-#include "kernels/half_math.cuh"
 #include "samoyeds/error.h"
 
 namespace samoyeds::kernels {
@@ -596,16 +596,10 @@ constexpr int kRouterThreads = 256;
 static_assert(kRouterLogits * kRouterTokens <= 32, "threads 0-31 of a CTA write its logits (one per lane)");
 
 template <class T>
-__device__ __forceinline__ void widen8(const uint4& packed, float (&out)[8]) {
-  const auto* v = reinterpret_cast<const T*>(&packed);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) out[i] = widen(v[i]);
-}
-
-template <class T>
 __global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
                                                                       float* __restrict__ logits, std::int64_t num_tokens,
                                                                       int num_logits, std::int64_t H) {
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   __shared__ float partial[kRouterThreads / 32][kRouterLogits * kRouterTokens];  // [warp][e * 8 + t]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int e0 = blockIdx.x * kRouterLogits;
@@ -624,7 +618,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* 
     float wf[kRouterLogits][8];
 #pragma unroll
     for (int e = 0; e < kRouterLogits; ++e) {
-      if (e < logits_here) widen8<T>(__ldg(reinterpret_cast<const uint4*>(w_rows + e * H + h)), wf[e]);
+      if (e < logits_here) widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(w_rows + e * H + h)), wf[e]);
       else
 #pragma unroll
         for (int i = 0; i < 8; ++i) wf[e][i] = 0.0f;
@@ -633,7 +627,7 @@ __global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* 
     for (int t = 0; t < kRouterTokens; ++t) {
       if (t < tokens) {  // (a `break` here kept the loop rolled and the partials in local memory)
         float xf[8];
-        widen8<T>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
+        widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
 #pragma unroll
         for (int e = 0; e < kRouterLogits; ++e)
 #pragma unroll

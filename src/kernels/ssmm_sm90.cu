@@ -777,18 +777,22 @@ const Tuning& tuning() {
   return t;
 }
 
+// Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
+std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
+  return (packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols).compressed_rows_padded + 127) / 128;
+}
+
 // The tile width a call uses (gpu::plan_tile_tokens), or the SAMOYEDS_SSMM_NARROW override.
 int tile_tokens(const gpu::SsmmArgs& a) {
   if (tuning().narrow == 1) return 32;
   if (tuning().narrow == 0 && num_mats_of(a) < 3 && tokens_per_expert(a) > 32) return num_mats_of(a) == 1 ? 128 : 64;
-  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  return gpu::plan_tile_tokens(tokens_per_expert(a), num_mats_of(a), (g.compressed_rows_padded + 127) / 128, a.weight.cols, a.num_tokens,
+  return gpu::plan_tile_tokens(tokens_per_expert(a), num_mats_of(a), row_tiles_of(a), a.weight.cols, a.num_tokens,
                                busy_experts_of(a), num_sms());
 }
 
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
+  const std::int64_t row_tiles = row_tiles_of(a);
   // Grouped: at least one tile per busy expert (the real tile count is only known on the device).
   const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts_of(a));
   const std::int64_t num_kt = (g.cols_padded + 127) / 128;
@@ -855,7 +859,7 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   c.plan = split_plan(a);
   const Tuning& t = tuning();
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  const std::int64_t row_tiles = (g.compressed_rows_padded + 127) / 128;
+  const std::int64_t row_tiles = row_tiles_of(a);
   const bool wanted =
       t.tma == 1 || (t.tma == -1 && gpu::plan_tma_variant(tokens_per_expert(a), num_mats_of(a), row_tiles, a.token_idx != nullptr));
   bool weights_ok = true;
