@@ -3,7 +3,7 @@
 #   1. per-kernel GPU time of eager decode steps of one Mixtral-8x7B layer (ncu, durations only),
 #      aggregated by kernel name over the last steps;
 #   2. a full ncu section set of one grouped gate/up SSMM launch at decode size (T = 1).
-# Writes $OUT/decode_kernels.csv, $OUT/decode_breakdown.txt, $OUT/ssmm_decode_details.txt.
+# Writes $OUT/decode_kernels.csv, $OUT/decode_breakdown.txt, $OUT/ssmm_decode_{details.txt,source.csv}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -20,7 +20,7 @@ with open(sys.argv[1]) as f:
     lines = [l for l in f if l.startswith('"')]
 for r in csv.DictReader(lines):
     if r.get("Metric Name") == "gpu__time_duration.sum":
-        rows.append((int(r["ID"]), r["Kernel Name"][:90], float(r["Metric Value"]) / 1000.0))
+        rows.append((int(r["ID"]), r["Kernel Name"][:90], float(r["Metric Value"].replace(",", "")) / 1000.0))
 rows.sort()
 # The last 8 decode steps of the Samoyeds path: the tail of the launch list before the dense twin's
 # check would be ambiguous, so take every launch after the last prefill-size argmax of the run and
@@ -39,5 +39,7 @@ head -40 "$OUT/decode_breakdown.txt"
 $ncu --clock-control none --set full -k regex:ssmm_sm90_kernel --launch-skip 6 --launch-count 1 \
   -o "$OUT/ssmm_decode" $cli bench moe --model mixtral-8x7b --tokens 1 --reps 3 > "$OUT/ssmm_ncu.log" 2>&1
 $ncu --import "$OUT/ssmm_decode.ncu-rep" --page details > "$OUT/ssmm_decode_details.txt" 2>&1
+$ncu --import "$OUT/ssmm_decode.ncu-rep" --page source --csv --print-source sass > "$OUT/ssmm_decode_source.csv" 2>&1
+rm -f "$OUT/ssmm_decode.ncu-rep"
 grep -E "Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Grid Size|Block Size|Registers|Compute \(SM\)|Elapsed Cycles|L2 Hit|Stall|Warp Cycles Per Issued" \
   "$OUT/ssmm_decode_details.txt" | head -40
