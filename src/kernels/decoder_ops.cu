@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda_check.h"
 #include "kernels/decoder_ops.h"
@@ -42,14 +43,39 @@ __device__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// round(x + scale * b) for the 8 elements of two 16-byte chunks (add_residual's arithmetic), built
+// from 32-bit words: 16-bit element stores into a uint4 went through local memory in the fp16 build.
+template <class T>
+__device__ __forceinline__ uint4 add8(const uint4& x, const uint4& b, float scale) {
+  const unsigned xw[4] = {x.x, x.y, x.z, x.w}, bw[4] = {b.x, b.y, b.z, b.w};
+  unsigned out[4];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    unsigned word = 0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {  // element 2k + h is the low half for h = 0 (little endian)
+      const T xe = from_bits<T>(static_cast<unsigned short>(xw[k] >> (16 * h)));
+      const T be = from_bits<T>(static_cast<unsigned short>(bw[k] >> (16 * h)));
+      const unsigned short sum_bits = bits_of(narrow<T>(widen(xe) + scale * widen(be)));
+      word |= static_cast<unsigned>(sum_bits) << (16 * h);
+    }
+    out[k] = word;
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
 // One block per row. The row is read once, 16 bytes per load, into registers (kChunks loads per
 // thread, issued together: a decode step normalises a single row, and dependent loads one after
 // another made this a latency-bound 9 us kernel); H % 8 == 0 and H <= 8 x kThreads x kChunks.
-template <class T, int kChunks>
-__global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* x, const T* w, T* y, std::int64_t H, float eps,
-                                                            float out_scale) {
+// kAdd: the row is first x + branch_scale * branch, rounded and written back to x (add_residual's
+// arithmetic), so a sublayer's residual add and the next norm read x once.
+// (__launch_bounds__'s minimum of one block per SM: without it ptxas held the fp16 fused 4-chunk
+// kernel to 40 registers and spilled.)
+template <class T, int kChunks, bool kAdd>
+__global__ void __launch_bounds__(kThreads, 1) rms_norm_kernel(T* x, const T* branch, float branch_scale, const T* w, T* y,
+                                                            std::int64_t H, float eps, float out_scale) {
   __shared__ float scratch[kThreads / 32];
-  const uint4* row = reinterpret_cast<const uint4*>(x + blockIdx.x * H);  // one block per token
+  uint4* row = reinterpret_cast<uint4*>(x + blockIdx.x * H);  // one block per token
   uint4* out = reinterpret_cast<uint4*>(y + blockIdx.x * H);
   const uint4* weight = reinterpret_cast<const uint4*>(w);
   const int num_chunks = static_cast<int>(H / 8);
@@ -58,6 +84,21 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* x, const T*
   for (int c = 0; c < kChunks; ++c) {
     const int at = threadIdx.x + c * kThreads;
     v[c] = at < num_chunks ? row[at] : make_uint4(0, 0, 0, 0);
+  }
+  if constexpr (kAdd) {
+    const uint4* branch_row = reinterpret_cast<const uint4*>(branch + blockIdx.x * H);
+    uint4 b[kChunks];
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      const int at = threadIdx.x + c * kThreads;
+      b[c] = at < num_chunks ? branch_row[at] : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      v[c] = add8<T>(v[c], b[c], branch_scale);
+      const int at = threadIdx.x + c * kThreads;
+      if (at < num_chunks) row[at] = v[c];
+    }
   }
   float sum_squares = 0.0f;
 #pragma unroll
@@ -86,20 +127,29 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(const T* x, const T*
   }
 }
 
-// Grid (T, pair blocks): block (t, y) rotates pairs [y * kThreads, (y + 1) * kThreads) of token t's
-// (q heads + k heads) x d/2 rotation pairs; blocks with y == 0 also write v. The frequencies
-// theta^(-2j/d) are computed once per block into shared memory (double, like the CPU reference).
+// Grid (T, head blocks): block (t, y) rotates the heads [y * heads_per_block, (y + 1) * heads_per_block)
+// of token t (q heads first, then k heads: the qkv column order); blocks with y == 0 also write v.
+// An angle depends on the position and the pair index only, so a block first puts the cosines and
+// sines of its token's d / 2 angles in shared memory (double, like the CPU reference) and every head
+// reuses them: one sincos per pair index and token (computed per pair and head, the double-precision
+// sincos made a 4096-token prefill take 147 us per Mixtral layer against ~35 us of memory traffic).
 template <class T>
-__global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a) {
-  __shared__ double inv_freq[256];  // d / 2 <= 256 (checked by the launcher)
+__global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a, int heads_per_block) {
+  __shared__ float cos_of[256], sin_of[256];  // [d / 2], d / 2 <= 256 (checked by the launcher)
   const std::int64_t t = blockIdx.x;
   const int b = static_cast<int>(t / a.tokens_per_sequence), i = static_cast<int>(t % a.tokens_per_sequence);
   const std::int64_t position = a.seq_len[b] + i;
   const int d = a.head_dim, half = d / 2;
-  for (int j = threadIdx.x; j < half; j += kThreads) inv_freq[j] = pow(a.rope_theta, -2.0 * j / d);
+  for (int j = threadIdx.x; j < half; j += kThreads) {
+    // Angles in double: position x frequency loses digits in fp32 at long contexts.
+    double s_d, c_d;
+    sincos(static_cast<double>(position) * pow(a.rope_theta, -2.0 * j / d), &s_d, &c_d);
+    cos_of[j] = static_cast<float>(c_d);
+    sin_of[j] = static_cast<float>(s_d);
+  }
   __syncthreads();
   const int q_dim = a.num_heads * d, kv_dim = a.num_kv_heads * d;
-  const float* acc = a.qkv + t * (q_dim + 2 * kv_dim);
+  const float* acc = a.qkv + t * (q_dim + 2 * kv_dim);  // [q_dim + 2 kv_dim] fp32, this token's row
   const T* bias = static_cast<const T*>(a.bias);
   auto biased = [&](int col) { return round_as<T>(acc[col] + (bias ? widen(bias[col]) : 0.0f)); };
   T* q_out = static_cast<T*>(a.q_out) + t * q_dim;
@@ -107,16 +157,13 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a) {
   T* k_out = static_cast<T*>(a.k_cache) + cache_row;
   T* v_out = static_cast<T*>(a.v_cache) + cache_row;
 
-  const int num_pairs = (a.num_heads + a.num_kv_heads) * half;
-  const int p = blockIdx.y * kThreads + threadIdx.x;
-  if (p < num_pairs) {
-    const int head = p / half, j = p % half;
-    // Angles in double: position x frequency loses digits in fp32 at long contexts.
-    double s_d, c_d;
-    sincos(static_cast<double>(position) * inv_freq[j], &s_d, &c_d);
-    const float c = static_cast<float>(c_d), s = static_cast<float>(s_d);
-    const int col = head * d + j;  // q heads first, then k heads (the qkv column order)
-    const float x1 = biased(col), x2 = biased(col + half);
+  const int head_begin = static_cast<int>(blockIdx.y) * heads_per_block;
+  const int head_end = min(head_begin + heads_per_block, a.num_heads + a.num_kv_heads);
+  const int col_begin = head_begin * d, col_end = head_end * d;  // whole heads
+  for (int pair = col_begin / 2 + threadIdx.x; pair < col_end / 2; pair += kThreads) {
+    const int head = pair / half, j = pair - head * half;
+    const int col = head * d + j;
+    const float x1 = biased(col), x2 = biased(col + half), c = cos_of[j], s = sin_of[j];
     T* out = head < a.num_heads ? q_out + col : k_out + (col - q_dim);
     out[0] = narrow<T>(x1 * c - x2 * s);
     out[half] = narrow<T>(x2 * c + x1 * s);
@@ -225,24 +272,45 @@ __global__ void record_kernel(const std::int32_t* tokens, int num_sequences, std
 
 }  // namespace
 
-void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::int64_t H, double eps, float out_scale,
-              DType dtype, cudaStream_t stream) {
+namespace {
+// rms_norm and add_residual_rms_norm: branch null for the plain norm.
+void launch_rms_norm(void* x, const void* branch, float branch_scale, const void* weight, void* y, std::int64_t T,
+                     std::int64_t H, double eps, float out_scale, DType dtype, cudaStream_t stream, const char* who) {
   if (T == 0) return;
-  SAMOYEDS_CHECK(T <= INT32_MAX, "rms_norm: ", T, " rows is too many for one launch");
-  SAMOYEDS_CHECK(H % 8 == 0 && H <= 8 * kThreads * 4, "rms_norm: H = ", H, " must be a multiple of 8 and at most ",
+  SAMOYEDS_CHECK(T <= INT32_MAX, who, ": ", T, " rows is too many for one launch");
+  SAMOYEDS_CHECK(H % 8 == 0 && H <= 8 * kThreads * 4, who, ": H = ", H, " must be a multiple of 8 and at most ",
                  8 * kThreads * 4);
   const int chunks = static_cast<int>((H / 8 + kThreads - 1) / kThreads);
   dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
     auto launch = [&](auto kernel) {
-      kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(static_cast<const T_*>(x), static_cast<const T_*>(weight),
+      kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(static_cast<T_*>(x), static_cast<const T_*>(branch),
+                                                                branch_scale, static_cast<const T_*>(weight),
                                                                 static_cast<T_*>(y), H, static_cast<float>(eps), out_scale);
     };
-    if (chunks <= 1) launch(rms_norm_kernel<T_, 1>);
-    else if (chunks == 2) launch(rms_norm_kernel<T_, 2>);
-    else launch(rms_norm_kernel<T_, 4>);
+    auto pick = [&](auto add) {
+      constexpr bool kAdd = decltype(add)::value;
+      if (chunks <= 1) launch(rms_norm_kernel<T_, 1, kAdd>);
+      else if (chunks == 2) launch(rms_norm_kernel<T_, 2, kAdd>);
+      else launch(rms_norm_kernel<T_, 4, kAdd>);
+    };
+    if (branch) pick(std::true_type{});
+    else pick(std::false_type{});
   });
   SAMOYEDS_CHECK_LAUNCH("rms_norm_kernel");
+}
+}  // namespace
+
+void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::int64_t H, double eps, float out_scale,
+              DType dtype, cudaStream_t stream) {
+  // x is only read when no branch is added.
+  launch_rms_norm(const_cast<void*>(x), nullptr, 0.0f, weight, y, T, H, eps, out_scale, dtype, stream, "rms_norm");
+}
+
+void add_residual_rms_norm(void* x, const void* branch, float branch_scale, const void* weight, void* y, std::int64_t T,
+                           std::int64_t H, double eps, float out_scale, DType dtype, cudaStream_t stream) {
+  SAMOYEDS_CHECK(branch != nullptr, "add_residual_rms_norm: the branch is null (use rms_norm without an add)");
+  launch_rms_norm(x, branch, branch_scale, weight, y, T, H, eps, out_scale, dtype, stream, "add_residual_rms_norm");
 }
 
 void qkv_rope_append(const QkvRopeArgs& a, cudaStream_t stream) {
@@ -251,9 +319,16 @@ void qkv_rope_append(const QkvRopeArgs& a, cudaStream_t stream) {
   SAMOYEDS_CHECK(a.head_dim % 2 == 0 && a.head_dim > 0 && a.head_dim <= 512,
                  "qkv_rope_append: head_dim must be even and at most 512, got ", a.head_dim);
   SAMOYEDS_CHECK(T <= INT32_MAX, "qkv_rope_append: ", T, " tokens is too many for one launch");
-  const int num_pairs = (a.num_heads + a.num_kv_heads) * (a.head_dim / 2);
-  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((num_pairs + kThreads - 1) / kThreads));
-  dispatch(a.dtype, [&](auto tag) { qkv_rope_kernel<decltype(tag)><<<grid, kThreads, 0, stream>>>(a); });
+  SAMOYEDS_CHECK(a.num_heads >= 1 && a.num_kv_heads >= 1 && a.tokens_per_sequence >= 1,
+                 "qkv_rope_append: needs at least one head, one key/value head and one token per sequence, got ",
+                 a.num_heads, ", ", a.num_kv_heads, ", ", a.tokens_per_sequence);
+  // Few tokens (decode) split a token's heads over blocks so that ~512 blocks are in flight; a
+  // prefill takes one block per token (the angle table is then computed once per token).
+  const int num_rotated = a.num_heads + a.num_kv_heads;
+  const int head_blocks = static_cast<int>(std::clamp<std::int64_t>((512 + T - 1) / T, 1, num_rotated));
+  const int heads_per_block = (num_rotated + head_blocks - 1) / head_blocks;
+  const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>((num_rotated + heads_per_block - 1) / heads_per_block));
+  dispatch(a.dtype, [&](auto tag) { qkv_rope_kernel<decltype(tag)><<<grid, kThreads, 0, stream>>>(a, heads_per_block); });
   SAMOYEDS_CHECK_LAUNCH("qkv_rope_kernel");
 }
 

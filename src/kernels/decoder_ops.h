@@ -24,6 +24,12 @@ namespace samoyeds::kernels {
 void rms_norm(const void* x, const void* weight, void* y, std::int64_t T, std::int64_t H, double eps, float out_scale,
               DType dtype, cudaStream_t stream);
 
+// x[t, :] = round(x[t, :] + branch_scale * branch[t, :]) in place (add_residual's arithmetic), then
+// y = rms_norm(x) as above, in one pass over x: a sublayer's residual add fused with the next norm.
+// branch [T, H] of `dtype`, 16-byte aligned, not aliasing x or y.
+void add_residual_rms_norm(void* x, const void* branch, float branch_scale, const void* weight, void* y, std::int64_t T,
+                           std::int64_t H, double eps, float out_scale, DType dtype, cudaStream_t stream);
+
 // From the fp32 projection qkv [T, q_dim + 2 kv_dim] (columns q | k | v) and the optional biases
 // (bias [q_dim + 2 kv_dim] of `dtype`, or null): q = round(rope(round(qkv_q + b_q))) -> q_out [T, heads, d];
 // k = round(rope(round(qkv_k + b_k))), v = round(qkv_v + b_v) -> k_cache / v_cache [B, capacity, kv_heads, d]

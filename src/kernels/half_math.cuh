@@ -17,6 +17,15 @@ template <class T>
 __device__ __forceinline__ T narrow(float v) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v); else return __float2half_rn(v);
 }
+// The element's 16-bit pattern and back.
+template <class T>
+__device__ __forceinline__ unsigned short bits_of(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat16_as_ushort(v); else return __half_as_ushort(v);
+}
+template <class T>
+__device__ __forceinline__ T from_bits(unsigned short b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __ushort_as_bfloat16(b); else return __ushort_as_half(b);
+}
 // fp32 -> dtype -> fp32: the value a rounded intermediate holds.
 template <class T>
 __device__ __forceinline__ float round_as(float v) { return widen(narrow<T>(v)); }

@@ -3,7 +3,8 @@
 // lists and the combine. All enqueue-only (graph capturable) and deterministic:
 //   softmax_topk_kernel   one warp per token; fixed reduction trees, so every run gives the same bits.
 //   build_lists_kernel    one CTA; capacity dropping and the lists come from exact "stable ranks"
-//                         (order-free counts, then in-order ranking), so nothing depends on scheduling.
+//                         (order-free counts, then in-order ranking), so nothing depends on scheduling;
+//                         at decode sizes it runs softmax + top-k first (route_and_build_lists).
 //   scatter_slots_kernel  for large T * top_k: slot_token / slot_weight from token_slot on all SMs.
 //   combine_kernel        one thread per 8 output values; a gather in rank order, bitwise the CPU sum.
 #include "kernels/moe_routing.h"
@@ -44,16 +45,15 @@ constexpr int kSoftmaxWarps = 8;  // tokens per CTA
 // chosen and out-of-range experts hold -1, below every probability (probabilities are >= 0).
 // Registers: kPerLane + 2 * kMaxTopK values per lane (E > 256 spills a little; rare sizes); no shared
 // memory.
+// Token t by the calling warp (all 32 lanes; t is warp-uniform, so the full-mask shuffles see them all).
 template <int kPerLane>
-__global__ void __launch_bounds__(kSoftmaxWarps * 32)
-    softmax_topk_kernel(const float* __restrict__ logits,  // [T, stride] fp32
-                        std::int64_t T, int E, int stride, int top_k, bool renormalize, bool shared_gate,
-                        std::int32_t* __restrict__ topk_expert,  // [T, top_k] int32
-                        float* __restrict__ topk_weight,         // [T, top_k] fp32
-                        float* __restrict__ shared_weight) {     // [T] fp32 or null
+__device__ __forceinline__ void softmax_topk_token(const float* __restrict__ logits,  // [T, stride] fp32
+                                                   std::int64_t t, int E, int stride, int top_k, bool renormalize,
+                                                   bool shared_gate,
+                                                   std::int32_t* topk_expert,  // [T, top_k] int32
+                                                   float* topk_weight,         // [T, top_k] fp32
+                                                   float* shared_weight) {     // [T] fp32 or null
   const int lane = static_cast<int>(threadIdx.x % 32);
-  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.x / 32;
-  if (t >= T) return;  // uniform per warp, so the full-mask shuffles below see all 32 lanes
   const float* row = logits + t * stride;
 
   float p[kPerLane];
@@ -145,6 +145,19 @@ __global__ void __launch_bounds__(kSoftmaxWarps * 32)
     }
   }
   if (shared_gate && lane == 0) shared_weight[t] = 1.0f / (1.0f + expf(-gate_logit));
+}
+
+template <int kPerLane>
+__global__ void __launch_bounds__(kSoftmaxWarps * 32)
+    softmax_topk_kernel(const float* __restrict__ logits,  // [T, stride] fp32
+                        std::int64_t T, int E, int stride, int top_k, bool renormalize, bool shared_gate,
+                        std::int32_t* __restrict__ topk_expert,  // [T, top_k] int32
+                        float* __restrict__ topk_weight,         // [T, top_k] fp32
+                        float* __restrict__ shared_weight) {     // [T] fp32 or null
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * kSoftmaxWarps + threadIdx.x / 32;
+  if (t >= T) return;  // uniform per warp
+  softmax_topk_token<kPerLane>(logits, t, E, stride, top_k, renormalize, shared_gate, topk_expert, topk_weight,
+                               shared_weight);
 }
 
 template <int kPerLane>
@@ -364,7 +377,17 @@ __device__ int block_exclusive_scan(int* values, int n, int* warp_sums) {
 // 50 us (DeepSeek, E = 64, top-6), 38 us (OpenMoE with dropping), plus 4 us of scatter. If that ever
 // matters, the same three steps spread over many CTAs (per-tile counts, a scan over tiles, per-tile
 // ranking) scale with the SMs at the cost of two more launches.
-template <int K>
+// With kPerLane > 0 (decode sizes, route_and_build_lists) the CTA's warps first run softmax + top-k
+// on every token (one warp per token, softmax_topk's function: the same bits), which writes
+// topk_expert / topk_weight: one launch instead of two.
+struct FusedSoftmax {
+  const float* logits = nullptr;  // [T, stride] fp32
+  int stride = 0;
+  bool renormalize = false, shared_gate = false;
+  float* shared_weight = nullptr;  // [T] fp32 or null
+};
+
+template <int K, int kPerLane>
 __global__ void __launch_bounds__(kListMaxWarps * 32)
     build_lists_kernel(std::int32_t* topk_expert,  // [T, top_k] int32, in/out
                        float* topk_weight,         // [T, top_k] fp32, in/out
@@ -372,7 +395,14 @@ __global__ void __launch_bounds__(kListMaxWarps * 32)
                        std::int32_t* __restrict__ expert_offsets,  // [E + 1] int32
                        std::int32_t* __restrict__ slot_token,      // [T * top_k] int32
                        float* __restrict__ slot_weight,            // [T * top_k] fp32
-                       std::int32_t* __restrict__ token_slot) {    // [T, top_k] int32
+                       std::int32_t* __restrict__ token_slot,      // [T, top_k] int32
+                       FusedSoftmax softmax) {
+  if constexpr (kPerLane > 0) {
+    for (int t = static_cast<int>(threadIdx.x / 32); t < T; t += static_cast<int>(blockDim.x / 32))
+      softmax_topk_token<kPerLane>(softmax.logits, t, E, softmax.stride, top_k, softmax.renormalize, softmax.shared_gate,
+                                   topk_expert, topk_weight, softmax.shared_weight);
+    __syncthreads();  // the choices (global writes) are visible to the whole CTA from here on
+  }
   extern __shared__ int list_smem[];
   const int units = static_cast<int>(blockDim.x / 32) * K;
   int* counts = list_smem;                         // [E, units + 1]
@@ -478,15 +508,16 @@ __global__ void __launch_bounds__(256)
 // top-6): 6000 choices took 26 us in the CTA against about 10 + 4 us split.
 constexpr std::uint32_t kScatterInCtaMaxChoices = 2048;
 
-template <int K>
+template <int K, int kPerLane = 0>
 void launch_build_lists(const ListShape& shape, std::int32_t* topk_expert, float* topk_weight, int T,
                         const GpuRouting& r, int capacity, std::int32_t* expert_offsets, std::int32_t* slot_token,
-                        float* slot_weight, std::int32_t* token_slot, cudaStream_t stream) {
+                        float* slot_weight, std::int32_t* token_slot, cudaStream_t stream,
+                        const FusedSoftmax& softmax = {}) {
   const std::uint32_t n = static_cast<std::uint32_t>(T) * static_cast<std::uint32_t>(r.top_k);
   const bool scatter_here = n <= kScatterInCtaMaxChoices;
-  build_lists_kernel<K><<<1, shape.warps * 32, list_smem_bytes(r.num_experts, shape), stream>>>(
+  build_lists_kernel<K, kPerLane><<<1, shape.warps * 32, list_smem_bytes(r.num_experts, shape), stream>>>(
       topk_expert, topk_weight, T, r.num_experts, r.top_k, r.capacity_limited, capacity, scatter_here, expert_offsets,
-      slot_token, slot_weight, token_slot);
+      slot_token, slot_weight, token_slot, softmax);
   SAMOYEDS_CHECK_LAUNCH("build_lists_kernel");
   if (scatter_here) return;
   const unsigned blocks = std::min<std::uint32_t>((n + 255) / 256, 1024);
@@ -671,18 +702,51 @@ void GpuRouting::validate(const char* what) const {
   }
 }
 
+namespace {
+// softmax_topk's argument checks (as `who`); false when there is nothing to compute (T == 0).
+bool check_softmax_args(const float* logits, std::int64_t T, const GpuRouting& r, const std::int32_t* topk_expert,
+                        const float* topk_weight, const float* shared_weight, const char* who) {
+  r.validate(who);
+  check_tokens(T, r.top_k, who);
+  SAMOYEDS_CHECK(r.shared_gate || shared_weight == nullptr, who,
+                 ": shared_weight is given but GpuRouting.shared_gate is false; pass nullptr, or set "
+                 "shared_gate when the logits carry the shared-expert gate column E");
+  if (T == 0) return false;
+  SAMOYEDS_CHECK(logits != nullptr && topk_expert != nullptr && topk_weight != nullptr, who,
+                 ": logits, topk_expert and topk_weight must be device pointers (one is null)");
+  SAMOYEDS_CHECK(!r.shared_gate || shared_weight != nullptr, who,
+                 ": GpuRouting.shared_gate is set but shared_weight is null; pass a [T] fp32 buffer");
+  return true;
+}
+
+// build_expert_lists' argument checks (as `who`); false when there are no tokens (T == 0).
+bool check_list_args(const std::int32_t* topk_expert, const float* topk_weight, std::int64_t T, const GpuRouting& r,
+                     const std::int32_t* expert_offsets, const std::int32_t* slot_token, const float* slot_weight,
+                     const std::int32_t* token_slot, const char* who) {
+  r.validate(who);
+  check_tokens(T, r.top_k, who);
+  SAMOYEDS_CHECK(expert_offsets != nullptr, who, ": expert_offsets must be a device [E + 1] int32 buffer");
+  if (T == 0) return false;
+  SAMOYEDS_CHECK(topk_expert != nullptr && topk_weight != nullptr && slot_token != nullptr && slot_weight != nullptr &&
+                     token_slot != nullptr,
+                 who, ": topk_expert, topk_weight, slot_token, slot_weight and token_slot must be device "
+                 "pointers (one is null)");
+  return true;
+}
+
+int list_capacity(const GpuRouting& r) {
+  return static_cast<int>(std::min<std::int64_t>(r.capacity, std::numeric_limits<int>::max()));
+}
+
+// route_and_build_lists takes one launch up to this many tokens (decode sizes: 32 warps route at
+// most two tokens each before the lists) and E <= 64 (the lists' 4-unit shape, logits in 2 per lane).
+constexpr std::int64_t kFusedRoutingMaxTokens = 64;
+constexpr int kFusedRoutingMaxExperts = 64;
+}  // namespace
+
 void softmax_topk(const float* logits, std::int64_t T, const GpuRouting& r, std::int32_t* topk_expert,
                   float* topk_weight, float* shared_weight, cudaStream_t stream) {
-  r.validate("softmax_topk");
-  check_tokens(T, r.top_k, "softmax_topk");
-  SAMOYEDS_CHECK(r.shared_gate || shared_weight == nullptr,
-                 "softmax_topk: shared_weight is given but GpuRouting.shared_gate is false; pass nullptr, or set "
-                 "shared_gate when the logits carry the shared-expert gate column E");
-  if (T == 0) return;
-  SAMOYEDS_CHECK(logits != nullptr && topk_expert != nullptr && topk_weight != nullptr,
-                 "softmax_topk: logits, topk_expert and topk_weight must be device pointers (one is null)");
-  SAMOYEDS_CHECK(!r.shared_gate || shared_weight != nullptr,
-                 "softmax_topk: GpuRouting.shared_gate is set but shared_weight is null; pass a [T] fp32 buffer");
+  if (!check_softmax_args(logits, T, r, topk_expert, topk_weight, shared_weight, "softmax_topk")) return;
   const int E = r.num_experts;
   if (E <= 32) return launch_softmax_topk<1>(logits, T, r, topk_expert, topk_weight, shared_weight, stream);
   if (E <= 64) return launch_softmax_topk<2>(logits, T, r, topk_expert, topk_weight, shared_weight, stream);
@@ -695,21 +759,15 @@ void softmax_topk(const float* logits, std::int64_t T, const GpuRouting& r, std:
 void build_expert_lists(std::int32_t* topk_expert, float* topk_weight, std::int64_t T, const GpuRouting& r,
                         std::int32_t* expert_offsets, std::int32_t* slot_token, float* slot_weight,
                         std::int32_t* token_slot, cudaStream_t stream) {
-  r.validate("build_expert_lists");
-  check_tokens(T, r.top_k, "build_expert_lists");
   const int E = r.num_experts;
-  SAMOYEDS_CHECK(expert_offsets != nullptr, "build_expert_lists: expert_offsets must be a device [E + 1] int32 buffer");
-  if (T == 0) {
+  if (!check_list_args(topk_expert, topk_weight, T, r, expert_offsets, slot_token, slot_weight, token_slot,
+                       "build_expert_lists")) {
     // Empty routing: all offsets zero. A memset node is as capturable as a kernel.
     SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(expert_offsets, 0, sizeof(std::int32_t) * (static_cast<std::size_t>(E) + 1), stream));
     return;
   }
-  SAMOYEDS_CHECK(topk_expert != nullptr && topk_weight != nullptr && slot_token != nullptr && slot_weight != nullptr &&
-                     token_slot != nullptr,
-                 "build_expert_lists: topk_expert, topk_weight, slot_token, slot_weight and token_slot must be device "
-                 "pointers (one is null)");
   const ListShape shape = list_shape(E);
-  const int capacity = static_cast<int>(std::min<std::int64_t>(r.capacity, std::numeric_limits<int>::max()));
+  const int capacity = list_capacity(r);
   const int tokens = static_cast<int>(T);
   switch (shape.units_per_warp) {
     case 4:
@@ -721,6 +779,37 @@ void build_expert_lists(std::int32_t* topk_expert, float* topk_weight, std::int6
     default:
       return launch_build_lists<1>(shape, topk_expert, topk_weight, tokens, r, capacity, expert_offsets, slot_token,
                                    slot_weight, token_slot, stream);
+  }
+}
+
+void route_and_build_lists(const float* logits, std::int64_t T, const GpuRouting& r, std::int32_t* topk_expert,
+                           float* topk_weight, float* shared_weight, std::int32_t* expert_offsets,
+                           std::int32_t* slot_token, float* slot_weight, std::int32_t* token_slot, cudaStream_t stream) {
+  const int E = r.num_experts;
+  if (T <= 0 || T > kFusedRoutingMaxTokens || E < 1 || E > kFusedRoutingMaxExperts) {
+    softmax_topk(logits, T, r, topk_expert, topk_weight, shared_weight, stream);
+    build_expert_lists(topk_expert, topk_weight, T, r, expert_offsets, slot_token, slot_weight, token_slot, stream);
+    return;
+  }
+  check_softmax_args(logits, T, r, topk_expert, topk_weight, shared_weight, "route_and_build_lists");
+  check_list_args(topk_expert, topk_weight, T, r, expert_offsets, slot_token, slot_weight, token_slot,
+                  "route_and_build_lists");
+  const ListShape shape = list_shape(E);
+  SAMOYEDS_CHECK(shape.units_per_warp == 4, "route_and_build_lists: internal: E = ", E, " lists take ",
+                 shape.units_per_warp, " units per warp, the fused kernel is built for 4");
+  FusedSoftmax softmax;
+  softmax.logits = logits;
+  softmax.stride = E + (r.shared_gate ? 1 : 0);
+  softmax.renormalize = r.renormalize;
+  softmax.shared_gate = r.shared_gate;
+  softmax.shared_weight = shared_weight;
+  const int tokens = static_cast<int>(T);
+  if (E <= 32) {
+    launch_build_lists<4, 1>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
+                             slot_weight, token_slot, stream, softmax);
+  } else {
+    launch_build_lists<4, 2>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
+                             slot_weight, token_slot, stream, softmax);
   }
 }
 

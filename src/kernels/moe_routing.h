@@ -76,6 +76,13 @@ void build_expert_lists(std::int32_t* topk_expert, float* topk_weight, std::int6
                         std::int32_t* expert_offsets, std::int32_t* slot_token, float* slot_weight,
                         std::int32_t* token_slot, cudaStream_t stream);
 
+// softmax_topk, then build_expert_lists, with the same outputs bit for bit; in one launch for decode
+// sizes (T <= 64 and E <= 64: the list CTA's warps route the tokens first, one warp per token as
+// softmax_topk does), else as the two calls. The arguments are those of the two calls.
+void route_and_build_lists(const float* logits, std::int64_t T, const GpuRouting& r, std::int32_t* topk_expert,
+                           float* topk_weight, float* shared_weight, std::int32_t* expert_offsets,
+                           std::int32_t* slot_token, float* slot_weight, std::int32_t* token_slot, cudaStream_t stream);
+
 // Y[t, :] = round_to(y dtype, fp32 acc) with acc = +0, then for j = 0..top_k-1 ascending, skipping
 // token_slot -1: acc += slot_scale ? slot_scale[s] * row_s : row_s  (row_s = slot_rows[s, :] widened;
 // the product is rounded before the sum, never fused), then acc += shared[t, :] when shared != nullptr.

@@ -50,9 +50,6 @@ struct Params {
   // sm90 cp.async variant: A values and metadata come by bulk tensor copies (the launch's maps) while
   // the producer warpgroup gathers B (SAMOYEDS_SSMM_A_TMA; docs/kernels/ssmm.md v8).
   int a_by_tma;
-  // sm90: how long (ns) a thread waiting on a ring barrier may sleep per try, 0 for the hardware's
-  // default limit (SAMOYEDS_SSMM_WAIT_HINT; docs/kernels/ssmm.md v9).
-  unsigned wait_hint_ns;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 

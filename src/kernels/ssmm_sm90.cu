@@ -100,31 +100,18 @@ __device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
 }
 // Returns once the barrier's phase with this parity has completed. Each try_wait may suspend the
-// thread until the phase completes, for at most a system-dependent time, or with suspend_ns > 0 for
-// at most that long (the v8 profile's consumers retried 28 times per `full` wait, and that loop took
-// 14 % of the cp.async variant's issued instructions).
-__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity, unsigned suspend_ns = 0) {
-  if (suspend_ns == 0) {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "retry:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra retry;\n"
-        "}\n" ::"r"(ptx::smem_address(bar)),
-        "r"(parity)
-        : "memory");
-  } else {
-    asm volatile(
-        "{\n"
-        ".reg .pred done;\n"
-        "retry:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1, %2;\n"
-        "@!done bra retry;\n"
-        "}\n" ::"r"(ptx::smem_address(bar)),
-        "r"(parity), "r"(suspend_ns)
-        : "memory");
-  }
+// thread until the phase completes, for at most a system-dependent time. (A suspend-time hint per
+// try measured 0.98x on the kernel grid: docs/kernels/ssmm.md v9.)
+__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra retry;\n"
+      "}\n" ::"r"(ptx::smem_address(bar)),
+      "r"(parity)
+      : "memory");
 }
 // Arrives on the barrier once every cp.async this thread issued before has landed.
 __device__ __forceinline__ void mbarrier_arrive_on_copies(std::uint64_t* bar) {
@@ -311,7 +298,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0) + static_cast<int>(rank) * b_rows;
     for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int i = kt - kt_begin, stage = i % kStages;
-      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1, p.wait_hint_ns);  // every reader in the cluster is done
+      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
       if (lane == 0) {
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B slice.
@@ -337,7 +324,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // Leave only after every consumer in the cluster has released every stage: until then a remote
     // CTA may still arrive on this CTA's barriers.
     const int num_kt = kt_end - kt_begin;
-    for (int i = std::max(0, num_kt - kStages); i < num_kt; ++i) mbarrier_wait(&empty_bar[i % kStages], (i / kStages) & 1, p.wait_hint_ns);
+    for (int i = std::max(0, num_kt - kStages); i < num_kt; ++i) mbarrier_wait(&empty_bar[i % kStages], (i / kStages) & 1);
     return;
   }
   if (tid < Config::kProducerThreads) {
@@ -393,7 +380,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     RingPosition<kStages> ring;
     for (int kt = kt_begin; kt < kt_end; ++kt, ring.next()) {
       const int i = kt - kt_begin, stage = ring.stage;
-      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u, p.wait_hint_ns);  // its last reader is done
+      if (i >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its last reader is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
       if (a_by_tma) {
         // Thread 0 arrives with the stage's A bytes expected, then issues their bulk copies (whole
@@ -533,7 +520,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   int prev_stage = 0;  // the stage of this warpgroup's k-tile in flight
   for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
     const int i = kt - kt_begin, stage = ring.stage;
-    mbarrier_wait(&full_bar[stage], ring.phase, p.wait_hint_ns);
+    mbarrier_wait(&full_bar[stage], ring.phase);
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
@@ -749,8 +736,7 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
-// stream-ordered launch), SAMOYEDS_SSMM_WAIT_HINT = nanoseconds a ring-barrier wait may sleep per try
-// (default 0: the hardware's limit; v9). Read once per process.
+// stream-ordered launch). Read once per process.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -758,7 +744,6 @@ struct Tuning {
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
-  unsigned wait_hint_ns = 0;  // ring-barrier waits: suspend limit per try (0: the hardware's default)
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -770,7 +755,6 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_WAIT_HINT")) r.wait_hint_ns = static_cast<unsigned>(std::clamp(std::atol(v), 0L, 100000000L));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1068,7 +1052,6 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const bool has_workspace = args.workspace && args.workspace_bytes >= needed;
   p.splits = 1;
   p.k_tiles_per_split = (p.K_padded + 127) / 128;
-  p.wait_hint_ns = tuning().wait_hint_ns;
   if (c.tma && (c.gather_bytes == 0 || has_workspace)) {
     if (args.x_dtype == DType::bf16) {
       dispatch_tma<true>(args, p, c.cluster, stream);

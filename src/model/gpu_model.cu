@@ -321,12 +321,33 @@ struct Model::Impl {
     moe::gemm_xwt(cublas, dtype, mlp.down.ptr(), buffers.mlp_a, y, dtype, config.hidden_size, T, mlp.width);
   }
 
-  void layer_forward(int index, int s0, int nb, int n) {
+  // A sublayer's residual add not yet applied to buffers.x: x += scale * buffers.branch. The add is
+  // fused into the next norm (one pass over x instead of two launches and three).
+  struct PendingResidual {
+    bool pending = false;
+    float scale = 1.0f;
+  };
+
+  // normed = rms_norm(x) with `weight`, after the pending residual add if there is one.
+  void add_and_norm(PendingResidual& residual, const void* weight, std::int64_t T) {
+    PassBuffers& b = buffers;
+    const std::int64_t H = config.hidden_size;
+    if (residual.pending) {
+      kernels::add_residual_rms_norm(b.x, b.branch, residual.scale, weight, b.normed, T, H, config.rms_norm_eps, 1.0f, dtype,
+                                     stream);
+    } else {
+      kernels::rms_norm(b.x, weight, b.normed, T, H, config.rms_norm_eps, 1.0f, dtype, stream);
+    }
+    residual.pending = false;
+  }
+
+  // Leaves the layer's last residual add pending in `residual` (the next layer's norm applies it).
+  void layer_forward(int index, int s0, int nb, int n, PendingResidual& residual) {
     Layer& l = layers[static_cast<std::size_t>(index)];
     const std::int64_t T = static_cast<std::int64_t>(nb) * n, H = config.hidden_size;
     const float scale = branch_scale();
     PassBuffers& b = buffers;
-    kernels::rms_norm(b.x, l.input_norm.ptr(), b.normed, T, H, config.rms_norm_eps, 1.0f, dtype, stream);
+    add_and_norm(residual, l.input_norm.ptr(), T);
     moe::gemm_xwt(cublas, dtype, l.qkv.ptr(), b.normed, b.qkv, DType::f32, q_dim(config) + 2 * kv_dim(config), T, H);
     kernels::QkvRopeArgs r;
     r.qkv = b.qkv;
@@ -366,17 +387,17 @@ struct Model::Impl {
     a.partial_ml = a.partial_o + partial_rows * config.head_dim;
     kernels::attention(a, stream);
     moe::gemm_xwt(cublas, dtype, l.o.ptr(), b.attended, b.branch, dtype, H, T, q_dim(config));
-    kernels::add_residual(b.x, b.branch, b.x, T * H, scale, dtype, stream);
+    residual = {true, scale};
 
-    kernels::rms_norm(b.x, l.post_norm.ptr(), b.normed, T, H, config.rms_norm_eps, 1.0f, dtype, stream);
+    add_and_norm(residual, l.post_norm.ptr(), T);
     if (l.moe) l.moe->forward(b.normed, b.branch, T, b.moe_workspace, b.moe_workspace_bytes, stream);
     else if (l.dense_moe) l.dense_moe->forward(b.normed, b.branch, T, b.moe_workspace, b.moe_workspace_bytes, stream);
     else mlp_forward(*l.mlp, b.normed, b.branch, T);
-    kernels::add_residual(b.x, b.branch, b.x, T * H, scale, dtype, stream);
+    residual = {true, scale};
     if (l.extra_mlp) {
-      kernels::rms_norm(b.x, l.extra_norm.ptr(), b.normed, T, H, config.rms_norm_eps, 1.0f, dtype, stream);
+      add_and_norm(residual, l.extra_norm.ptr(), T);
       mlp_forward(*l.extra_mlp, b.normed, b.branch, T);
-      kernels::add_residual(b.x, b.branch, b.x, T * H, 1.0f, dtype, stream);
+      residual = {true, 1.0f};
     }
   }
 
@@ -395,7 +416,10 @@ struct Model::Impl {
     PassBuffers& b = buffers;
     kernels::embed(b.token_ids, embedding.ptr(), b.x, T, H, config.vocab_size, static_cast<float>(config.scale_emb),
                    dtype, nullptr, stream);  // ids were checked on the host or come from argmax
-    for (int l = 0; l < active_layers; ++l) layer_forward(l, s0, nb, n);
+    PendingResidual residual;
+    for (int l = 0; l < active_layers; ++l) layer_forward(l, s0, nb, n, residual);
+    // The last layer's add: x itself is read below (every token's row, or the last ones).
+    if (residual.pending) kernels::add_residual(b.x, b.branch, b.x, T * H, residual.scale, dtype, stream);
     if (logits_all) {
       kernels::rms_norm(b.x, final_norm.ptr(), b.normed, T, H, config.rms_norm_eps, final_scale(), dtype, stream);
       moe::gemm_xwt(cublas, dtype, head(), b.normed, logits_all, DType::f32, config.vocab_size, T, H);

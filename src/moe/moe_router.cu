@@ -107,10 +107,9 @@ void MoeRouter::route(const void* x, const RoutingBuffers& b, cudaStream_t strea
       SAMOYEDS_CUBLAS_CHECK(cublasSetStream(cublas_, stream));
       gemm_xwt(cublas_, dtype_, weight_, x, b.logits, DType::f32, num_logits_, T, config_.hidden_size);
     }
-    kernels::softmax_topk(b.logits, T, r, b.topk_expert, b.topk_weight, b.shared_weight, stream);
   }
-  kernels::build_expert_lists(b.topk_expert, b.topk_weight, T, r, b.expert_offsets, b.slot_token, b.slot_weight,
-                              b.token_slot, stream);
+  kernels::route_and_build_lists(b.logits, T, r, b.topk_expert, b.topk_weight, b.shared_weight, b.expert_offsets,
+                                 b.slot_token, b.slot_weight, b.token_slot, stream);
 }
 
 Routing MoeRouter::download(const RoutingBuffers& b, cudaStream_t stream) const {

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // The decoder's row kernels against their CPU twins: RMSNorm for widths that leave partial 16-byte
 // chunk rounds (8, 2304, 6144) and with MiniCPM's output scale, and greedy argmax (ties go to the
-// lowest index; NaN never wins). Tolerance for RMSNorm: one bf16 unit of the result (the sum of
-// squares is added in a different order), plus one more where out_scale rounds a second time.
+// lowest index; NaN never wins), and the QKV bias + RoPE + cache append. Tolerance for RMSNorm: one
+// bf16 unit of the result (the sum of squares is added in a different order), plus one more where
+// out_scale rounds a second time; for RoPE one unit of the output type (the device may fuse the
+// rotation's multiply and add), v exact.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
@@ -63,6 +67,153 @@ TEST(GpuDecoderOps, ArgmaxPicksTheFirstLargest) {
   SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
   EXPECT_EQ(out.to_host<std::int32_t>(), reference::greedy(logits));
   EXPECT_EQ(out.to_host<std::int32_t>(), (std::vector<std::int32_t>{17, static_cast<std::int32_t>(vocab - 1), 123, 4096}));
+}
+
+// q_out, the k and v cache rows of each token against reference::rope on the same rounded inputs, over
+// shapes whose pair count is not a multiple of the block (d = 80), decode sizes (one token per
+// sequence: heads split over blocks) and prefill sizes, with and without biases, positions past
+// 10^5 (double angles) and cache rows that must stay untouched.
+TEST(GpuDecoderOps, QkvRopeAppendMatchesReference) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  struct Case {
+    DType dtype;
+    int heads, kv_heads, d, sequences, tokens;
+    std::int32_t first_len;  // sequence b starts at first_len + 3 b
+    std::int64_t capacity;
+    bool bias;
+    double theta;
+  };
+  const Case cases[] = {
+      {DType::bf16, 32, 8, 128, 2, 1, 7, 16, false, 1e6},     // Mixtral decode
+      {DType::bf16, 32, 8, 128, 1, 300, 0, 300, false, 1e6},  // a prefill from empty
+      {DType::f16, 5, 1, 80, 3, 4, 2, 16, true, 10000.0},     // d / 2 = 40 pairs, Qwen-style biases
+      {DType::bf16, 3, 3, 64, 1, 2, 100000, 100002, true, 10000.0},
+  };
+  std::uint64_t seed = 1200;
+  for (const Case& c : cases) {
+    ++seed;
+    SCOPED_TRACE(testing::seed_trace(seed) + ", heads " + std::to_string(c.heads) + "/" + std::to_string(c.kv_heads) + ", d " +
+                 std::to_string(c.d) + ", " + std::to_string(c.sequences) + " x " + std::to_string(c.tokens) + " tokens");
+    const int q_dim = c.heads * c.d, kv_dim = c.kv_heads * c.d, width = q_dim + 2 * kv_dim;
+    const std::int64_t T = static_cast<std::int64_t>(c.sequences) * c.tokens;
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> qkv(static_cast<std::size_t>(T * width));
+    for (float& v : qkv) v = normal(rng);
+    std::vector<std::uint16_t> bias(static_cast<std::size_t>(width));
+    for (auto& b : bias) b = float_to_half(c.dtype, 0.5f * normal(rng));
+    std::vector<std::int32_t> seq_len(static_cast<std::size_t>(c.sequences));
+    for (int b = 0; b < c.sequences; ++b) seq_len[static_cast<std::size_t>(b)] = c.first_len + 3 * b;
+
+    const std::size_t cache_elems = static_cast<std::size_t>(c.sequences * c.capacity * kv_dim);
+    DeviceBuffer d_qkv(qkv), d_bias(bias), d_len(seq_len), d_q(static_cast<std::size_t>(T * q_dim) * 2),
+        d_k(cache_elems * 2), d_v(cache_elems * 2);
+    d_q.poison();
+    d_k.poison();
+    d_v.poison();
+    kernels::QkvRopeArgs args;
+    args.qkv = d_qkv.as<float>();
+    args.bias = c.bias ? d_bias.get() : nullptr;
+    args.q_out = d_q.get();
+    args.k_cache = d_k.get();
+    args.v_cache = d_v.get();
+    args.seq_len = d_len.as<std::int32_t>();
+    args.num_sequences = c.sequences;
+    args.tokens_per_sequence = c.tokens;
+    args.num_heads = c.heads;
+    args.num_kv_heads = c.kv_heads;
+    args.head_dim = c.d;
+    args.capacity = c.capacity;
+    args.rope_theta = c.theta;
+    args.dtype = c.dtype;
+    kernels::qkv_rope_append(args, nullptr);
+    SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+    const auto q = d_q.to_host<std::uint16_t>(), k = d_k.to_host<std::uint16_t>(), v = d_v.to_host<std::uint16_t>();
+
+    const int unit_exponent = c.dtype == DType::bf16 ? -7 : -10;
+    std::int64_t bad = 0, exact = 0, compared = 0;
+    auto expect_close = [&](std::uint16_t got_bits, float want, const char* what, std::int64_t t, int col) {
+      const float got = half_to_float(c.dtype, got_bits);
+      ++compared;
+      if (got == want) ++exact;
+      if (!(std::fabs(got - want) <= std::max(std::ldexp(std::fabs(want), unit_exponent), 1e-6f)) && bad++ < 3)
+        ADD_FAILURE() << what << " token " << t << " column " << col << ": got " << got << ", want " << want;
+    };
+    std::vector<bool> written(static_cast<std::size_t>(c.sequences * c.capacity), false);
+    for (std::int64_t t = 0; t < T; ++t) {
+      const int b = static_cast<int>(t / c.tokens);
+      const std::int64_t position = seq_len[static_cast<std::size_t>(b)] + t % c.tokens;
+      const std::int64_t cache_row = b * c.capacity + position;
+      written[static_cast<std::size_t>(cache_row)] = true;
+      std::vector<float> row(static_cast<std::size_t>(width));
+      for (int col = 0; col < width; ++col) {
+        const float b_col = c.bias ? half_to_float(c.dtype, bias[static_cast<std::size_t>(col)]) : 0.0f;
+        row[static_cast<std::size_t>(col)] = round_to(c.dtype, qkv[static_cast<std::size_t>(t * width + col)] + b_col);
+      }
+      for (int h = 0; h < c.heads + c.kv_heads; ++h)
+        reference::rope(std::span<float>(row.data() + h * c.d, static_cast<std::size_t>(c.d)), position, c.theta);
+      for (int col = 0; col < q_dim; ++col)
+        expect_close(q[static_cast<std::size_t>(t * q_dim + col)], round_to(c.dtype, row[static_cast<std::size_t>(col)]), "q", t, col);
+      for (int col = 0; col < kv_dim; ++col) {
+        expect_close(k[static_cast<std::size_t>(cache_row * kv_dim + col)], round_to(c.dtype, row[static_cast<std::size_t>(q_dim + col)]),
+                     "k", t, col);
+        EXPECT_EQ(v[static_cast<std::size_t>(cache_row * kv_dim + col)], float_to_half(c.dtype, row[static_cast<std::size_t>(q_dim + kv_dim + col)]))
+            << "v token " << t << " column " << col;
+      }
+    }
+    EXPECT_GT(exact, compared * 9 / 10) << "most rotated values should match the reference exactly";
+    for (std::size_t r = 0; r < written.size(); ++r)
+      if (!written[r])
+        for (int col = 0; col < kv_dim; ++col)
+          if (k[r * kv_dim + col] != 0xFFFF || v[r * kv_dim + col] != 0xFFFF) {
+            ADD_FAILURE() << "cache row " << r << " was written, no token has its position";
+            break;
+          }
+  }
+  kernels::QkvRopeArgs bad_args;
+  bad_args.num_sequences = 1;
+  bad_args.tokens_per_sequence = 1;
+  bad_args.num_heads = 4;
+  bad_args.num_kv_heads = 1;
+  bad_args.head_dim = 7;  // odd
+  EXPECT_THROW(kernels::qkv_rope_append(bad_args, nullptr), Error);
+  bad_args.head_dim = 64;
+  bad_args.num_kv_heads = 0;
+  EXPECT_THROW(kernels::qkv_rope_append(bad_args, nullptr), Error);
+}
+
+// The fused residual add + norm against the two kernels it replaces, bit for bit (the same arithmetic
+// in the same order): x after the add and the normalised rows, widths with partial chunk rounds.
+TEST(GpuDecoderOps, AddResidualRmsNormEqualsAddThenNorm) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const std::int64_t H : {8, 2304, 6144}) {
+      for (const float scale : {1.0f, 0.37f}) {
+        const std::uint64_t seed = 1300 + static_cast<std::uint64_t>(H);
+        SCOPED_TRACE(testing::seed_trace(seed) + ", " + dtype_name(dtype) + ", H " + std::to_string(H) + ", scale " +
+                     std::to_string(scale));
+        const std::int64_t T = 3;
+        const Matrix x = testing::random_normal_matrix(dtype, T, H, seed);
+        const Matrix branch = testing::random_normal_matrix(dtype, T, H, seed + 1);
+        const Matrix w = testing::random_normal_matrix(dtype, 1, H, seed + 2);
+        DeviceBuffer dx_fused(x.data(), x.bytes()), dx_split(x.data(), x.bytes()), db(branch.data(), branch.bytes()),
+            dw(w.data(), w.bytes()), dy_fused(x.bytes()), dy_split(x.bytes());
+        dy_fused.poison();
+        dy_split.poison();
+        kernels::add_residual_rms_norm(dx_fused.get(), db.get(), scale, dw.get(), dy_fused.get(), T, H, 1e-5, 1.0f, dtype, nullptr);
+        kernels::add_residual(dx_split.get(), db.get(), dx_split.get(), T * H, scale, dtype, nullptr);
+        kernels::rms_norm(dx_split.get(), dw.get(), dy_split.get(), T, H, 1e-5, 1.0f, dtype, nullptr);
+        SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+        EXPECT_EQ(dx_fused.to_host<std::uint16_t>(), dx_split.to_host<std::uint16_t>()) << "x after the add";
+        EXPECT_EQ(dy_fused.to_host<std::uint16_t>(), dy_split.to_host<std::uint16_t>()) << "normalised rows";
+        const std::vector<std::uint16_t> x_before(x.half_data(), x.half_data() + x.numel());
+        EXPECT_NE(dx_fused.to_host<std::uint16_t>(), x_before) << "x was not written back";
+      }
+    }
+  }
+  DeviceBuffer dx(16 * 2), dw(16 * 2), dy(16 * 2);
+  EXPECT_THROW(kernels::add_residual_rms_norm(dx.get(), nullptr, 1.0f, dw.get(), dy.get(), 1, 16, 1e-5, 1.0f, DType::bf16, nullptr),
+               Error);
 }
 
 }  // namespace

@@ -324,6 +324,50 @@ TEST_P(GpuRoutingFamilies, MatchesCpuRouting) {
   }
 }
 
+// route_and_build_lists (one launch at decode sizes, the two calls beyond) against softmax_topk +
+// build_expert_lists: every output bit for bit, at 1, 5 and 64 tokens (fused where E <= 64) and 65
+// (the two calls), one token with a NaN logit at 5 tokens.
+TEST_P(GpuRoutingFamilies, FusedRoutingEqualsTheTwoCalls) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Family f = GetParam();
+  for (const std::int64_t T : {1, 5, 64, 65}) {
+    const std::uint64_t seed = 1400 + static_cast<std::uint64_t>(f.E * 7 + T);
+    SCOPED_TRACE(seed_trace(seed) + ", " + f.name + ", T = " + std::to_string(T));
+    const Logits logits = spread_logits(T, f.E, f.shared_gate, f.skewed, seed);
+    std::vector<float> host = logits.device_layout(f.E);
+    if (T == 5) host[2 * (f.E + (f.shared_gate ? 1 : 0))] = std::nanf("");  // token 2's first logit
+    const DeviceBuffer d_logits(host);
+    const kernels::GpuRouting r = gpu_config(f, T);
+    GpuResult want;
+    run_gpu(d_logits, T, r, want);
+    if (::testing::Test::HasFatalFailure()) return;
+
+    const std::int64_t n = T * r.top_k;
+    DeviceBuffer expert = buffer_of<std::int32_t>(n), weight = buffer_of<float>(n),
+                 shared = buffer_of<float>(r.shared_gate ? T : 0), offsets = buffer_of<std::int32_t>(r.num_experts + 1),
+                 slot_token = buffer_of<std::int32_t>(n), slot_weight = buffer_of<float>(n),
+                 token_slot = buffer_of<std::int32_t>(n);
+    for (const DeviceBuffer* b : {&expert, &offsets, &slot_token, &token_slot}) poison_ints(*b);
+    for (const DeviceBuffer* b : {&weight, &shared, &slot_weight}) b->poison();
+    kernels::route_and_build_lists(d_logits.as<float>(), T, r, expert.as<std::int32_t>(), weight.as<float>(),
+                                   r.shared_gate ? shared.as<float>() : nullptr, offsets.as<std::int32_t>(),
+                                   slot_token.as<std::int32_t>(), slot_weight.as<float>(), token_slot.as<std::int32_t>(),
+                                   nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    EXPECT_SAME_BITS(expert.to_host<std::int32_t>(), want.expert, "topk_expert");
+    EXPECT_SAME_BITS(weight.to_host<float>(), want.weight, "topk_weight");
+    EXPECT_SAME_BITS(shared.to_host<float>(), want.shared, "shared_weight");
+    EXPECT_SAME_BITS(offsets.to_host<std::int32_t>(), want.offsets, "expert_offsets");
+    EXPECT_SAME_BITS(slot_token.to_host<std::int32_t>(), want.slot_token, "slot_token");
+    EXPECT_SAME_BITS(slot_weight.to_host<float>(), want.slot_weight, "slot_weight");
+    EXPECT_SAME_BITS(token_slot.to_host<std::int32_t>(), want.token_slot, "token_slot");
+    if (T == 5) {
+      const auto w = weight.to_host<float>();
+      EXPECT_TRUE(std::isnan(w[2 * static_cast<std::size_t>(r.top_k)])) << "token 2 has a NaN logit: NaN weights";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Families, GpuRoutingFamilies,
     ::testing::Values(
