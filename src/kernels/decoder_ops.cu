@@ -165,8 +165,10 @@ __global__ void __launch_bounds__(kThreads) qkv_rope_kernel(QkvRopeArgs a, int h
     const int col = head * d + j;
     const float x1 = biased(col), x2 = biased(col + half), c = cos_of[j], s = sin_of[j];
     T* out = head < a.num_heads ? q_out + col : k_out + (col - q_dim);
-    out[0] = narrow<T>(x1 * c - x2 * s);
-    out[half] = narrow<T>(x2 * c + x1 * s);
+    // The rounding steps spelled out (what nvcc made of the plain expressions before), so that no
+    // rewrite of this code moves a contraction and changes the last bit.
+    out[0] = narrow<T>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+    out[half] = narrow<T>(__fmaf_rn(x1, s, __fmul_rn(x2, c)));
   }
   if (blockIdx.y == 0)
     for (int c = threadIdx.x; c < kv_dim; c += kThreads) v_out[c] = narrow<T>(biased(q_dim + kv_dim + c));

@@ -88,6 +88,8 @@ TEST(GpuDecoderOps, QkvRopeAppendMatchesReference) {
       {DType::bf16, 32, 8, 128, 1, 300, 0, 300, false, 1e6},  // a prefill from empty
       {DType::f16, 5, 1, 80, 3, 4, 2, 16, true, 10000.0},     // d / 2 = 40 pairs, Qwen-style biases
       {DType::bf16, 3, 3, 64, 1, 2, 100000, 100002, true, 10000.0},
+      {DType::bf16, 32, 8, 128, 4, 25, 1, 40, false, 1e6},    // 100 tokens: 7 heads per block, the last has 5
+      {DType::f16, 4, 2, 64, 1, 600, 5, 605, true, 10000.0},  // > 512 tokens: every head in one block
   };
   std::uint64_t seed = 1200;
   for (const Case& c : cases) {
@@ -157,8 +159,10 @@ TEST(GpuDecoderOps, QkvRopeAppendMatchesReference) {
       for (int col = 0; col < kv_dim; ++col) {
         expect_close(k[static_cast<std::size_t>(cache_row * kv_dim + col)], round_to(c.dtype, row[static_cast<std::size_t>(q_dim + col)]),
                      "k", t, col);
-        EXPECT_EQ(v[static_cast<std::size_t>(cache_row * kv_dim + col)], float_to_half(c.dtype, row[static_cast<std::size_t>(q_dim + kv_dim + col)]))
-            << "v token " << t << " column " << col;
+        if (v[static_cast<std::size_t>(cache_row * kv_dim + col)] !=
+                float_to_half(c.dtype, row[static_cast<std::size_t>(q_dim + kv_dim + col)]) &&
+            bad++ < 3)
+          ADD_FAILURE() << "v token " << t << " column " << col << " differs";
       }
     }
     EXPECT_GT(exact, compared * 9 / 10) << "most rotated values should match the reference exactly";

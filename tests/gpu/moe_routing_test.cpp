@@ -339,7 +339,7 @@ TEST_P(GpuRoutingFamilies, FusedRoutingEqualsTheTwoCalls) {
     const DeviceBuffer d_logits(host);
     const kernels::GpuRouting r = gpu_config(f, T);
     GpuResult want;
-    run_gpu(d_logits, T, r, want);
+    run_gpu(d_logits, T, r, want, /*finite_poison=*/true);
     if (::testing::Test::HasFatalFailure()) return;
 
     const std::int64_t n = T * r.top_k;
@@ -348,7 +348,8 @@ TEST_P(GpuRoutingFamilies, FusedRoutingEqualsTheTwoCalls) {
                  slot_token = buffer_of<std::int32_t>(n), slot_weight = buffer_of<float>(n),
                  token_slot = buffer_of<std::int32_t>(n);
     for (const DeviceBuffer* b : {&expert, &offsets, &slot_token, &token_slot}) poison_ints(*b);
-    for (const DeviceBuffer* b : {&weight, &shared, &slot_weight}) b->poison();
+    // Finite poison: the NaN-weight check below must be able to fail.
+    for (const DeviceBuffer* b : {&weight, &shared, &slot_weight}) b->poison_finite();
     kernels::route_and_build_lists(d_logits.as<float>(), T, r, expert.as<std::int32_t>(), weight.as<float>(),
                                    r.shared_gate ? shared.as<float>() : nullptr, offsets.as<std::int32_t>(),
                                    slot_token.as<std::int32_t>(), slot_weight.as<float>(), token_slot.as<std::int32_t>(),
