@@ -738,9 +738,11 @@ int list_capacity(const GpuRouting& r) {
   return static_cast<int>(std::min<std::int64_t>(r.capacity, std::numeric_limits<int>::max()));
 }
 
-// route_and_build_lists takes one launch up to this many tokens (decode sizes: 32 warps route at
-// most two tokens each before the lists) and E <= 64 (the lists' 4-unit shape, logits in 2 per lane).
-constexpr std::int64_t kFusedRoutingMaxTokens = 64;
+// route_and_build_lists takes one launch up to this many tokens (decode sizes: each of the list CTA's
+// 32 warps routes at most one token) and E <= 64 (the lists' 4-unit shape, logits in 2 per lane).
+// Measured (H200, Mixtral layer, ncu): at T = 1 the fused kernel takes 8.4 us against 4.2 + 5.3 us for
+// the two; at 64 tokens (two per warp, one SM routing all of them) a decode step got ~3 % slower.
+constexpr std::int64_t kFusedRoutingMaxTokens = 32;
 constexpr int kFusedRoutingMaxExperts = 64;
 }  // namespace
 

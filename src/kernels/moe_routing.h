@@ -77,7 +77,7 @@ void build_expert_lists(std::int32_t* topk_expert, float* topk_weight, std::int6
                         std::int32_t* token_slot, cudaStream_t stream);
 
 // softmax_topk, then build_expert_lists, with the same outputs bit for bit; in one launch for decode
-// sizes (T <= 64 and E <= 64: the list CTA's warps route the tokens first, one warp per token as
+// sizes (T <= 32 and E <= 64: the list CTA's warps route the tokens first, one warp per token as
 // softmax_topk does), else as the two calls. The arguments are those of the two calls.
 void route_and_build_lists(const float* logits, std::int64_t T, const GpuRouting& r, std::int32_t* topk_expert,
                            float* topk_weight, float* shared_weight, std::int32_t* expert_offsets,
