@@ -19,6 +19,8 @@
 #include <type_traits>
 
 #include "kernels/cuda_check.h"
+#include "kernels/half_math.cuh"
+#include "kernels/skinny_xwt.h"
 #include "samoyeds/error.h"
 
 namespace samoyeds::kernels {
@@ -534,22 +536,6 @@ constexpr int kCombineThreads = 256;
 constexpr unsigned kCombineMaxBlocks = 1u << 16;
 
 template <bool kBf16>
-__device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {
-  const unsigned words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const unsigned lo = words[k] & 0xFFFFu, hi = words[k] >> 16;  // element 2k is the low half (little endian)
-    if constexpr (kBf16) {
-      out[2 * k] = __uint_as_float(lo << 16);
-      out[2 * k + 1] = __uint_as_float(hi << 16);
-    } else {
-      out[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(lo)));
-      out[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(hi)));
-    }
-  }
-}
-
-template <bool kBf16>
 __device__ __forceinline__ unsigned narrow2(float a, float b) {
   unsigned lo, hi;
   if constexpr (kBf16) {
@@ -613,76 +599,6 @@ void check_tokens(std::int64_t T, int top_k, const char* what) {
   SAMOYEDS_CHECK(T >= 0, what, ": T is ", T, "; it must be >= 0");
   SAMOYEDS_CHECK(T <= std::numeric_limits<std::int32_t>::max() / top_k, what, ": T * top_k = ", T, " * ", top_k,
                  " does not fit int32 slot ids; route fewer tokens per call");
-}
-
-// Router logits: CTA (bx, by) computes logit columns 4 bx .. 4 bx + 3 for tokens 8 by .. 8 by + 7. Its
-// 256 threads stride over H in 16-byte chunks (thread i takes chunks i, i + 256, ...; two chunks each
-// at H = 4096), so even a decode call (one CTA per 4 logits) has its loads in flight at once instead of
-// one warp walking a row; each thread keeps 4 x 8 fp32 partial sums, reduced by an xor tree per warp
-// and then over the 8 warps through shared memory, in a fixed order. Each CTA reads its x tile and its
-// w rows once: x is read once per 4 logits over the grid (through L2), w once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights.
-constexpr int kRouterTokens = 8;   // tokens per CTA
-constexpr int kRouterLogits = 4;   // logit columns per CTA
-constexpr int kRouterThreads = 256;
-static_assert(kRouterLogits * kRouterTokens <= 32, "threads 0-31 of a CTA write its logits (one per lane)");
-
-template <class T>
-__global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                                                                      float* __restrict__ logits, std::int64_t num_tokens,
-                                                                      int num_logits, std::int64_t H) {
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  __shared__ float partial[kRouterThreads / 32][kRouterLogits * kRouterTokens];  // [warp][e * 8 + t]
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int e0 = blockIdx.x * kRouterLogits;
-  const int logits_here = min(kRouterLogits, num_logits - e0);
-  const std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRouterTokens;
-  const std::int64_t left = num_tokens - t0;
-  const int tokens = left < kRouterTokens ? static_cast<int>(left) : kRouterTokens;
-  const T* w_rows = w + static_cast<std::int64_t>(e0) * H;
-  const T* x_tile = x + t0 * H;
-  float acc[kRouterLogits][kRouterTokens];
-#pragma unroll
-  for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) acc[e][t] = 0.0f;
-  for (std::int64_t h = 8 * static_cast<std::int64_t>(threadIdx.x); h < H; h += 8 * kRouterThreads) {
-    float wf[kRouterLogits][8];
-#pragma unroll
-    for (int e = 0; e < kRouterLogits; ++e) {
-      if (e < logits_here) widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(w_rows + e * H + h)), wf[e]);
-      else
-#pragma unroll
-        for (int i = 0; i < 8; ++i) wf[e][i] = 0.0f;
-    }
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) {
-      if (t < tokens) {  // (a `break` here kept the loop rolled and the partials in local memory)
-        float xf[8];
-        widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
-#pragma unroll
-        for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[e][t] = fmaf(xf[i], wf[e][i], acc[e][t]);
-      }
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) {
-      float v = acc[e][t];
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) partial[warp][e * kRouterTokens + t] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x < kRouterLogits * kRouterTokens) {
-    const int e = threadIdx.x / kRouterTokens, t = threadIdx.x % kRouterTokens;
-    float v = 0.0f;
-#pragma unroll
-    for (int w_idx = 0; w_idx < kRouterThreads / 32; ++w_idx) v += partial[w_idx][threadIdx.x];
-    if (e < logits_here && t < tokens) logits[(t0 + t) * num_logits + e0 + e] = v;
-  }
 }
 
 }  // namespace
@@ -847,10 +763,7 @@ void combine(const void* slot_rows, const std::int32_t* token_slot, const float*
   SAMOYEDS_CHECK_LAUNCH("combine_kernel");
 }
 
-bool router_kernel_fits(const void* x, const void* w, std::int64_t H) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  return H > 0 && H % 8 == 0 && aligned(x) && aligned(w);
-}
+bool router_kernel_fits(const void* x, const void* w, std::int64_t H) { return skinny_xwt_fits(x, w, H); }
 
 void router_logits(const void* x, const void* w, float* logits, std::int64_t T, int E, std::int64_t H, DType dtype,
                    cudaStream_t stream) {
@@ -858,21 +771,10 @@ void router_logits(const void* x, const void* w, float* logits, std::int64_t T, 
                  kMaxExperts + 1, "])");
   SAMOYEDS_CHECK(router_kernel_fits(x, w, H), "router_logits: H (", H,
                  ") must be a positive multiple of 8 with 16-byte aligned x and w; use the cuBLAS product");
-  SAMOYEDS_CHECK(dtype == DType::bf16 || dtype == DType::f16, "router_logits: x and w must be bf16 or fp16, got ", dtype_name(dtype));
-  static_assert(kRouterMaxTokens == std::int64_t{65535} * kRouterTokens, "the grid's y limit in tiles of kRouterTokens");
+  static_assert(kRouterMaxTokens == kSkinnyMaxTokens, "the router's token limit is the product kernel's");
   SAMOYEDS_CHECK(T <= kRouterMaxTokens, "router_logits: ", T, " tokens exceed the grid (", kRouterMaxTokens,
                  " at most; route() uses cuBLAS beyond)");
-  if (T == 0) return;
-  const dim3 grid(static_cast<unsigned>((E + kRouterLogits - 1) / kRouterLogits),
-                  static_cast<unsigned>((T + kRouterTokens - 1) / kRouterTokens));
-  if (dtype == DType::bf16) {
-    router_logits_kernel<__nv_bfloat16><<<grid, kRouterThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), logits, T, E, H);
-  } else {
-    router_logits_kernel<__half><<<grid, kRouterThreads, 0, stream>>>(static_cast<const __half*>(x),
-                                                                          static_cast<const __half*>(w), logits, T, E, H);
-  }
-  SAMOYEDS_CHECK_LAUNCH("router_logits_kernel");
+  skinny_xwt(x, w, logits, DType::f32, T, E, H, dtype, stream);
 }
 
 }  // namespace samoyeds::kernels
