@@ -6,9 +6,9 @@
 // so even one token has its weight loads in flight at once instead of one warp walking a row. Each
 // thread keeps 4 x 8 fp32 partial sums, reduced by an xor tree per warp and then over the 8 warps
 // through shared memory, in a fixed order. The x tile is read once per 4 columns (through L2), each
-// weight row once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights (102 in all: 2 CTAs per
-// SM), 4 partials for one token (more CTAs resident); shared memory 1 KB.
-// Bytes at decode (T = 1, Mixtral QKV 6144 x 4096): 50 MB of weights, 1536 CTAs (1.5 waves of 8 CTAs
+// weight row once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights (~125 in all: 2 CTAs
+// per SM); the one-token kernel keeps 4 partials (~60 registers: 4 CTAs per SM); shared memory 1 KB.
+// Bytes at decode (T = 1, Mixtral QKV 6144 x 4096): 50 MB of weights, 1536 CTAs (2.9 waves of 4 CTAs
 // per SM), ~11.7 µs at the 4.3 TB/s device copy.
 #include "kernels/skinny_xwt.h"
 
@@ -118,7 +118,7 @@ void skinny_xwt(const void* x, const void* w, void* y, DType y_dtype, std::int64
   SAMOYEDS_CHECK(x != nullptr && w != nullptr && y != nullptr, "skinny_xwt: x, w and y must be device pointers (one is null)");
   SAMOYEDS_CHECK(skinny_xwt_fits(x, w, K), "skinny_xwt: K (", K,
                  ") must be a positive multiple of 8 with 16-byte aligned x and w; use the cuBLAS product");
-  const dim3 grid(static_cast<unsigned>((N + kColumns - 1) / kColumns), static_cast<unsigned>((T + kTokens - 1) / kTokens));
+  const unsigned column_blocks = static_cast<unsigned>((N + kColumns - 1) / kColumns);
   auto launch = [&](auto tag) {
     using T_ = decltype(tag);
     const auto* xt = static_cast<const T_*>(x);
@@ -126,8 +126,12 @@ void skinny_xwt(const void* x, const void* w, void* y, DType y_dtype, std::int64
     auto run = [&](auto out_tag) {
       using Out = decltype(out_tag);
       auto* yt = static_cast<Out*>(y);
-      if (T == 1) skinny_xwt_kernel<T_, Out, 1><<<grid, kThreads, 0, stream>>>(xt, wt, yt, T, N, K);
-      else skinny_xwt_kernel<T_, Out, kTokens><<<grid, kThreads, 0, stream>>>(xt, wt, yt, T, N, K);
+      auto go = [&](auto kernel, int tile_tokens) {
+        const dim3 grid(column_blocks, static_cast<unsigned>((T + tile_tokens - 1) / tile_tokens));
+        kernel<<<grid, kThreads, 0, stream>>>(xt, wt, yt, T, N, K);
+      };
+      if (T == 1) go(skinny_xwt_kernel<T_, Out, 1>, 1);
+      else go(skinny_xwt_kernel<T_, Out, kTokens>, kTokens);
     };
     if (y_dtype == DType::f32) run(float{});
     else run(T_{});

@@ -6,7 +6,7 @@
 // unit of the output type (16-bit out). Outputs poisoned before each run with a guard area behind
 // them; two runs bitwise equal. Shapes: the Mixtral decode projections (T = 1, N = 6144 and 4096),
 // N with a partial last CTA (4097, 3), T with a partial last token tile (9, 19), K not a multiple of
-// the 256-thread stride (264, 4104).
+// the 256-thread stride (264, 4104); the one-token kernel in bf16 and fp16.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -37,6 +37,7 @@ TEST(GpuSkinnyXwt, MatchesHostProduct) {
       {3, 4097, 264, DType::f16, DType::f16},
       {9, 3, 4104, DType::bf16, DType::bf16},
       {19, 130, 1024, DType::f16, DType::f32},
+      {1, 77, 2048, DType::f16, DType::f16},  // the one-token kernel in fp16
   };
   std::uint64_t seed = 1500;
   for (const Shape& c : shapes) {
@@ -99,6 +100,31 @@ TEST(GpuSkinnyXwt, MatchesHostProduct) {
           }
       }
     }
+  }
+}
+
+// A token's outputs do not depend on the call's other tokens: the one-token kernel (T = 1) and the
+// 8-token one (T = 9: the token in a full tile and in a partial one) give the same bits.
+TEST(GpuSkinnyXwt, OneTokenEqualsItsRowOfALargerCall) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const std::int64_t T = 9, N = 37, K = 2056;
+  const std::uint64_t seed = 1550;
+  SCOPED_TRACE(testing::seed_trace(seed));
+  const Matrix x = testing::random_normal_matrix(DType::bf16, T, K, seed);
+  const Matrix w = testing::random_normal_matrix(DType::bf16, N, K, seed + 1, 0.02f);
+  DeviceBuffer dx(x.data(), x.bytes()), dw(w.data(), w.bytes()), all(static_cast<std::size_t>(T * N) * 4),
+      one(static_cast<std::size_t>(N) * 4);
+  all.poison();
+  kernels::skinny_xwt(dx.get(), dw.get(), all.get(), DType::f32, T, N, K, DType::bf16, nullptr);
+  SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<float> all_host = all.to_host<float>();
+  for (const std::int64_t t : {0, 8}) {
+    one.poison();
+    const auto* row = static_cast<const std::uint8_t*>(dx.get()) + t * K * 2;
+    kernels::skinny_xwt(row, dw.get(), one.get(), DType::f32, 1, N, K, DType::bf16, nullptr);
+    SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> got = one.to_host<float>();
+    EXPECT_EQ(std::memcmp(got.data(), all_host.data() + t * N, static_cast<std::size_t>(N) * 4), 0) << "token " << t;
   }
 }
 
