@@ -47,4 +47,18 @@ __device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {
   }
 }
 
+// Two fp32 values rounded to the 16-bit type, packed as one word (the first in the low half).
+template <bool kBf16>
+__device__ __forceinline__ unsigned narrow2(float a, float b) {
+  unsigned lo, hi;
+  if constexpr (kBf16) {
+    lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
+    hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
+  } else {
+    lo = __half_as_ushort(__float2half_rn(a));
+    hi = __half_as_ushort(__float2half_rn(b));
+  }
+  return lo | (hi << 16);
+}
+
 }  // namespace samoyeds::kernels

@@ -535,18 +535,6 @@ void launch_build_lists(const ListShape& shape, std::int32_t* topk_expert, float
 constexpr int kCombineThreads = 256;
 constexpr unsigned kCombineMaxBlocks = 1u << 16;
 
-template <bool kBf16>
-__device__ __forceinline__ unsigned narrow2(float a, float b) {
-  unsigned lo, hi;
-  if constexpr (kBf16) {
-    lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
-    hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
-  } else {
-    lo = __half_as_ushort(__float2half_rn(a));
-    hi = __half_as_ushort(__float2half_rn(b));
-  }
-  return lo | (hi << 16);
-}
 
 // Y[t, 8c .. 8c + 8) per thread (grid-stride over T * H / 8 chunks): one fp32 accumulator per value,
 // starting at +0, the token's slot rows added in rank order (scaled first when slot_scale is given;
