@@ -379,6 +379,54 @@ __device__ int block_exclusive_scan(int* values, int n, int* warp_sums) {
 // 50 us (DeepSeek, E = 64, top-6), 38 us (OpenMoE with dropping), plus 4 us of scatter. If that ever
 // matters, the same three steps spread over many CTAs (per-tile counts, a scan over tiles, per-tile
 // ranking) scale with the SMs at the cost of two more launches.
+// The lists of at most 32 choices without capacity limits, by one warp: lane c holds choice c =
+// t * top_k + j (token-major, the lists' order inside an expert). An expert's count is the number of
+// lanes holding it, a choice's rank the matching lanes below it, so the lists are those of the
+// ranking walks below, bit for bit, without their shared-memory counters and CTA barriers (5.3 µs of
+// a decode step's 8.4 µs routing launch went to those for two choices). offsets: E ints of shared memory.
+__device__ void small_lists_warp(const std::int32_t* topk_expert, const float* topk_weight, int n, int E, int top_k,
+                                 int* offsets, std::int32_t* expert_offsets, std::int32_t* slot_token, float* slot_weight,
+                                 std::int32_t* token_slot) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int32_t chosen = lane < n ? topk_expert[lane] : -1;
+  const int key = chosen >= 0 && chosen < E ? static_cast<int>(chosen) : -1;  // as the walks' as_key
+  const unsigned same = __match_any_sync(kFullMask, key);
+  const int rank = __popc(same & ((1u << lane) - 1u));
+  int total = 0;  // choices of the experts before this round's 32
+  for (int base = 0; base < E; base += 32) {
+    const int e = base + lane;
+    int count = 0;
+    for (int c = 0; c < n; ++c) count += __shfl_sync(kFullMask, key, c) == e ? 1 : 0;
+    int inclusive = count;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const int below = __shfl_up_sync(kFullMask, inclusive, offset);
+      if (lane >= offset) inclusive += below;
+    }
+    if (e < E) {
+      offsets[e] = total + inclusive - count;
+      expert_offsets[e] = total + inclusive - count;
+    }
+    total += __shfl_sync(kFullMask, inclusive, 31);
+  }
+  if (lane == 0) expert_offsets[E] = total;
+  __syncwarp();  // offsets (shared memory) written above are read by other lanes below
+  if (lane < n) {
+    if (key < 0) {
+      token_slot[lane] = -1;
+    } else {
+      const int s = offsets[key] + rank;
+      slot_token[s] = lane / top_k;
+      slot_weight[s] = topk_weight[lane];
+      token_slot[lane] = s;
+    }
+  }
+  for (int s = total + lane; s < n; s += 32) {  // slots nobody owns (choices outside [0, E))
+    slot_token[s] = -1;
+    slot_weight[s] = 0.0f;
+  }
+}
+
 // With kPerLane > 0 (decode sizes, route_and_build_lists) the CTA's warps first run softmax + top-k
 // on every token (one warp per token, softmax_topk's function: the same bits), which writes
 // topk_expert / topk_weight: one launch instead of two.
@@ -399,13 +447,19 @@ __global__ void __launch_bounds__(kListMaxWarps * 32)
                        float* __restrict__ slot_weight,            // [T * top_k] fp32
                        std::int32_t* __restrict__ token_slot,      // [T, top_k] int32
                        FusedSoftmax softmax) {
+  extern __shared__ int list_smem[];
   if constexpr (kPerLane > 0) {
     for (int t = static_cast<int>(threadIdx.x / 32); t < T; t += static_cast<int>(blockDim.x / 32))
       softmax_topk_token<kPerLane>(softmax.logits, t, E, softmax.stride, top_k, softmax.renormalize, softmax.shared_gate,
                                    topk_expert, topk_weight, softmax.shared_weight);
     __syncthreads();  // the choices (global writes) are visible to the whole CTA from here on
+    if (!capacity_limited && T * top_k <= 32) {  // CTA-uniform
+      if (threadIdx.x < 32)
+        small_lists_warp(topk_expert, topk_weight, T * top_k, E, top_k, list_smem, expert_offsets, slot_token,
+                         slot_weight, token_slot);
+      return;
+    }
   }
-  extern __shared__ int list_smem[];
   const int units = static_cast<int>(blockDim.x / 32) * K;
   int* counts = list_smem;                         // [E, units + 1]
   int* offsets = counts + E * (units + 1);         // [E + 1]: expert totals, then first slots
