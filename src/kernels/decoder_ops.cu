@@ -402,7 +402,7 @@ void silu_mul(const void* gu, void* a, const std::int32_t* num_rows_dev, std::in
                                                                            num_rows_dev, num_rows, I, num_mats);
     }
   });
-  SAMOYEDS_CHECK_LAUNCH("silu_mul_kernel");
+  SAMOYEDS_CHECK_LAUNCH("silu_mul8_kernel / silu_mul_kernel");
 }
 
 void argmax_rows(const float* logits, std::int64_t rows, std::int64_t vocab, std::int32_t* out, cudaStream_t stream) {

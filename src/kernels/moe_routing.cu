@@ -357,28 +357,6 @@ __device__ int block_exclusive_scan(int* values, int n, int* warp_sums) {
   return carry;
 }
 
-// Capacity dropping, then the lists, in one CTA of W warps (list_shape: W = 32 up to E = 360).
-// Both are "stable rankings": rank(i) = number of earlier elements of a sequence with the same expert,
-// computed exactly in three steps over the sequence cut into W * K contiguous units:
-//   1. count each unit's elements per expert (shared atomics: a count does not depend on the order of
-//      the additions, so it is exact and deterministic);
-//   2. per expert, an exclusive scan over the units gives each unit's base (and the expert totals);
-//   3. re-walk every unit in order: rank = base + running count + lanes below in the __match_any_sync
-//      group (no atomics here: the order matters).
-// Capacity: the sequence is rank-major, q = j * T + t (ColossalAI's queue: all rank-0 choices by token,
-// then rank-1), over every choice including those that will be dropped, so a dropped rank-0 choice still
-// holds its position; a choice whose rank is >= capacity becomes (-1, 0) in place.
-// Lists: the sequence is token-major, c = t * top_k + j, over kept choices; a token picks an expert at
-// most once, so sequence order is token order inside an expert and slot = offsets[e] + rank.
-// Shared memory: 4 * (E * (W * K + 1) + E + 1 + 32) bytes <= 48 KB (E = 64: 33 KB).
-// With scatter_here (small T * top_k) it also writes slot_token / slot_weight and the unowned tail;
-// otherwise only token_slot, and scatter_slots_kernel follows.
-// Work: about T * top_k / (32 * W * K) rounds per walk, two walks per ranking. One SM does it all: the
-// limit is __match_any_sync, which an H100 SM retires at about one per 25 cycles with 25 distinct keys
-// (measured). H100 under ncu (base clock): 6-8 us up to T = 64; T = 5000 takes 12 us (Mixtral),
-// 50 us (DeepSeek, E = 64, top-6), 38 us (OpenMoE with dropping), plus 4 us of scatter. If that ever
-// matters, the same three steps spread over many CTAs (per-tile counts, a scan over tiles, per-tile
-// ranking) scale with the SMs at the cost of two more launches.
 // The lists of at most 32 choices without capacity limits, by one warp: lane c holds choice c =
 // t * top_k + j (token-major, the lists' order inside an expert). An expert's count is the number of
 // lanes holding it, a choice's rank the matching lanes below it, so the lists are those of the
@@ -437,6 +415,28 @@ struct FusedSoftmax {
   float* shared_weight = nullptr;  // [T] fp32 or null
 };
 
+// Capacity dropping, then the lists, in one CTA of W warps (list_shape: W = 32 up to E = 360).
+// Both are "stable rankings": rank(i) = number of earlier elements of a sequence with the same expert,
+// computed exactly in three steps over the sequence cut into W * K contiguous units:
+//   1. count each unit's elements per expert (shared atomics: a count does not depend on the order of
+//      the additions, so it is exact and deterministic);
+//   2. per expert, an exclusive scan over the units gives each unit's base (and the expert totals);
+//   3. re-walk every unit in order: rank = base + running count + lanes below in the __match_any_sync
+//      group (no atomics here: the order matters).
+// Capacity: the sequence is rank-major, q = j * T + t (ColossalAI's queue: all rank-0 choices by token,
+// then rank-1), over every choice including those that will be dropped, so a dropped rank-0 choice still
+// holds its position; a choice whose rank is >= capacity becomes (-1, 0) in place.
+// Lists: the sequence is token-major, c = t * top_k + j, over kept choices; a token picks an expert at
+// most once, so sequence order is token order inside an expert and slot = offsets[e] + rank.
+// Shared memory: 4 * (E * (W * K + 1) + E + 1 + 32) bytes <= 48 KB (E = 64: 33 KB).
+// With scatter_here (small T * top_k) it also writes slot_token / slot_weight and the unowned tail;
+// otherwise only token_slot, and scatter_slots_kernel follows.
+// Work: about T * top_k / (32 * W * K) rounds per walk, two walks per ranking. One SM does it all: the
+// limit is __match_any_sync, which an H100 SM retires at about one per 25 cycles with 25 distinct keys
+// (measured). H100 under ncu (base clock): 6-8 us up to T = 64; T = 5000 takes 12 us (Mixtral),
+// 50 us (DeepSeek, E = 64, top-6), 38 us (OpenMoE with dropping), plus 4 us of scatter. If that ever
+// matters, the same three steps spread over many CTAs (per-tile counts, a scan over tiles, per-tile
+// ranking) scale with the SMs at the cost of two more launches.
 template <int K, int kPerLane>
 __global__ void __launch_bounds__(kListMaxWarps * 32)
     build_lists_kernel(std::int32_t* topk_expert,  // [T, top_k] int32, in/out
@@ -588,7 +588,6 @@ void launch_build_lists(const ListShape& shape, std::int32_t* topk_expert, float
 
 constexpr int kCombineThreads = 256;
 constexpr unsigned kCombineMaxBlocks = 1u << 16;
-
 
 // Y[t, 8c .. 8c + 8) per thread (grid-stride over T * H / 8 chunks): one fp32 accumulator per value,
 // starting at +0, the token's slot rows added in rank order (scaled first when slot_scale is given;
