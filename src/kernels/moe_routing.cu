@@ -757,20 +757,11 @@ void route_and_build_lists(const float* logits, std::int64_t T, const GpuRouting
   const ListShape shape = list_shape(E);
   SAMOYEDS_CHECK(shape.units_per_warp == 4, "route_and_build_lists: internal: E = ", E, " lists take ",
                  shape.units_per_warp, " units per warp, the fused kernel is built for 4");
-  FusedSoftmax softmax;
-  softmax.logits = logits;
-  softmax.stride = E + (r.shared_gate ? 1 : 0);
-  softmax.renormalize = r.renormalize;
-  softmax.shared_gate = r.shared_gate;
-  softmax.shared_weight = shared_weight;
-  const int tokens = static_cast<int>(T);
-  if (E <= 32) {
-    launch_build_lists<4, 1>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
-                             slot_weight, token_slot, stream, softmax);
-  } else {
-    launch_build_lists<4, 2>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
-                             slot_weight, token_slot, stream, softmax);
-  }
+  const FusedSoftmax softmax{logits, E + (r.shared_gate ? 1 : 0), r.renormalize, r.shared_gate, shared_weight};
+  // E <= 32: one logit per lane, else two (softmax_topk's choice).
+  auto launch = E <= 32 ? launch_build_lists<4, 1> : launch_build_lists<4, 2>;
+  launch(shape, topk_expert, topk_weight, static_cast<int>(T), r, list_capacity(r), expert_offsets, slot_token,
+         slot_weight, token_slot, stream, softmax);
 }
 
 void combine(const void* slot_rows, const std::int32_t* token_slot, const float* slot_scale, const void* shared,
