@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "kernels/cuda_check.h"
@@ -197,6 +198,35 @@ __global__ void embed_kernel(const std::int32_t* ids, const T* embedding, T* x, 
   }
 }
 
+// 8 outputs per thread and step, 16-byte loads and stores (I % 8 == 0 and 16-byte aligned rows):
+// one element per thread and step, with a 64-bit division each, ran the dense baseline's SiLU at
+// ~1.4 TB/s (493 µs for Mixtral's 8192 x 2 x 14336 at a 4096-token prefill; its bytes take ~164 µs).
+// The same arithmetic per element as silu_mul_kernel.
+template <class T>
+__global__ void silu_mul8_kernel(const T* gu, T* a, const std::int32_t* num_rows_dev, std::int64_t num_rows,
+                                 std::int64_t I, int num_mats) {
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  const std::int64_t rows = num_rows_dev ? min(static_cast<std::int64_t>(*num_rows_dev), num_rows) : num_rows;
+  const std::int64_t chunks_per_row = I / 8;
+  for (std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; c < rows * chunks_per_row;
+       c += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t r = c / chunks_per_row, i = (c - r * chunks_per_row) * 8;
+    const T* row = gu + r * num_mats * I;  // [num_mats * I]: gate | up (| linear)
+    float g[8], u[8], l[8];
+    widen8<kBf16>(*reinterpret_cast<const uint4*>(row + i), g);
+    widen8<kBf16>(*reinterpret_cast<const uint4*>(row + I + i), u);
+    if (num_mats == 3) widen8<kBf16>(*reinterpret_cast<const uint4*>(row + 2 * I + i), l);
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      v[k] = g[k] / (1.0f + __expf(-g[k])) * u[k];
+      if (num_mats == 3) v[k] *= l[k];
+    }
+    *reinterpret_cast<uint4*>(a + r * I + i) = make_uint4(narrow2<kBf16>(v[0], v[1]), narrow2<kBf16>(v[2], v[3]),
+                                                          narrow2<kBf16>(v[4], v[5]), narrow2<kBf16>(v[6], v[7]));
+  }
+}
+
 template <class T>
 __global__ void silu_mul_kernel(const T* gu, T* a, const std::int32_t* num_rows_dev, std::int64_t num_rows,
                                 std::int64_t I, int num_mats) {
@@ -360,12 +390,19 @@ void silu_mul(const void* gu, void* a, const std::int32_t* num_rows_dev, std::in
               int num_mats, DType dtype, cudaStream_t stream) {
   if (num_rows == 0) return;
   SAMOYEDS_CHECK(num_mats == 2 || num_mats == 3, "silu_mul: num_mats must be 2 or 3, got ", num_mats);
+  const bool by_chunks = I % 8 == 0 && reinterpret_cast<std::uintptr_t>(gu) % 16 == 0 &&
+                         reinterpret_cast<std::uintptr_t>(a) % 16 == 0;
   dispatch(dtype, [&](auto tag) {
     using T_ = decltype(tag);
-    silu_mul_kernel<T_><<<grid_for(num_rows * I), kThreads, 0, stream>>>(static_cast<const T_*>(gu), static_cast<T_*>(a),
-                                                                         num_rows_dev, num_rows, I, num_mats);
+    if (by_chunks) {
+      silu_mul8_kernel<T_><<<grid_for(num_rows * I / 8), kThreads, 0, stream>>>(
+          static_cast<const T_*>(gu), static_cast<T_*>(a), num_rows_dev, num_rows, I, num_mats);
+    } else {
+      silu_mul_kernel<T_><<<grid_for(num_rows * I), kThreads, 0, stream>>>(static_cast<const T_*>(gu), static_cast<T_*>(a),
+                                                                           num_rows_dev, num_rows, I, num_mats);
+    }
   });
-  SAMOYEDS_CHECK_LAUNCH("silu_mul_kernel");
+  SAMOYEDS_CHECK_LAUNCH("silu_mul8_kernel / silu_mul_kernel");
 }
 
 void argmax_rows(const float* logits, std::int64_t rows, std::int64_t vocab, std::int32_t* out, cudaStream_t stream) {

@@ -30,4 +30,35 @@ __device__ __forceinline__ T from_bits(unsigned short b) {
 template <class T>
 __device__ __forceinline__ float round_as(float v) { return widen(narrow<T>(v)); }
 
+// The 8 elements of a 16-byte chunk widened to fp32 (element 2k is the low half of word k).
+template <bool kBf16>
+__device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {
+  const unsigned words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const unsigned lo = words[k] & 0xFFFFu, hi = words[k] >> 16;  // element 2k is the low half (little endian)
+    if constexpr (kBf16) {
+      out[2 * k] = __uint_as_float(lo << 16);
+      out[2 * k + 1] = __uint_as_float(hi << 16);
+    } else {
+      out[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(lo)));
+      out[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(hi)));
+    }
+  }
+}
+
+// Two fp32 values rounded to the 16-bit type, packed as one word (the first in the low half).
+template <bool kBf16>
+__device__ __forceinline__ unsigned narrow2(float a, float b) {
+  unsigned lo, hi;
+  if constexpr (kBf16) {
+    lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
+    hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
+  } else {
+    lo = __half_as_ushort(__float2half_rn(a));
+    hi = __half_as_ushort(__float2half_rn(b));
+  }
+  return lo | (hi << 16);
+}
+
 }  // namespace samoyeds::kernels

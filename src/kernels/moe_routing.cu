@@ -19,6 +19,8 @@
 #include <type_traits>
 
 #include "kernels/cuda_check.h"
+#include "kernels/half_math.cuh"
+#include "kernels/skinny_xwt.h"
 #include "samoyeds/error.h"
 
 namespace samoyeds::kernels {
@@ -355,6 +357,64 @@ __device__ int block_exclusive_scan(int* values, int n, int* warp_sums) {
   return carry;
 }
 
+// The lists of at most 32 choices without capacity limits, by one warp: lane c holds choice c =
+// t * top_k + j (token-major, the lists' order inside an expert). An expert's count is the number of
+// lanes holding it, a choice's rank the matching lanes below it, so the lists are those of the
+// ranking walks below, bit for bit, without their shared-memory counters and CTA barriers (5.3 µs of
+// a decode step's 8.4 µs routing launch went to those for two choices). offsets: E ints of shared memory.
+__device__ void small_lists_warp(const std::int32_t* topk_expert, const float* topk_weight, int n, int E, int top_k,
+                                 int* offsets, std::int32_t* expert_offsets, std::int32_t* slot_token, float* slot_weight,
+                                 std::int32_t* token_slot) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int32_t chosen = lane < n ? topk_expert[lane] : -1;
+  const int key = chosen >= 0 && chosen < E ? static_cast<int>(chosen) : -1;  // as the walks' as_key
+  const unsigned same = __match_any_sync(kFullMask, key);
+  const int rank = __popc(same & ((1u << lane) - 1u));
+  int total = 0;  // choices of the experts before this round's 32
+  for (int base = 0; base < E; base += 32) {
+    const int e = base + lane;
+    int count = 0;
+    for (int c = 0; c < n; ++c) count += __shfl_sync(kFullMask, key, c) == e ? 1 : 0;
+    int inclusive = count;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset *= 2) {
+      const int below = __shfl_up_sync(kFullMask, inclusive, offset);
+      if (lane >= offset) inclusive += below;
+    }
+    if (e < E) {
+      offsets[e] = total + inclusive - count;
+      expert_offsets[e] = total + inclusive - count;
+    }
+    total += __shfl_sync(kFullMask, inclusive, 31);
+  }
+  if (lane == 0) expert_offsets[E] = total;
+  __syncwarp();  // offsets (shared memory) written above are read by other lanes below
+  if (lane < n) {
+    if (key < 0) {
+      token_slot[lane] = -1;
+    } else {
+      const int s = offsets[key] + rank;
+      slot_token[s] = lane / top_k;
+      slot_weight[s] = topk_weight[lane];
+      token_slot[lane] = s;
+    }
+  }
+  for (int s = total + lane; s < n; s += 32) {  // slots nobody owns (choices outside [0, E))
+    slot_token[s] = -1;
+    slot_weight[s] = 0.0f;
+  }
+}
+
+// With kPerLane > 0 (decode sizes, route_and_build_lists) the CTA's warps first run softmax + top-k
+// on every token (one warp per token, softmax_topk's function: the same bits), which writes
+// topk_expert / topk_weight: one launch instead of two.
+struct FusedSoftmax {
+  const float* logits = nullptr;  // [T, stride] fp32
+  int stride = 0;
+  bool renormalize = false, shared_gate = false;
+  float* shared_weight = nullptr;  // [T] fp32 or null
+};
+
 // Capacity dropping, then the lists, in one CTA of W warps (list_shape: W = 32 up to E = 360).
 // Both are "stable rankings": rank(i) = number of earlier elements of a sequence with the same expert,
 // computed exactly in three steps over the sequence cut into W * K contiguous units:
@@ -377,16 +437,6 @@ __device__ int block_exclusive_scan(int* values, int n, int* warp_sums) {
 // 50 us (DeepSeek, E = 64, top-6), 38 us (OpenMoE with dropping), plus 4 us of scatter. If that ever
 // matters, the same three steps spread over many CTAs (per-tile counts, a scan over tiles, per-tile
 // ranking) scale with the SMs at the cost of two more launches.
-// With kPerLane > 0 (decode sizes, route_and_build_lists) the CTA's warps first run softmax + top-k
-// on every token (one warp per token, softmax_topk's function: the same bits), which writes
-// topk_expert / topk_weight: one launch instead of two.
-struct FusedSoftmax {
-  const float* logits = nullptr;  // [T, stride] fp32
-  int stride = 0;
-  bool renormalize = false, shared_gate = false;
-  float* shared_weight = nullptr;  // [T] fp32 or null
-};
-
 template <int K, int kPerLane>
 __global__ void __launch_bounds__(kListMaxWarps * 32)
     build_lists_kernel(std::int32_t* topk_expert,  // [T, top_k] int32, in/out
@@ -397,13 +447,19 @@ __global__ void __launch_bounds__(kListMaxWarps * 32)
                        float* __restrict__ slot_weight,            // [T * top_k] fp32
                        std::int32_t* __restrict__ token_slot,      // [T, top_k] int32
                        FusedSoftmax softmax) {
+  extern __shared__ int list_smem[];
   if constexpr (kPerLane > 0) {
     for (int t = static_cast<int>(threadIdx.x / 32); t < T; t += static_cast<int>(blockDim.x / 32))
       softmax_topk_token<kPerLane>(softmax.logits, t, E, softmax.stride, top_k, softmax.renormalize, softmax.shared_gate,
                                    topk_expert, topk_weight, softmax.shared_weight);
     __syncthreads();  // the choices (global writes) are visible to the whole CTA from here on
+    if (!capacity_limited && T * top_k <= 32) {  // CTA-uniform
+      if (threadIdx.x < 32)
+        small_lists_warp(topk_expert, topk_weight, T * top_k, E, top_k, list_smem, expert_offsets, slot_token,
+                         slot_weight, token_slot);
+      return;
+    }
   }
-  extern __shared__ int list_smem[];
   const int units = static_cast<int>(blockDim.x / 32) * K;
   int* counts = list_smem;                         // [E, units + 1]
   int* offsets = counts + E * (units + 1);         // [E + 1]: expert totals, then first slots
@@ -533,35 +589,6 @@ void launch_build_lists(const ListShape& shape, std::int32_t* topk_expert, float
 constexpr int kCombineThreads = 256;
 constexpr unsigned kCombineMaxBlocks = 1u << 16;
 
-template <bool kBf16>
-__device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {
-  const unsigned words[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const unsigned lo = words[k] & 0xFFFFu, hi = words[k] >> 16;  // element 2k is the low half (little endian)
-    if constexpr (kBf16) {
-      out[2 * k] = __uint_as_float(lo << 16);
-      out[2 * k + 1] = __uint_as_float(hi << 16);
-    } else {
-      out[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(lo)));
-      out[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(hi)));
-    }
-  }
-}
-
-template <bool kBf16>
-__device__ __forceinline__ unsigned narrow2(float a, float b) {
-  unsigned lo, hi;
-  if constexpr (kBf16) {
-    lo = __bfloat16_as_ushort(__float2bfloat16_rn(a));
-    hi = __bfloat16_as_ushort(__float2bfloat16_rn(b));
-  } else {
-    lo = __half_as_ushort(__float2half_rn(a));
-    hi = __half_as_ushort(__float2half_rn(b));
-  }
-  return lo | (hi << 16);
-}
-
 // Y[t, 8c .. 8c + 8) per thread (grid-stride over T * H / 8 chunks): one fp32 accumulator per value,
 // starting at +0, the token's slot rows added in rank order (scaled first when slot_scale is given;
 // __fmul_rn / __fadd_rn keep the product rounded and unfused, as written), the shared row last, then one
@@ -613,76 +640,6 @@ void check_tokens(std::int64_t T, int top_k, const char* what) {
   SAMOYEDS_CHECK(T >= 0, what, ": T is ", T, "; it must be >= 0");
   SAMOYEDS_CHECK(T <= std::numeric_limits<std::int32_t>::max() / top_k, what, ": T * top_k = ", T, " * ", top_k,
                  " does not fit int32 slot ids; route fewer tokens per call");
-}
-
-// Router logits: CTA (bx, by) computes logit columns 4 bx .. 4 bx + 3 for tokens 8 by .. 8 by + 7. Its
-// 256 threads stride over H in 16-byte chunks (thread i takes chunks i, i + 256, ...; two chunks each
-// at H = 4096), so even a decode call (one CTA per 4 logits) has its loads in flight at once instead of
-// one warp walking a row; each thread keeps 4 x 8 fp32 partial sums, reduced by an xor tree per warp
-// and then over the 8 warps through shared memory, in a fixed order. Each CTA reads its x tile and its
-// w rows once: x is read once per 4 logits over the grid (through L2), w once per 8 tokens. Registers: 32 partials + 4 x 8 widened weights.
-constexpr int kRouterTokens = 8;   // tokens per CTA
-constexpr int kRouterLogits = 4;   // logit columns per CTA
-constexpr int kRouterThreads = 256;
-static_assert(kRouterLogits * kRouterTokens <= 32, "threads 0-31 of a CTA write its logits (one per lane)");
-
-template <class T>
-__global__ void __launch_bounds__(kRouterThreads) router_logits_kernel(const T* __restrict__ x, const T* __restrict__ w,
-                                                                      float* __restrict__ logits, std::int64_t num_tokens,
-                                                                      int num_logits, std::int64_t H) {
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  __shared__ float partial[kRouterThreads / 32][kRouterLogits * kRouterTokens];  // [warp][e * 8 + t]
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int e0 = blockIdx.x * kRouterLogits;
-  const int logits_here = min(kRouterLogits, num_logits - e0);
-  const std::int64_t t0 = static_cast<std::int64_t>(blockIdx.y) * kRouterTokens;
-  const std::int64_t left = num_tokens - t0;
-  const int tokens = left < kRouterTokens ? static_cast<int>(left) : kRouterTokens;
-  const T* w_rows = w + static_cast<std::int64_t>(e0) * H;
-  const T* x_tile = x + t0 * H;
-  float acc[kRouterLogits][kRouterTokens];
-#pragma unroll
-  for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) acc[e][t] = 0.0f;
-  for (std::int64_t h = 8 * static_cast<std::int64_t>(threadIdx.x); h < H; h += 8 * kRouterThreads) {
-    float wf[kRouterLogits][8];
-#pragma unroll
-    for (int e = 0; e < kRouterLogits; ++e) {
-      if (e < logits_here) widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(w_rows + e * H + h)), wf[e]);
-      else
-#pragma unroll
-        for (int i = 0; i < 8; ++i) wf[e][i] = 0.0f;
-    }
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) {
-      if (t < tokens) {  // (a `break` here kept the loop rolled and the partials in local memory)
-        float xf[8];
-        widen8<kBf16>(__ldg(reinterpret_cast<const uint4*>(x_tile + t * H + h)), xf);
-#pragma unroll
-        for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[e][t] = fmaf(xf[i], wf[e][i], acc[e][t]);
-      }
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < kRouterLogits; ++e)
-#pragma unroll
-    for (int t = 0; t < kRouterTokens; ++t) {
-      float v = acc[e][t];
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) partial[warp][e * kRouterTokens + t] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x < kRouterLogits * kRouterTokens) {
-    const int e = threadIdx.x / kRouterTokens, t = threadIdx.x % kRouterTokens;
-    float v = 0.0f;
-#pragma unroll
-    for (int w_idx = 0; w_idx < kRouterThreads / 32; ++w_idx) v += partial[w_idx][threadIdx.x];
-    if (e < logits_here && t < tokens) logits[(t0 + t) * num_logits + e0 + e] = v;
-  }
 }
 
 }  // namespace
@@ -800,20 +757,11 @@ void route_and_build_lists(const float* logits, std::int64_t T, const GpuRouting
   const ListShape shape = list_shape(E);
   SAMOYEDS_CHECK(shape.units_per_warp == 4, "route_and_build_lists: internal: E = ", E, " lists take ",
                  shape.units_per_warp, " units per warp, the fused kernel is built for 4");
-  FusedSoftmax softmax;
-  softmax.logits = logits;
-  softmax.stride = E + (r.shared_gate ? 1 : 0);
-  softmax.renormalize = r.renormalize;
-  softmax.shared_gate = r.shared_gate;
-  softmax.shared_weight = shared_weight;
-  const int tokens = static_cast<int>(T);
-  if (E <= 32) {
-    launch_build_lists<4, 1>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
-                             slot_weight, token_slot, stream, softmax);
-  } else {
-    launch_build_lists<4, 2>(shape, topk_expert, topk_weight, tokens, r, list_capacity(r), expert_offsets, slot_token,
-                             slot_weight, token_slot, stream, softmax);
-  }
+  const FusedSoftmax softmax{logits, E + (r.shared_gate ? 1 : 0), r.renormalize, r.shared_gate, shared_weight};
+  // E <= 32: one logit per lane, else two (softmax_topk's choice).
+  auto launch = E <= 32 ? launch_build_lists<4, 1> : launch_build_lists<4, 2>;
+  launch(shape, topk_expert, topk_weight, static_cast<int>(T), r, list_capacity(r), expert_offsets, slot_token,
+         slot_weight, token_slot, stream, softmax);
 }
 
 void combine(const void* slot_rows, const std::int32_t* token_slot, const float* slot_scale, const void* shared,
@@ -847,10 +795,7 @@ void combine(const void* slot_rows, const std::int32_t* token_slot, const float*
   SAMOYEDS_CHECK_LAUNCH("combine_kernel");
 }
 
-bool router_kernel_fits(const void* x, const void* w, std::int64_t H) {
-  const auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  return H > 0 && H % 8 == 0 && aligned(x) && aligned(w);
-}
+bool router_kernel_fits(const void* x, const void* w, std::int64_t H) { return skinny_xwt_fits(x, w, H); }
 
 void router_logits(const void* x, const void* w, float* logits, std::int64_t T, int E, std::int64_t H, DType dtype,
                    cudaStream_t stream) {
@@ -858,21 +803,10 @@ void router_logits(const void* x, const void* w, float* logits, std::int64_t T, 
                  kMaxExperts + 1, "])");
   SAMOYEDS_CHECK(router_kernel_fits(x, w, H), "router_logits: H (", H,
                  ") must be a positive multiple of 8 with 16-byte aligned x and w; use the cuBLAS product");
-  SAMOYEDS_CHECK(dtype == DType::bf16 || dtype == DType::f16, "router_logits: x and w must be bf16 or fp16, got ", dtype_name(dtype));
-  static_assert(kRouterMaxTokens == std::int64_t{65535} * kRouterTokens, "the grid's y limit in tiles of kRouterTokens");
+  static_assert(kRouterMaxTokens == kSkinnyMaxTokens, "the router's token limit is the product kernel's");
   SAMOYEDS_CHECK(T <= kRouterMaxTokens, "router_logits: ", T, " tokens exceed the grid (", kRouterMaxTokens,
                  " at most; route() uses cuBLAS beyond)");
-  if (T == 0) return;
-  const dim3 grid(static_cast<unsigned>((E + kRouterLogits - 1) / kRouterLogits),
-                  static_cast<unsigned>((T + kRouterTokens - 1) / kRouterTokens));
-  if (dtype == DType::bf16) {
-    router_logits_kernel<__nv_bfloat16><<<grid, kRouterThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), logits, T, E, H);
-  } else {
-    router_logits_kernel<__half><<<grid, kRouterThreads, 0, stream>>>(static_cast<const __half*>(x),
-                                                                          static_cast<const __half*>(w), logits, T, E, H);
-  }
-  SAMOYEDS_CHECK_LAUNCH("router_logits_kernel");
+  skinny_xwt(x, w, logits, DType::f32, T, E, H, dtype, stream);
 }
 
 }  // namespace samoyeds::kernels

@@ -46,7 +46,7 @@ bool router_kernel_fits(const void* x, const void* w, std::int64_t H);
 // logits (E <= 16: at T = 4096, N = 8 cuBLAS ran a 256 x 8 tile at 67 µs where reading x takes ~8 µs).
 // Many logits at large T stay with cuBLAS: the kernel reads x once per 8 logits.
 // (Beyond kRouterMaxTokens, the grid's y limit of 8-token tiles, cuBLAS takes every product.)
-constexpr std::int64_t kRouterMaxTokens = std::int64_t{65535} * 8;
+constexpr std::int64_t kRouterMaxTokens = std::int64_t{65535} * 8;  // kSkinnyMaxTokens (skinny_xwt.h)
 constexpr bool router_kernel_wanted(std::int64_t T, int E) { return T <= kRouterMaxTokens && (T <= 64 || E <= 16); }
 
 // logits [T, E (+1 when shared_gate)] fp32 row-major (row stride E or E + 1).

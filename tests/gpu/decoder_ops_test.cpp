@@ -220,5 +220,51 @@ TEST(GpuDecoderOps, AddResidualRmsNormEqualsAddThenNorm) {
                Error);
 }
 
+// The gated-MLP activation: the 16-byte path (aligned rows, I % 8 == 0) against the one-element path
+// (the same data one element further into the buffers, so 2-byte aligned), bit for bit; both against
+// the formula on the host (expf against the device's __expf: within one bf16 unit); rows past the
+// device-side count stay as poisoned.
+TEST(GpuDecoderOps, SiluMulChunksEqualElementsAndFormula) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  for (const int num_mats : {2, 3}) {
+    const std::int64_t rows = 5, I = 1408;
+    const std::int32_t rows_used = 3;
+    const std::uint64_t seed = 1600 + static_cast<std::uint64_t>(num_mats);
+    SCOPED_TRACE(testing::seed_trace(seed) + ", " + std::to_string(num_mats) + " matrices");
+    const Matrix gu = testing::random_normal_matrix(DType::bf16, rows, num_mats * I, seed);
+    const std::size_t gu_bytes = gu.bytes(), a_bytes = static_cast<std::size_t>(rows * I) * 2;
+    // Buffers one element longer: the second call reads and writes at an offset of one element.
+    DeviceBuffer d_gu(gu_bytes + 16), d_a(a_bytes + 16), d_rows(std::vector<std::int32_t>{rows_used});
+    std::vector<std::uint16_t> chunked, elementwise;
+    for (const std::size_t offset : {std::size_t{0}, std::size_t{2}}) {
+      auto* gu_ptr = static_cast<std::uint8_t*>(d_gu.get()) + offset;
+      auto* a_ptr = static_cast<std::uint8_t*>(d_a.get()) + offset;
+      SAMOYEDS_ASSERT_CUDA(cudaMemcpy(gu_ptr, gu.data(), gu_bytes, cudaMemcpyHostToDevice));
+      d_a.poison();
+      kernels::silu_mul(gu_ptr, a_ptr, d_rows.as<std::int32_t>(), rows, I, num_mats, DType::bf16, nullptr);
+      SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<std::uint16_t> out(static_cast<std::size_t>(rows * I));
+      SAMOYEDS_ASSERT_CUDA(cudaMemcpy(out.data(), a_ptr, a_bytes, cudaMemcpyDeviceToHost));
+      (offset == 0 ? chunked : elementwise) = out;
+    }
+    EXPECT_EQ(chunked, elementwise) << "the 16-byte and the one-element paths differ";
+    std::int64_t bad = 0;
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t i = 0; i < I; ++i) {
+        const std::uint16_t got_bits = chunked[static_cast<std::size_t>(r * I + i)];
+        if (r >= rows_used) {
+          if (got_bits != 0xFFFF && bad++ < 3) ADD_FAILURE() << "row " << r << " is past the count but was written";
+          continue;
+        }
+        const float g = gu.get(r, i), u = gu.get(r, I + i);
+        float want = g / (1.0f + std::exp(-g)) * u;
+        if (num_mats == 3) want *= gu.get(r, 2 * I + i);
+        const float got = half_to_float(DType::bf16, got_bits);
+        if (!(std::fabs(got - want) <= std::ldexp(std::fabs(want), -7) + 1e-6f) && bad++ < 3)
+          ADD_FAILURE() << "(" << r << ", " << i << "): got " << got << ", want " << want;
+      }
+  }
+}
+
 }  // namespace
 }  // namespace samoyeds

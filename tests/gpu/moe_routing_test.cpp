@@ -325,12 +325,13 @@ TEST_P(GpuRoutingFamilies, MatchesCpuRouting) {
 }
 
 // route_and_build_lists (one launch at decode sizes, the two calls beyond) against softmax_topk +
-// build_expert_lists: every output bit for bit, at 1, 5 and 32 tokens (fused where E <= 64) and 33
-// and 64 (the two calls), one token with a NaN logit at 5 tokens.
+// build_expert_lists: every output bit for bit, at 1, 5, 16, 17 and 32 tokens (fused where E <= 64;
+// the one-warp lists up to 32 choices, e.g. Mixtral at 16 tokens, and the walks from 17) and 33 and 64
+// (the two calls), one token with a NaN logit at 5 tokens.
 TEST_P(GpuRoutingFamilies, FusedRoutingEqualsTheTwoCalls) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const Family f = GetParam();
-  for (const std::int64_t T : {1, 5, 32, 33, 64}) {
+  for (const std::int64_t T : {1, 5, 16, 17, 32, 33, 64}) {
     const std::uint64_t seed = 1400 + static_cast<std::uint64_t>(f.E * 7 + T);
     SCOPED_TRACE(seed_trace(seed) + ", " + f.name + ", T = " + std::to_string(T));
     const Logits logits = spread_logits(T, f.E, f.shared_gate, f.skewed, seed);
