@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // `samoyeds bench peak`: the rate at which this GPU retires warp-level sparse MMAs
 // (mma.sp.m16n8k32, the instruction of the portable sm_80 SSMM path) with every operand in
-// registers: the ceiling that path can approach, to set its measured speed against.
+// registers: the ceiling that path can approach, to set its measured speed against. On sm_90 also
+// the Hopper path's instruction, wgmma.mma_async.sp from shared memory, per N and issue pattern
+// (pipelined, drained per k-tile, drained with the running-total update).
 #pragma once
 
 #include <string>

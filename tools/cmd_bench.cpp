@@ -139,7 +139,9 @@ Command bench_command() {
       "routing and combine, after checking every output element against the dense layer on the effective\n"
       "weights. Both print a table and the geomean speedups; --out appends JSON Lines.\n"
       "bench peak: the rate of warp-level mma.sp.m16n8k32 (the sm80 path's instruction) with operands in\n"
-      "registers on every SM, after checking the sums: the ceiling for the portable path (--dtype, --reps).",
+      "registers on every SM, after checking the sums: the ceiling for the portable path (--dtype, --reps);\n"
+      "on sm_90 also wgmma.mma_async.sp.m64nNk32 (bf16) with A and B from shared memory for N = 64, 128, 256,\n"
+      "pipelined, drained every k-tile, and drained with the running-total update: the Hopper path's ceilings.",
       {{"shapes", "MxK,...", "kernel: weight shapes (M output features x K inputs)",
         "1408x2048,2048x1408,5760x2304,2304x5760,12288x3072,3072x12288,14336x4096,4096x14336,16384x6144,6144x16384"},
        {"model", "NAME,...", "moe: registry models (samoyeds models lists them)", "mixtral-8x7b,deepseek-moe-16b"},

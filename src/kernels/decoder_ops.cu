@@ -219,7 +219,7 @@ __global__ void silu_mul8_kernel(const T* gu, T* a, const std::int32_t* num_rows
     float v[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      v[k] = g[k] / (1.0f + __expf(-g[k])) * u[k];
+      v[k] = silu(g[k]) * u[k];
       if (num_mats == 3) v[k] *= l[k];
     }
     *reinterpret_cast<uint4*>(a + r * I + i) = make_uint4(narrow2<kBf16>(v[0], v[1]), narrow2<kBf16>(v[2], v[3]),
@@ -236,7 +236,7 @@ __global__ void silu_mul_kernel(const T* gu, T* a, const std::int32_t* num_rows_
     const std::int64_t r = e / I, i = e % I;
     const T* row = gu + r * num_mats * I;
     const float g = widen(row[i]);
-    float v = g / (1.0f + __expf(-g)) * widen(row[I + i]);
+    float v = silu(g) * widen(row[I + i]);
     if (num_mats == 3) v *= widen(row[2 * I + i]);
     a[e] = narrow<T>(v);
   }

@@ -30,6 +30,13 @@ __device__ __forceinline__ T from_bits(unsigned short b) {
 template <class T>
 __device__ __forceinline__ float round_as(float v) { return widen(narrow<T>(v)); }
 
+// SiLU, x * sigmoid(x) = x / (1 + e^-x), with the approximate division (a reciprocal and a multiply,
+// within 2 ulp): the IEEE division took a check, a branch and ~10 instructions per element, about a
+// fifth of the SSMM gate/up epilogue (docs/kernels/ssmm.md, v12). For x below ~-87 the denominator
+// exceeds 2^126 and the result is 0 (the true value's magnitude is below 1e-36); x = -inf gives NaN
+// as the IEEE form does. The SSMM epilogue and the dense baseline's SiLU·up share this definition.
+__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+
 // The 8 elements of a 16-byte chunk widened to fp32 (element 2k is the low half of word k).
 template <bool kBf16>
 __device__ __forceinline__ void widen8(const uint4& v, float (&out)[8]) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "kernels/half_math.cuh"
 #include "kernels/tile_order.h"
 #include "samoyeds/ssmm.h"
 
@@ -165,8 +166,6 @@ __device__ __forceinline__ std::int32_t token_of_slot(const Params& p, std::int6
   const std::int32_t tok = p.token_idx ? p.token_idx[j] : static_cast<std::int32_t>(j);
   return (tok < 0 || tok >= p.num_x_rows) ? kBadToken : tok;
 }
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
 // The epilogue of slot j: v[m] is matrix m's fp32 product for one output element.
 template <Epi kEpi, int kNumMats>

@@ -48,6 +48,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
+#include "kernels/wgmma_common.cuh"
 #include "kernels/wgmma_sp.cuh"
 
 namespace samoyeds::kernels {
@@ -56,20 +57,9 @@ namespace samoyeds::kernels {
 // and would otherwise warn that internal helpers are unused.
 namespace sm90 {
 
-__device__ __forceinline__ std::uint64_t sw128_descriptor(const void* smem_pointer) {
-  const std::uint32_t address = ptx::smem_address(smem_pointer);
-  return static_cast<std::uint64_t>((address & 0x3FFFF) >> 4)  // start address
-         | (std::uint64_t{1} << 16)                             // leading byte offset (unused for swizzled K-major)
-         | (std::uint64_t{1024 >> 4} << 32)                     // stride byte offset: 8 rows x 128 B
-         | (std::uint64_t{1} << 62);                            // 128-byte swizzle
-}
-// The descriptor of the tile `bytes` further on: the start address is the low field (address >> 4,
-// 14 bits), and shared-memory addresses stay below 256 KB, so the add cannot carry out of it; a
-// 32-bit add on the low word is then enough (the 64-bit one was two instructions per wgmma).
-__device__ __forceinline__ std::uint64_t advance_descriptor(std::uint64_t descriptor, std::uint32_t bytes) {
-  const std::uint32_t low = static_cast<std::uint32_t>(descriptor) + (bytes >> 4);
-  return (descriptor & 0xFFFFFFFF00000000ull) | low;
-}
+using wgmma::advance_descriptor;
+using wgmma::fence_async_proxy;
+using wgmma::sw128_descriptor;
 
 // A position in the ring of kStages stages and the parity of its pass, as counters: i % kStages and
 // i / kStages took a dozen instructions per k-tile (signed division, by 3 or 7 for some stage counts).
@@ -84,14 +74,6 @@ struct RingPosition {
     }
   }
 };
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
-}
-__device__ __forceinline__ void fence_async_proxy() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 __device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(ptx::smem_address(bar)), "r"(count) : "memory");
@@ -544,7 +526,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
     // running totals may be read. (At most one k-tile per consumer is in flight; the other
     // consumer's wgmmas cover the gap.)
-    wgmma_wait<0>();
+    wgmma::wait<0>();
     if (i > 0) release_stage(prev_stage);
     prev_stage = stage;
     // The metadata registers are rewritten only now: whether an issued wgmma.sp may still read its
@@ -568,7 +550,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 
     if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wait_turn = true;
-    wgmma_fence();
+    wgmma::fence();
     const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -579,11 +561,11 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
       }
     }
-    wgmma_commit();
+    wgmma::commit();
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
   }
-  wgmma_wait<0>();
+  wgmma::wait<0>();
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   // Sets 0 and 1 become logical rows 2 crow and 2 crow + 1 (without row selection S stays zero and
   // set 0 is the row).
