@@ -594,6 +594,17 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // The two variants are separate unrolled loops: interleaved, the executed code spread over twice
   // the instruction-cache footprint (ncu: "no instruction" stalls dominated the epilogue).
   const bool paired_stores = p.row_select_on && p.splits == 1 && !p.y_f32 && p.rows % 2 == 0;
+  // The paired paths' outputs at fragment f of slot `slot`: logical rows 2 crow (set 0) and 2 crow + 1.
+  auto row_pair = [&](int f, int slot, std::int32_t tok, float& even_out, float& odd_out) {
+    float even[kNumMats], odd[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      even[m] = acc[m][0][f];
+      odd[m] = acc[m][1][f];
+    }
+    even_out = epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok);
+    odd_out = epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok);
+  };
   // Staged (v13): the tile goes through shared memory and out as whole 16-byte chunks of a slot's
   // rows, a warp writing 512 contiguous bytes per store, instead of one 4-byte store per pair with
   // its own 64-bit address and checks (docs/kernels/ssmm.md v13). Needs rows % 8 == 0 and a 16-byte
@@ -616,16 +627,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         if (tok == kNoToken) continue;  // past the expert's slots (a suffix of the tile): never stored
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int f = 4 * i + 2 * h + q;
-          float even[kNumMats], odd[kNumMats];
-#pragma unroll
-          for (int m = 0; m < kNumMats; ++m) {
-            even[m] = acc[m][0][f];
-            odd[m] = acc[m][1][f];
-          }
-          *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) =
-              narrow2<kBf16>(epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok),
-                             epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok));
+          float even, odd;
+          row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
+          *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) = narrow2<kBf16>(even, odd);
         }
       }
     named_barrier_sync(3, Config::kConsumerThreads);
@@ -653,15 +657,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         for (int h = 0; h < 2; ++h) {
           const std::int64_t crow = warp_row0 + g + 8 * h;
           if (2 * crow >= p.rows) continue;
-          const int f = 4 * i + 2 * h + q;  // accumulator fragment index
-          float even[kNumMats], odd[kNumMats];  // logical rows 2 crow, 2 crow + 1
-#pragma unroll
-          for (int m = 0; m < kNumMats; ++m) {
-            even[m] = acc[m][0][f];
-            odd[m] = acc[m][1][f];
-          }
-          store_pair<kBf16>(p.y, y_row + 2 * crow, epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok),
-                            epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok));
+          float even, odd;
+          row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
+          store_pair<kBf16>(p.y, y_row + 2 * crow, even, odd);
         }
       }
     return;
