@@ -591,8 +591,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
   // and an even row count go out as one 4-byte store (half the stores; each token's id is read once).
-  // The two variants are separate unrolled loops: interleaved, the executed code spread over twice
-  // the instruction-cache footprint (ncu: "no instruction" stalls dominated the epilogue).
+  // The three variants (staged, paired, one element per store) are separate unrolled loops:
+  // interleaved, the executed code spread over twice the instruction-cache footprint (ncu: "no
+  // instruction" stalls dominated the epilogue).
   const bool paired_stores = p.row_select_on && p.splits == 1 && !p.y_f32 && p.rows % 2 == 0;
   // The paired paths' outputs at fragment f of slot `slot`: logical rows 2 crow (set 0) and 2 crow + 1.
   auto row_pair = [&](int f, int slot, std::int32_t tok, float& even_out, float& odd_out) {
