@@ -120,17 +120,16 @@ __global__ void __launch_bounds__(256, 1) wgmma_sp_smem_peak(int groups, int* ba
 
 struct WgmmaCase {
   int n;
-  WgmmaMode mode;
   const char* name;
   void (*kernel)(int, int*);
 };
 
 template <int kN>
 void add_wgmma_cases(std::vector<WgmmaCase>& cases) {
-  cases.push_back({kN, WgmmaMode::pipelined, "pipelined", &wgmma_sp_smem_peak<kN, WgmmaMode::pipelined>});
-  cases.push_back({kN, WgmmaMode::drained, "drained", &wgmma_sp_smem_peak<kN, WgmmaMode::drained>});
+  cases.push_back({kN, "pipelined", &wgmma_sp_smem_peak<kN, WgmmaMode::pipelined>});
+  cases.push_back({kN, "drained", &wgmma_sp_smem_peak<kN, WgmmaMode::drained>});
   if constexpr (kN <= 128)  // a second set of N/2 accumulators: 256 registers at N = 256
-    cases.push_back({kN, WgmmaMode::update, "update", &wgmma_sp_smem_peak<kN, WgmmaMode::update>});
+    cases.push_back({kN, "update", &wgmma_sp_smem_peak<kN, WgmmaMode::update>});
 }
 
 // Runs the wgmma cases; returns 1 if any produced a wrong accumulator.
