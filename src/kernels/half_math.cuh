@@ -30,12 +30,21 @@ __device__ __forceinline__ T from_bits(unsigned short b) {
 template <class T>
 __device__ __forceinline__ float round_as(float v) { return widen(narrow<T>(v)); }
 
-// SiLU, x * sigmoid(x) = x / (1 + e^-x), with the approximate division (a reciprocal and a multiply,
-// within 2 ulp): the IEEE division took a check, a branch and ~10 instructions per element, about a
-// fifth of the SSMM gate/up epilogue (docs/kernels/ssmm.md, v12). For x below ~-87 the denominator
-// exceeds 2^126 and the result is 0 (the true value's magnitude is below 1e-36); x = -inf gives NaN
-// as the IEEE form does. The SSMM epilogue and the dense baseline's SiLU·up share this definition.
-__device__ __forceinline__ float silu(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+// SiLU, x * sigmoid(x) = x / (1 + e^-x), by the approximate exp2 and reciprocal with subnormals
+// flushed (ex2/rcp.approx.ftz, each within 2 ulp; the exp's error grows with |x| as __expf's does,
+// far below 16-bit output precision): 2 MUFU + 3 FP instructions per element. The IEEE
+// division took a check, a branch and ~10 instructions per element (a quarter of the SSMM gate/up
+// epilogue), and the non-ftz approximations still add a range test and two scalings each
+// (docs/kernels/ssmm.md v12, v13). Flushing is harmless here: e^-x below 2^-126 only meets
+// 1 + e^-x = 1, and a reciprocal below 2^-126 (x < -87.34) gives 0 where the true value's magnitude
+// is under 1.03e-36. x = -inf gives NaN, as the IEEE form does. The SSMM epilogue and the dense
+// baseline's SiLU·up share this definition.
+__device__ __forceinline__ float silu(float x) {
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));  // e^-x
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+  return x * r;
+}
 
 // The 8 elements of a 16-byte chunk widened to fp32 (element 2k is the low half of word k).
 template <bool kBf16>

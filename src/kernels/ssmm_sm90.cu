@@ -38,6 +38,8 @@
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
 // row-select words from global memory themselves, one segment ahead (v9).
+// Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
+// (then free) ring, kBN x 528 B, and written as 16-byte chunks of whole slot rows (v13).
 #include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
 #include <cudaTypedefs.h>
 
@@ -46,6 +48,7 @@
 #include <cstring>
 
 #include "kernels/cuda_check.h"
+#include "kernels/half_math.cuh"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
 #include "kernels/wgmma_common.cuh"
@@ -588,9 +591,60 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
   // and an even row count go out as one 4-byte store (half the stores; each token's id is read once).
-  // The two variants are separate unrolled loops: interleaved, the executed code spread over twice
-  // the instruction-cache footprint (ncu: "no instruction" stalls dominated the epilogue).
+  // The three variants (staged, paired, one element per store) are separate unrolled loops:
+  // interleaved, the executed code spread over twice the instruction-cache footprint (ncu: "no
+  // instruction" stalls dominated the epilogue).
   const bool paired_stores = p.row_select_on && p.splits == 1 && !p.y_f32 && p.rows % 2 == 0;
+  // The paired paths' outputs at fragment f of slot `slot`: logical rows 2 crow (set 0) and 2 crow + 1.
+  auto row_pair = [&](int f, int slot, std::int32_t tok, float& even_out, float& odd_out) {
+    float even[kNumMats], odd[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      even[m] = acc[m][0][f];
+      odd[m] = acc[m][1][f];
+    }
+    even_out = epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok);
+    odd_out = epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok);
+  };
+  // Staged (v13): the tile goes through shared memory and out as whole 16-byte chunks of a slot's
+  // rows, a warp writing 512 contiguous bytes per store, instead of one 4-byte store per pair with
+  // its own 64-bit address and checks (docs/kernels/ssmm.md v13). Needs rows % 8 == 0 and a 16-byte
+  // aligned Y so every chunk is aligned; the ring is free by then: every k-tile of this CTA's range
+  // was consumed, so every copy into it (the cluster's multicasts included) has landed, and the
+  // barrier below waits for the other consumer's last wgmmas.
+  if (paired_stores && p.rows % 8 == 0 && (reinterpret_cast<std::uintptr_t>(p.y) & 15u) == 0) {
+    // [kBN slots][256 logical rows] 16-bit, a slot's row padded by 16 B: the pair writes of a warp
+    // (4 slots x 8 rows) then fall on 32 different banks.
+    constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;
+    static_assert(kBN * kStagedRowBytes <= kStages * Config::kStageBytes, "the staged tile fits in the ring");
+    named_barrier_sync(3, Config::kConsumerThreads);
+    const int pair_offset = (group * 64 + warp_in_group * 16 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        const std::int32_t tok = s_tok[slot];
+        if (tok == kNoToken) continue;  // past the expert's slots (a suffix of the tile): never stored
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float even, odd;
+          row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
+          *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) = narrow2<kBf16>(even, odd);
+        }
+      }
+    named_barrier_sync(3, Config::kConsumerThreads);
+    const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));
+    const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);  // rows % 8 == 0
+    auto* y = static_cast<std::uint16_t*>(p.y);
+    for (int c = ctid; c < slots_here * 32; c += Config::kConsumerThreads) {
+      const int slot = c / 32, chunk = c % 32;
+      if (chunk >= chunks_here) continue;  // rows past the matrix in its last row tile
+      *reinterpret_cast<uint4*>(y + (tok0 + slot) * p.rows + 2 * row0 + chunk * 8) =
+          *reinterpret_cast<const uint4*>(smem + slot * kStagedRowBytes + chunk * 16);
+    }
+    return;
+  }
   if (paired_stores) {
 #pragma unroll
     for (int i = 0; i < kBN / 8; ++i)
@@ -604,15 +658,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         for (int h = 0; h < 2; ++h) {
           const std::int64_t crow = warp_row0 + g + 8 * h;
           if (2 * crow >= p.rows) continue;
-          const int f = 4 * i + 2 * h + q;  // accumulator fragment index
-          float even[kNumMats], odd[kNumMats];  // logical rows 2 crow, 2 crow + 1
-#pragma unroll
-          for (int m = 0; m < kNumMats; ++m) {
-            even[m] = acc[m][0][f];
-            odd[m] = acc[m][1][f];
-          }
-          store_pair<kBf16>(p.y, y_row + 2 * crow, epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok),
-                            epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok));
+          float even, odd;
+          row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
+          store_pair<kBf16>(p.y, y_row + 2 * crow, even, odd);
         }
       }
     return;

@@ -51,10 +51,13 @@ class DeviceBuffer {
   void* get() const { return ptr_; }
   template <class T> T* as() const { return static_cast<T*>(ptr_); }
   std::size_t bytes() const { return bytes_; }
-  void poison() const { if (ptr_) cudaMemset(ptr_, 0xFF, bytes_); }  // NaN in bf16, fp16 and fp32
+  // The fills finish before returning: cudaMemset runs on the legacy default stream, which a
+  // non-blocking stream does not wait for, so a kernel on one could otherwise run before the poison
+  // lands (and pass on stale values) or after it (and fail on correct ones).
+  void poison() const { fill(0xFF); }  // NaN in bf16, fp16 and fp32
   // A finite fill (0x3F3F...: 0.747 in fp32, 0.184 in bf16): where an output must come out NaN, a
   // NaN poison would let an unwritten output pass.
-  void poison_finite() const { if (ptr_) cudaMemset(ptr_, 0x3F, bytes_); }
+  void poison_finite() const { fill(0x3F); }
   template <class T> std::vector<T> to_host() const {
     std::vector<T> out(bytes_ / sizeof(T));
     if (bytes_) cudaMemcpy(out.data(), ptr_, bytes_, cudaMemcpyDeviceToHost);
@@ -62,6 +65,10 @@ class DeviceBuffer {
   }
 
  private:
+  void fill(int byte) const {
+    if (ptr_ && (cudaMemset(ptr_, byte, bytes_) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess))
+      SAMOYEDS_FAIL("filling ", bytes_, " device bytes failed");
+  }
   void* ptr_ = nullptr;
   std::size_t bytes_ = 0;
 };

@@ -40,8 +40,12 @@ using testing::seed_trace;
 
 constexpr std::int64_t kTokenCounts[] = {0, 1, 3, 64, 1000, 5000};
 
+// Finished before returning, as DeviceBuffer::poison (the tests' streams are non-blocking).
 void poison_ints(const DeviceBuffer& b) {
-  if (b.get()) ASSERT_EQ(cudaMemset(b.get(), 0x7B, b.bytes()), cudaSuccess);
+  if (b.get()) {
+    ASSERT_EQ(cudaMemset(b.get(), 0x7B, b.bytes()), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  }
 }
 
 template <class T>

@@ -58,14 +58,17 @@ float element(const std::vector<std::uint16_t>& half, const std::vector<float>& 
   return dtype == DType::f32 ? f32[at] : half_to_float(dtype, half[at]);
 }
 
-// The paths that can run `args` on this device: sm80 always, sm90 on Hopper when it takes the call.
-std::vector<gpu::SsmmPath> paths_for(const gpu::SsmmArgs& args) {
-  std::vector<gpu::SsmmPath> paths = {gpu::SsmmPath::sm80};
+bool on_hopper() {
   const auto devices = cuda_devices();
   int device = 0;
   cudaGetDevice(&device);
-  const bool hopper = device < static_cast<int>(devices.size()) && devices[static_cast<std::size_t>(device)].is_hopper();
-  if (hopper && gpu::can_implement(args, gpu::SsmmPath::sm90).empty()) paths.push_back(gpu::SsmmPath::sm90);
+  return device < static_cast<int>(devices.size()) && devices[static_cast<std::size_t>(device)].is_hopper();
+}
+
+// The paths that can run `args` on this device: sm80 always, sm90 on Hopper when it takes the call.
+std::vector<gpu::SsmmPath> paths_for(const gpu::SsmmArgs& args) {
+  std::vector<gpu::SsmmPath> paths = {gpu::SsmmPath::sm80};
+  if (on_hopper() && gpu::can_implement(args, gpu::SsmmPath::sm90).empty()) paths.push_back(gpu::SsmmPath::sm90);
   return paths;
 }
 
@@ -330,6 +333,67 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
       gpu::ssmm(args, nullptr, path);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
       EXPECT_EQ(first, dy.to_host<std::uint16_t>());
+    }
+  }
+}
+
+// The sm90 epilogue stages a row-selected 16-bit tile through shared memory and stores 16-byte
+// chunks when Y is 16-byte aligned and rows % 8 == 0, and otherwise stores 4-byte pairs: both must
+// write the same bits, and nothing outside [L, M] (Y one pair off the alignment, guard bytes around).
+TEST(SsmmGpu, StagedAndPairedEpiloguesStoreTheSameBits) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the sm90 path needs a Hopper GPU";
+  const std::int64_t T = 1100;
+  const Matrix x = random_normal_matrix(DType::bf16, T, 2048, 33);
+  DeviceBuffer dx(x.data(), x.bytes());
+  const auto idx = random_token_list(1000, T, 34);
+  DeviceBuffer didx(idx);
+  DeviceBuffer dweights(std::vector<float>(1000, 0.5f));
+  // 1408 rows: the cp.async variant, a half-full last row tile; 4096: gate/up at L = 1000 takes the
+  // TMA variant (16 row tiles, a token list, two matrices).
+  for (const Problem prob : {Problem{1408, 2048, "1:2:128"}, Problem{4096, 2048, "1:2:128"}}) {
+    const PackedMatrix& w = cached_weight(prob, DType::bf16, false, 31);
+    const PackedMatrix& up = cached_weight(prob, DType::bf16, false, 32);
+    const gpu::DevicePackedMatrix dw(w), dup(up);
+    for (const gpu::SsmmEpilogue epilogue : {gpu::SsmmEpilogue::gate_up, gpu::SsmmEpilogue::down_weighted}) {
+      for (const std::int64_t L : {std::int64_t{100}, std::int64_t{1000}}) {
+        SCOPED_TRACE(seed_trace(31) + ", " + label(prob) + ", " + gpu::epilogue_name(epilogue) + ", L = " + std::to_string(L));
+        gpu::SsmmArgs args;
+        args.epilogue = epilogue;
+        args.weight = dw.view();
+        if (epilogue == gpu::SsmmEpilogue::gate_up) args.up = dup.view();
+        args.x = dx.get();
+        args.num_x_rows = T;
+        args.token_idx = didx.as<std::int32_t>();
+        args.num_tokens = L;
+        args.slot_weight = dweights.as<float>();
+        const std::size_t y_bytes = static_cast<std::size_t>(L * prob.M) * 2;
+        DeviceBuffer dy(y_bytes + 32);  // guard bytes before and after either placement
+        // Without a workspace the call runs unsplit through the cp.async variant, so both placements
+        // take a paired-store epilogue; with the one it asks for it may take the TMA variant (or split).
+        for (const bool with_workspace : {false, true}) {
+          SCOPED_TRACE(with_workspace ? "with the workspace it asks for" : "without a workspace");
+          std::vector<std::vector<std::uint16_t>> outs;
+          for (const std::size_t offset : {std::size_t{16}, std::size_t{20}}) {  // 16-byte aligned, then 4-byte
+            dy.poison();
+            args.y = static_cast<std::uint8_t*>(dy.get()) + offset;
+            ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+            DeviceBuffer workspace(with_workspace ? gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90) : 0);
+            args.workspace = workspace.get();
+            args.workspace_bytes = workspace.bytes();
+            gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+            ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+            const auto all = dy.to_host<std::uint16_t>();
+            const std::size_t first = offset / 2, count = y_bytes / 2;
+            for (std::size_t i = 0; i < all.size(); ++i)
+              if (i < first || i >= first + count) ASSERT_EQ(all[i], 0xFFFF) << "written outside Y at element " << i;
+            outs.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(first),
+                              all.begin() + static_cast<std::ptrdiff_t>(first + count));
+            EXPECT_EQ(std::count(outs.back().begin(), outs.back().end(), std::uint16_t{0xFFFF}), 0) << "output left unwritten";
+          }
+          EXPECT_EQ(outs[0], outs[1]) << "the staged (aligned Y) and the paired (4-byte aligned Y) epilogues differ";
+        }
+      }
     }
   }
 }
