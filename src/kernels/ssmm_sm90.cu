@@ -44,6 +44,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -51,6 +52,7 @@
 #include "kernels/half_math.cuh"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
+#include "kernels/ssmm_sm90.h"
 #include "kernels/wgmma_common.cuh"
 #include "kernels/wgmma_sp.cuh"
 
@@ -701,6 +703,306 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #endif
 }
 
+// ---- Persistent TMA variant (v14; docs/kernels/ssmm.md) ----
+// The TMA variant as a persistent kernel: one cluster per pair of SMs walks output tiles
+// u = cluster, cluster + clusters, ... in the banded order, both CTAs of a cluster the same u (so
+// the B multicast stays), and its warps keep working across tile boundaries:
+// - warp 0 (lane 0) fills the ring with bulk tensor copies, its ring position carried from tile to
+//   tile, so the next tile's first stages load while the consumers finish this one;
+// - warpgroups 1 and 2, the consumers, run the k loop of the one-CTA-per-tile kernel, then convert
+//   the running totals to logical rows, apply the epilogue (SiLU·up or the slot weight), round to
+//   16 bits and write the tile into the staging buffer ([kBN slots][256 logical rows], rows padded
+//   to 528 B as in v13), and go on with the next tile;
+// - warps 1-3, the epilogue warps, store the staged tile as 16-byte chunks of whole slot rows while
+//   the consumers compute the next one.
+// The hand-over is two mbarriers: `staged_full` (every consumer thread arrives after its writes) and
+// `staged_empty` (every epilogue thread arrives after its reads). Output bits equal the one-CTA kernel's
+// staged epilogue, so it runs where that one applies: row selection, 16-bit Y, 16-byte aligned,
+// rows % 8 == 0. Every warp finds its tiles itself (find_tile_in_warp), no CTA-wide barrier after the
+// prologue. The consumers' turn-taking (named barriers 1 and 2) runs on across tiles as one sequence.
+// Budget: registers 56 for warpgroup 0 and 224 for the consumers (128 x 56 + 256 x 224 <= 64 K);
+// smem: 3 stages (gate/up 52 KB, down 50 KB each) + the staging buffer (33 / 66 KB) <= 227 KB.
+template <int kNumMats>
+struct PersistentConfig {
+  using Tiles = Sm90Config<kNumMats, false, true>;  // the same tiles and stage layout as the TMA variant
+  static constexpr int kBM = Tiles::kBM, kBK = Tiles::kBK, kBN = Tiles::kBN;
+  static constexpr int kThreads = Tiles::kThreads, kProducerThreads = Tiles::kProducerThreads,
+                       kConsumerThreads = Tiles::kConsumerThreads;
+  static constexpr int kEpilogueThreads = kProducerThreads - 32;  // warps 1-3 of warpgroup 0
+  static constexpr int kLowRegisters = 56, kConsumerRegisters = 224;
+  static_assert(128 * kLowRegisters + 256 * kConsumerRegisters <= 65536, "register file");
+  static constexpr int kATileBytes = Tiles::kATileBytes, kMetaTileBytes = Tiles::kMetaTileBytes,
+                       kBTileBytes = Tiles::kBTileBytes, kStageBytes = Tiles::kStageBytes;
+  static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's 256 logical rows, 16-bit, + 16 B
+  static constexpr int kStagedBytes = kBN * kStagedRowBytes;
+  static constexpr int kBarrierBytes = 2 * 8 + 2 * 8 * 8;  // two hand-over barriers + at most 8 stages' pairs
+  static constexpr int kStages = std::min(8, (227 * 1024 - kStagedBytes - kBarrierBytes - 1024) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStagedBytes + kBarrierBytes + 1024;
+  static_assert(kStages >= 2 && kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(384, 1)
+    ssmm_sm90_persistent(const Params p, const __grid_constant__ TmaMaps maps, int num_units_x, int num_units_y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  using Config = PersistentConfig<kNumMats>;
+  constexpr int kBM = Config::kBM, kBK = Config::kBK, kBN = Config::kBN, kStages = Config::kStages;
+  constexpr int kATileBytes = Config::kATileBytes, kStagedRowBytes = Config::kStagedRowBytes;
+  extern __shared__ std::uint8_t smem_raw[];
+  std::uint8_t* smem = smem_raw + ((1024 - (ptx::smem_address(smem_raw) & 1023)) & 1023);  // [kStages] stages
+  std::uint8_t* staged = smem + kStages * Config::kStageBytes;                                // [kBN][kStagedRowBytes]
+  auto* full_bar = reinterpret_cast<std::uint64_t*>(staged + Config::kStagedBytes);           // [kStages]
+  std::uint64_t* empty_bar = full_bar + kStages;                                              // [kStages]
+  std::uint64_t* staged_full = empty_bar + kStages;   // the consumers wrote a tile into `staged`
+  std::uint64_t* staged_empty = staged_full + 1;      // the epilogue warps stored it
+
+  const int tid = threadIdx.x;
+  const unsigned num_ctas = cluster_nctarank(), rank = cluster_ctarank();
+  const long long num_units = static_cast<long long>(num_units_x) * num_units_y;
+  const long long first_unit = blockIdx.x / num_ctas, unit_step = gridDim.x / num_ctas;
+  const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
+  // Unit u's tile for this CTA (row tile `rank` of the unit's cluster of row tiles); false past the
+  // last expert's tiles. Called by each warp for itself.
+  auto tile_of = [&](long long u, TileSlots& tile, std::int64_t& row0) {
+    const TileCoord unit = banded_tile(u, num_units_x, num_units_y, p.tile_band);
+    row0 = (static_cast<std::int64_t>(unit.x) * num_ctas + rank) * kBM;
+    return find_tile_in_warp<kBN>(p, unit.y, tile);
+  };
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full_bar[s], 1u);                                           // lane 0's expect_tx arrival
+      mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // every consumer warp of the cluster
+    }
+    mbarrier_init(staged_full, Config::kConsumerThreads);
+    mbarrier_init(staged_empty, Config::kEpilogueThreads);
+    fence_mbarrier_init();
+  }
+  cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
+
+  if (tid < Config::kProducerThreads) {
+    setmaxnreg_dec<Config::kLowRegisters>();
+    if (tid < 32) {
+      // ---- Producer: lane 0 issues the bulk tensor copies of every tile's k-tiles. ----
+      const int lane = tid;
+      const int b_rows = kBN / static_cast<int>(num_ctas);
+      const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
+      RingPosition<kStages> ring;
+      long long fills = 0;
+      for (long long u = first_unit; u < num_units; u += unit_step) {
+        TileSlots tile;
+        std::int64_t row0;
+        if (!tile_of(u, tile, row0)) continue;
+        const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tile.begin) + static_cast<int>(rank) * b_rows;
+        for (int kt = 0; kt < num_kt; ++kt, ++fills, ring.next()) {
+          const int stage = ring.stage;
+          if (fills >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // every reader in the cluster is done
+          if (lane != 0) continue;
+          std::uint8_t* base = smem + stage * Config::kStageBytes;
+          constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
+          mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
+#pragma unroll
+          for (int m = 0; m < kNumMats; ++m) {
+            tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
+            tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
+                        crow0 / 16, tile.expert);
+          }
+          std::uint8_t* b_slice = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128;
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            if (num_ctas > 1) {
+              tma_load_2d_multicast(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0, cta_mask);
+            } else {
+              tma_load_2d(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
+            }
+          }
+        }
+      }
+      // Leave only after every consumer in the cluster has released every stage: until then a remote
+      // CTA may still arrive on this CTA's barriers.
+      for (long long i = fills > kStages ? fills - kStages : 0; i < fills; ++i)
+        mbarrier_wait(&empty_bar[i % kStages], static_cast<unsigned>((i / kStages) & 1));
+      return;
+    }
+    // ---- Epilogue warps: store each staged tile as 16-byte chunks of whole slot rows. ----
+    const int etid = tid - 32;
+    auto* y = static_cast<std::uint16_t*>(p.y);
+    unsigned handed = 0;  // tiles stored so far
+    for (long long u = first_unit; u < num_units; u += unit_step) {
+      TileSlots tile;
+      std::int64_t row0;
+      if (!tile_of(u, tile, row0)) continue;
+      const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tile.begin));
+      const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);  // <= 0: a padded row tile
+      mbarrier_wait(staged_full, handed & 1u);
+#pragma unroll 4
+      for (int c = etid; c < slots_here * 32; c += Config::kEpilogueThreads) {
+        const int slot = c / 32, chunk = c % 32;
+        if (chunk >= chunks_here) continue;  // rows past the matrix in its last row tile
+        *reinterpret_cast<uint4*>(y + (tile.begin + slot) * p.rows + 2 * row0 + chunk * 8) =
+            *reinterpret_cast<const uint4*>(staged + slot * kStagedRowBytes + chunk * 16);
+      }
+      mbarrier_arrive(staged_empty);
+      ++handed;
+    }
+    return;
+  }
+
+  // ---- Consumer warpgroups 1 and 2: the k loop of each tile, then its hand-over. ----
+  setmaxnreg_inc<Config::kConsumerRegisters>();
+  const int ctid = tid - Config::kProducerThreads;
+  const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const int kt_per_segment = p.v / kBK;  // row selection is on (the launcher's condition); V % kBK == 0
+  // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
+  const int ksteps_last = static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt - 1) * 4);
+  const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
+  const int pair_offset = (group * 64 + warp_in_group * 16 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+  RingPosition<kStages> ring;
+  // Turn-taking over the whole sequence of k-tiles: consumer 0 issues after consumer 1 issued the
+  // previous k-tile (barrier 1; its very first one waits for nobody), consumer 1 after consumer 0
+  // issued the same k-tile (barrier 2). Each arrives after every issue; consumer 0 takes the last
+  // arrival on barrier 1 before leaving.
+  bool wait_turn = group == 1;
+  unsigned handed = 0;  // tiles handed to the epilogue warps so far
+  float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
+  for (long long u = first_unit; u < num_units; u += unit_step) {
+    TileSlots tile;
+    std::int64_t row0;
+    if (!tile_of(u, tile, row0)) continue;
+    const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
+    std::uint32_t sel[kNumMats];  // bit h: selection of this thread's row g + 8h in the current segment
+    const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
+    const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
+    const int select_shift = static_cast<int>(warp_row0 % 32) + g;
+    const std::uint32_t* select_src[kNumMats];
+    std::uint32_t word_ahead[kNumMats];  // the next segment start's select words
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      sel[m] = 0;
+      select_src[m] = warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
+      word_ahead[m] = select_src[m] ? __ldg(select_src[m]) : 0u;
+    }
+    const int ksteps_full = warp_rows_exist ? 4 : 0, ksteps_tail = warp_rows_exist ? ksteps_last : 0;
+    SegmentCursor segment(kt_per_segment, 0);
+    int prev_stage = 0;
+    for (int kt = 0; kt < num_kt; ++kt, segment.next(), ring.next()) {
+      const int stage = ring.stage;
+      mbarrier_wait(&full_bar[stage], ring.phase);
+      const std::uint8_t* base = smem + stage * Config::kStageBytes;
+      const bool new_segment = segment.starts();
+      float c[kNumMats][2];
+      if (new_segment) {
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const std::uint32_t word = word_ahead[m];
+          const std::uint32_t next = ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
+          sel[m] = next;
+          if (kt + kt_per_segment < num_kt && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
+        }
+      }
+      const std::uint64_t desc_stage = sw128_descriptor(base);
+      wgmma::wait<0>();
+      if (kt > 0 && lane == 0) {
+#pragma unroll 1
+        for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[prev_stage], cta);
+      }
+      prev_stage = stage;
+      std::uint32_t meta[kNumMats][4];
+      const int ksteps_here = kt + 1 < num_kt ? ksteps_full : ksteps_tail;
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+        const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
+                            (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
+        if (__builtin_expect(ksteps_here == 4, 1)) {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
+        } else {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;
+        }
+      }
+      if (new_segment) {  // S += (p - n) T (at the first k-tile T is still zero)
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+          for (int f = 0; f < kBN / 2; ++f) acc[m][1][f] = fmaf(acc[m][0][f], c[m][(f / 2) % 2], acc[m][1][f]);
+      }
+      if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
+      wait_turn = true;
+      wgmma::fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const std::uint64_t desc_b = advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const std::uint64_t desc_a = advance_descriptor(desc_stage, a_offset + m * kATileBytes + ks * 32);
+          wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
+        }
+      }
+      wgmma::commit();
+      named_barrier_arrive(2 - group, Config::kConsumerThreads);
+    }
+    wgmma::wait<0>();
+    if (lane == 0) {
+#pragma unroll 1
+      for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[prev_stage], cta);
+    }
+    // Hand-over: odd = S + sel T, even = T - odd, the epilogue, rounded to 16-bit pairs in registers
+    // (the accumulators die as they go), then into the staging buffer once the epilogue warps have
+    // stored the previous tile: the token and weight loads and the math do not wait for them.
+    const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tile.begin));
+    std::uint32_t pairs[kBN / 8][2][2];  // [i][q][h]
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        pairs[i][q][0] = pairs[i][q][1] = 0u;
+        if (slot >= slots_here) continue;  // past the expert's slots (a suffix of the tile): never stored
+        const std::int32_t tok = token_of_slot(p, tile.begin + slot, tile.end);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int f = 4 * i + 2 * h + q;
+          float even[kNumMats], odd[kNumMats];
+#pragma unroll
+          for (int m = 0; m < kNumMats; ++m) {
+            odd[m] = fmaf(acc[m][0][f], static_cast<float>((sel[m] >> h) & 1u), acc[m][1][f]);
+            even[m] = acc[m][0][f] - odd[m];
+          }
+          pairs[i][q][h] = narrow2<kBf16>(epilogue_value<kEpi, kNumMats>(even, p, tile.begin + slot, tok),
+                                          epilogue_value<kEpi, kNumMats>(odd, p, tile.begin + slot, tok));
+        }
+      }
+    mbarrier_wait(staged_empty, (handed & 1u) ^ 1u);  // the epilogue warps stored the previous tile
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        if (slot >= slots_here) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<std::uint32_t*>(staged + slot * kStagedRowBytes + pair_offset + h * 32) = pairs[i][q][h];
+      }
+    mbarrier_arrive(staged_full);
+    ++handed;
+  }
+  if (group == 0 && handed > 0) named_barrier_sync(1, Config::kConsumerThreads);  // consumer 1's last arrival
+#else
+  __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
+#endif
+}
+
 // Sums the split-K partials of each output element in split order, then applies the epilogue.
 template <bool kBf16, int kNumMats, Epi kEpi>
 __global__ void ssmm_sm90_reduce(const Params p) {
@@ -766,7 +1068,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
-// stream-ordered launch). Read once per process.
+// stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = off (the TMA variant as one CTA per tile
+// everywhere; on by default where the persistent kernel applies: docs/kernels/ssmm.md v14). Read once
+// per process; ssmm_sm90_set_persistent overrides the last one for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -774,6 +1078,7 @@ struct Tuning {
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
+  bool persistent = true;  // the TMA variant's persistent kernel where it applies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -785,11 +1090,14 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
 }
+
+std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -865,6 +1173,9 @@ struct Sm90Choice {
   bool tma = false;
   bool a_tma = false;  // the cp.async variant with A by tensor copies
   int cluster = 1;
+  // The TMA variant as the persistent kernel: its staged epilogue needs row selection, 16-bit Y
+  // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
+  bool persistent = false;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
 };
 
@@ -890,6 +1201,10 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
   while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
   if (a.token_idx) c.gather_bytes = (static_cast<std::size_t>(a.num_tokens) * static_cast<std::size_t>(a.weight.cols) * 2 + 255) / 256 * 256;
+  const int override_mode = persistent_override.load();
+  const bool persistent_wanted = override_mode >= 0 ? override_mode == 1 : t.persistent;
+  c.persistent = persistent_wanted && a.weight.pattern.has_row_selection() && a.y_dtype != DType::f32 && a.weight.rows % 8 == 0 &&
+                 aligned16(a.y);
   return c;
 }
 
@@ -991,14 +1306,51 @@ void launch(const Params& p, cudaStream_t stream) {
   }
 }
 
-// The TMA variant: gathers X into slot order first when the call has a token list (into the
-// workspace), builds the tensor maps and launches clusters of `cluster` row tiles.
+// The persistent kernel: as launch_tma, with one cluster per `cluster` SMs (as many as fit at once, at
+// most one per unit of work) walking the units in the banded order.
 template <bool kBf16, int kNumMats, Epi kEpi>
-void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+void launch_persistent(const Params& p, const TmaMaps& maps, int cluster, cudaStream_t stream) {
+  using Config = PersistentConfig<kNumMats>;
+  auto* kernel = ssmm_sm90_persistent<kBf16, kNumMats, kEpi>;
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
+  const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
+  const std::int64_t units_x = (row_tiles + cluster - 1) / cluster;
+  cudaLaunchConfig_t config{};
+  config.blockDim = dim3(Config::kThreads);
+  config.dynamicSmemBytes = Config::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  // Clusters resident at once (GPCs need not hold a whole number of clusters): more would run as a
+  // second wave over the same static split of the units.
+  static std::atomic<int> resident_clusters[2][4] = {};  // [kNumMats - 1][log2 cluster], 0 = not queried yet
+  std::atomic<int>& resident = resident_clusters[kNumMats - 1][cluster == 1 ? 0 : (cluster == 2 ? 1 : (cluster == 4 ? 2 : 3))];
+  if (resident.load() == 0) {
+    config.gridDim = dim3(static_cast<unsigned>(cluster * (num_sms() / cluster)));
+    int fits = 0;
+    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fits, kernel, &config));
+    resident.store(std::max(1, fits));
+  }
+  const std::int64_t units = units_x * token_tiles;
+  config.gridDim = dim3(static_cast<unsigned>(cluster * std::min<std::int64_t>(units, resident.load())));
+  Params q = p;
+  q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
+  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps, static_cast<int>(units_x), static_cast<int>(token_tiles)));
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_persistent");
+}
+
+// The TMA variant: gathers X into slot order first when the call has a token list (into the
+// workspace), builds the tensor maps and launches clusters of `cluster` row tiles, as the persistent
+// kernel or one CTA per tile.
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, bool persistent, cudaStream_t stream) {
   using Config = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
-  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
-  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::uint16_t* b = p.x;
   std::int64_t b_rows = p.num_x_rows;
   if (p.token_idx) {
@@ -1013,6 +1365,9 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
   TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
                          {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
+  if (persistent) return launch_persistent<kBf16, kNumMats, kEpi>(p, maps, cluster, stream);
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>((row_tiles + cluster - 1) / cluster * cluster), static_cast<unsigned>(token_tiles), 1);
@@ -1056,11 +1411,11 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 }
 
 template <bool kBf16>
-void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, cluster, stream);
-    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, cluster, stream);
-    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, cluster, stream);
+    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, c.cluster, c.persistent, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, c.cluster, c.persistent, stream);
+    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, c.cluster, c.persistent, stream);
   }
 }
 
@@ -1076,6 +1431,13 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
 
+bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) {
+  const Sm90Choice c = choose(args);
+  return c.tma && c.persistent && (c.gather_bytes == 0 || (args.workspace && args.workspace_bytes >= c.gather_bytes));
+}
+
+void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
+
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const Sm90Choice c = choose(args);
   const std::size_t needed = workspace_bytes_of(args, c);
@@ -1084,9 +1446,9 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   p.k_tiles_per_split = (p.K_padded + 127) / 128;
   if (c.tma && (c.gather_bytes == 0 || has_workspace)) {
     if (args.x_dtype == DType::bf16) {
-      dispatch_tma<true>(args, p, c.cluster, stream);
+      dispatch_tma<true>(args, p, c, stream);
     } else {
-      dispatch_tma<false>(args, p, c.cluster, stream);
+      dispatch_tma<false>(args, p, c, stream);
     }
     return;
   }
