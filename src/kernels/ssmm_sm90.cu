@@ -704,11 +704,14 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 }
 
 // ---- Persistent TMA variant (v14; docs/kernels/ssmm.md) ----
-// The TMA variant as a persistent kernel: one cluster per pair of SMs walks output tiles
-// u = cluster, cluster + clusters, ... in the banded order, both CTAs of a cluster the same u (so
-// the B multicast stays), and its warps keep working across tile boundaries:
-// - warp 0 (lane 0) fills the ring with bulk tensor copies, its ring position carried from tile to
-//   tile, so the next tile's first stages load while the consumers finish this one;
+// The TMA variant as a persistent kernel: one CTA per SM takes units of work (output tiles in the
+// banded order) from a global counter as it goes, so the tiles in flight stay a window of
+// consecutive units (the L2 reuse the banded order is for) and no SM idles while others hold
+// several tiles; its warps keep working across tile boundaries:
+// - warp 0, lane 0, takes the next unit when it starts loading it and passes it to the CTA's other
+//   warps through a small ring in shared memory (`unit_full` / `unit_empty`), then fills the stage
+//   ring with bulk tensor copies, its ring position carried from tile to tile, so the next tile's
+//   first stages load while the consumers finish this one;
 // - warpgroups 1 and 2, the consumers, run the k loop of the one-CTA-per-tile kernel, then convert
 //   the running totals to logical rows, apply the epilogue (SiLU·up or the slot weight), round to
 //   16 bits and write the tile into the staging buffer ([kBN slots][256 logical rows], rows padded
@@ -718,8 +721,10 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 // The hand-over is two mbarriers: `staged_full` (every consumer thread arrives after its writes) and
 // `staged_empty` (every epilogue thread arrives after its reads). Output bits equal the one-CTA kernel's
 // staged epilogue, so it runs where that one applies: row selection, 16-bit Y, 16-byte aligned,
-// rows % 8 == 0. Every warp finds its tiles itself (find_tile_in_warp), no CTA-wide barrier after the
-// prologue. The consumers' turn-taking (named barriers 1 and 2) runs on across tiles as one sequence.
+// rows % 8 == 0. Every warp maps a unit to its tile itself (find_tile_in_warp), no CTA-wide barrier
+// after the prologue. The consumers' turn-taking (named barriers 1 and 2) runs on across tiles as one
+// sequence. No clusters: taking units one CTA at a time needs no cross-CTA hand-over, and the B
+// multicast did not pay (v12: cluster 1 and 2 took the same time).
 // Budget: registers 56 for warpgroup 0 and 224 for the consumers (128 x 56 + 256 x 224 <= 64 K);
 // smem: 3 stages (gate/up 52 KB, down 50 KB each) + the staging buffer (33 / 66 KB) <= 227 KB.
 template <int kNumMats>
@@ -735,7 +740,9 @@ struct PersistentConfig {
                        kBTileBytes = Tiles::kBTileBytes, kStageBytes = Tiles::kStageBytes;
   static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's 256 logical rows, 16-bit, + 16 B
   static constexpr int kStagedBytes = kBN * kStagedRowBytes;
-  static constexpr int kBarrierBytes = 2 * 8 + 2 * 8 * 8;  // two hand-over barriers + at most 8 stages' pairs
+  static constexpr int kUnitRing = 4;  // units passed from the producer to the other warps, in flight
+  // the stage pairs (at most 8 stages), two hand-over barriers, the unit ring's pairs and values
+  static constexpr int kBarrierBytes = 2 * 8 * 8 + 2 * 8 + 2 * 8 * kUnitRing + 4 * kUnitRing;
   static constexpr int kStages = std::min(8, (227 * 1024 - kStagedBytes - kBarrierBytes - 1024) / kStageBytes);
   static constexpr int kSmemBytes = kStages * kStageBytes + kStagedBytes + kBarrierBytes + 1024;
   static_assert(kStages >= 2 && kSmemBytes <= 227 * 1024, "shared memory");
@@ -743,7 +750,8 @@ struct PersistentConfig {
 
 template <bool kBf16, int kNumMats, Epi kEpi>
 __global__ void __launch_bounds__(384, 1)
-    ssmm_sm90_persistent(const Params p, const __grid_constant__ TmaMaps maps, int num_units_x, int num_units_y) {
+    ssmm_sm90_persistent(const Params p, const __grid_constant__ TmaMaps maps, int num_units_x, int num_units_y,
+                         int* next_unit /* zero at launch */) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
   using Config = PersistentConfig<kNumMats>;
@@ -756,47 +764,69 @@ __global__ void __launch_bounds__(384, 1)
   std::uint64_t* empty_bar = full_bar + kStages;                                              // [kStages]
   std::uint64_t* staged_full = empty_bar + kStages;   // the consumers wrote a tile into `staged`
   std::uint64_t* staged_empty = staged_full + 1;      // the epilogue warps stored it
+  std::uint64_t* unit_full = staged_empty + 1;        // [kUnitRing] the producer wrote a unit
+  std::uint64_t* unit_empty = unit_full + Config::kUnitRing;  // [kUnitRing] every reader warp took it
+  auto* unit_value = reinterpret_cast<int*>(unit_empty + Config::kUnitRing);  // [kUnitRing]
+  constexpr int kUnitReaders = Config::kConsumerThreads / 32 + Config::kEpilogueThreads / 32;
 
   const int tid = threadIdx.x;
-  const unsigned num_ctas = cluster_nctarank(), rank = cluster_ctarank();
-  const long long num_units = static_cast<long long>(num_units_x) * num_units_y;
-  const long long first_unit = blockIdx.x / num_ctas, unit_step = gridDim.x / num_ctas;
+  const int num_units = num_units_x * num_units_y;  // the launcher checks that this fits an int
   const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
-  // Unit u's tile for this CTA (row tile `rank` of the unit's cluster of row tiles); false past the
-  // last expert's tiles. Called by each warp for itself.
-  auto tile_of = [&](long long u, TileSlots& tile, std::int64_t& row0) {
+  // Unit u's tile; false past the last expert's tiles. Called by each warp for itself.
+  auto tile_of = [&](int u, TileSlots& tile, std::int64_t& row0) {
     const TileCoord unit = banded_tile(u, num_units_x, num_units_y, p.tile_band);
-    row0 = (static_cast<std::int64_t>(unit.x) * num_ctas + rank) * kBM;
+    row0 = static_cast<std::int64_t>(unit.x) * kBM;
     return find_tile_in_warp<kBN>(p, unit.y, tile);
+  };
+  // The reader warps' side of the unit ring: the n-th unit this CTA takes (num_units or more: none left).
+  auto take_unit = [&](unsigned n) {
+    const int slot = static_cast<int>(n % Config::kUnitRing);
+    mbarrier_wait(&unit_full[slot], (n / Config::kUnitRing) & 1u);
+    const int u = __shfl_sync(0xffffffffu, (threadIdx.x % 32) == 0 ? unit_value[slot] : 0, 0);
+    if (threadIdx.x % 32 == 0) mbarrier_arrive(&unit_empty[slot]);
+    return u;
   };
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&full_bar[s], 1u);                                           // lane 0's expect_tx arrival
-      mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // every consumer warp of the cluster
+      mbarrier_init(&full_bar[s], 1u);                                // lane 0's expect_tx arrival
+      mbarrier_init(&empty_bar[s], Config::kConsumerThreads / 32);  // every consumer warp
     }
     mbarrier_init(staged_full, Config::kConsumerThreads);
     mbarrier_init(staged_empty, Config::kEpilogueThreads);
-    fence_mbarrier_init();
+    for (int s = 0; s < Config::kUnitRing; ++s) {
+      mbarrier_init(&unit_full[s], 1u);
+      mbarrier_init(&unit_empty[s], kUnitReaders);
+    }
+    fence_mbarrier_init();  // the bulk copies complete on the stage barriers through the async proxy
   }
-  cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
+  __syncthreads();
 
   if (tid < Config::kProducerThreads) {
     setmaxnreg_dec<Config::kLowRegisters>();
     if (tid < 32) {
-      // ---- Producer: lane 0 issues the bulk tensor copies of every tile's k-tiles. ----
+      // ---- Producer: takes the units and issues the bulk tensor copies of every tile's k-tiles. ----
+      // (find_tile_in_warp needs the whole warp; only lane 0 issues.)
       const int lane = tid;
-      const int b_rows = kBN / static_cast<int>(num_ctas);
-      const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
       RingPosition<kStages> ring;
       long long fills = 0;
-      for (long long u = first_unit; u < num_units; u += unit_step) {
+      for (unsigned n = 0;; ++n) {
+        const int slot = static_cast<int>(n % Config::kUnitRing);
+        mbarrier_wait(&unit_empty[slot], ((n / Config::kUnitRing) & 1u) ^ 1u);  // every reader took unit n - kUnitRing
+        int u = 0;
+        if (lane == 0) {
+          u = atomicAdd(next_unit, 1);
+          unit_value[slot] = u;
+          mbarrier_arrive(&unit_full[slot]);
+        }
+        u = __shfl_sync(0xffffffffu, u, 0);
+        if (u >= num_units) break;
         TileSlots tile;
         std::int64_t row0;
         if (!tile_of(u, tile, row0)) continue;
-        const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tile.begin) + static_cast<int>(rank) * b_rows;
+        const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tile.begin);
         for (int kt = 0; kt < num_kt; ++kt, ++fills, ring.next()) {
           const int stage = ring.stage;
-          if (fills >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // every reader in the cluster is done
+          if (fills >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its readers are done
           if (lane != 0) continue;
           std::uint8_t* base = smem + stage * Config::kStageBytes;
           constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
@@ -807,28 +837,21 @@ __global__ void __launch_bounds__(384, 1)
             tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
                         crow0 / 16, tile.expert);
           }
-          std::uint8_t* b_slice = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128;
+          std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            if (num_ctas > 1) {
-              tma_load_2d_multicast(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0, cta_mask);
-            } else {
-              tma_load_2d(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
-            }
-          }
+          for (int half = 0; half < 2; ++half)
+            tma_load_2d(b_tile + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
         }
       }
-      // Leave only after every consumer in the cluster has released every stage: until then a remote
-      // CTA may still arrive on this CTA's barriers.
-      for (long long i = fills > kStages ? fills - kStages : 0; i < fills; ++i)
-        mbarrier_wait(&empty_bar[i % kStages], static_cast<unsigned>((i / kStages) & 1));
       return;
     }
     // ---- Epilogue warps: store each staged tile as 16-byte chunks of whole slot rows. ----
     const int etid = tid - 32;
     auto* y = static_cast<std::uint16_t*>(p.y);
     unsigned handed = 0;  // tiles stored so far
-    for (long long u = first_unit; u < num_units; u += unit_step) {
+    for (unsigned n = 0;; ++n) {
+      const int u = take_unit(n);
+      if (u >= num_units) break;
       TileSlots tile;
       std::int64_t row0;
       if (!tile_of(u, tile, row0)) continue;
@@ -867,7 +890,9 @@ __global__ void __launch_bounds__(384, 1)
   bool wait_turn = group == 1;
   unsigned handed = 0;  // tiles handed to the epilogue warps so far
   float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
-  for (long long u = first_unit; u < num_units; u += unit_step) {
+  for (unsigned n = 0;; ++n) {
+    const int u = take_unit(n);
+    if (u >= num_units) break;
     TileSlots tile;
     std::int64_t row0;
     if (!tile_of(u, tile, row0)) continue;
@@ -912,10 +937,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       const std::uint64_t desc_stage = sw128_descriptor(base);
       wgmma::wait<0>();
-      if (kt > 0 && lane == 0) {
-#pragma unroll 1
-        for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[prev_stage], cta);
-      }
+      if (kt > 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
       prev_stage = stage;
       std::uint32_t meta[kNumMats][4];
       const int ksteps_here = kt + 1 < num_kt ? ksteps_full : ksteps_tail;
@@ -953,10 +975,7 @@ __global__ void __launch_bounds__(384, 1)
       named_barrier_arrive(2 - group, Config::kConsumerThreads);
     }
     wgmma::wait<0>();
-    if (lane == 0) {
-#pragma unroll 1
-      for (unsigned cta = 0; cta < num_ctas; ++cta) mbarrier_arrive_cluster(&empty_bar[prev_stage], cta);
-    }
+    if (lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
     // Hand-over: odd = S + sel T, even = T - odd, the epilogue, rounded to 16-bit pairs in registers
     // (the accumulators die as they go), then into the staging buffer once the epilogue warps have
     // stored the previous tile: the token and weight loads and the math do not wait for them.
@@ -1306,41 +1325,22 @@ void launch(const Params& p, cudaStream_t stream) {
   }
 }
 
-// The persistent kernel: as launch_tma, with one cluster per `cluster` SMs (as many as fit at once, at
-// most one per unit of work) walking the units in the banded order.
+// The persistent kernel: one CTA per SM (at most one per unit of work), the unit counter zeroed
+// first in the stream.
 template <bool kBf16, int kNumMats, Epi kEpi>
-void launch_persistent(const Params& p, const TmaMaps& maps, int cluster, cudaStream_t stream) {
+void launch_persistent(const Params& p, const TmaMaps& maps, int* next_unit, cudaStream_t stream) {
   using Config = PersistentConfig<kNumMats>;
   auto* kernel = ssmm_sm90_persistent<kBf16, kNumMats, kEpi>;
   const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
-  const std::int64_t units_x = (row_tiles + cluster - 1) / cluster;
-  cudaLaunchConfig_t config{};
-  config.blockDim = dim3(Config::kThreads);
-  config.dynamicSmemBytes = Config::kSmemBytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  // Clusters resident at once (GPCs need not hold a whole number of clusters): more would run as a
-  // second wave over the same static split of the units.
-  static std::atomic<int> resident_clusters[2][4] = {};  // [kNumMats - 1][log2 cluster], 0 = not queried yet
-  std::atomic<int>& resident = resident_clusters[kNumMats - 1][cluster == 1 ? 0 : (cluster == 2 ? 1 : (cluster == 4 ? 2 : 3))];
-  if (resident.load() == 0) {
-    config.gridDim = dim3(static_cast<unsigned>(cluster * (num_sms() / cluster)));
-    int fits = 0;
-    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fits, kernel, &config));
-    resident.store(std::max(1, fits));
-  }
-  const std::int64_t units = units_x * token_tiles;
-  config.gridDim = dim3(static_cast<unsigned>(cluster * std::min<std::int64_t>(units, resident.load())));
+  const std::int64_t units = row_tiles * token_tiles;
+  SAMOYEDS_CHECK(units + num_sms() < (std::int64_t{1} << 31), "ssmm: ", units, " output tiles overflow the unit counter: split the call");
   Params q = p;
   q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
-  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps, static_cast<int>(units_x), static_cast<int>(token_tiles)));
+  SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(next_unit, 0, sizeof(int), stream));
+  const auto ctas = static_cast<unsigned>(std::min<std::int64_t>(units, num_sms()));
+  kernel<<<ctas, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps, static_cast<int>(row_tiles), static_cast<int>(token_tiles),
+                                                                next_unit);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_persistent");
 }
 
@@ -1348,7 +1348,8 @@ void launch_persistent(const Params& p, const TmaMaps& maps, int cluster, cudaSt
 // workspace), builds the tensor maps and launches clusters of `cluster` row tiles, as the persistent
 // kernel or one CTA per tile.
 template <bool kBf16, int kNumMats, Epi kEpi>
-void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, bool persistent, cudaStream_t stream) {
+void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
+  const int cluster = c.persistent ? 1 : c.cluster;  // the persistent kernel takes its units one CTA at a time
   using Config = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
   const std::uint16_t* b = p.x;
@@ -1365,7 +1366,11 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, bool persi
   TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
                          {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
-  if (persistent) return launch_persistent<kBf16, kNumMats, kEpi>(p, maps, cluster, stream);
+  if (c.persistent) {
+    // The unit counter follows the gathered X in the workspace (workspace_bytes_of).
+    auto* next_unit = reinterpret_cast<int*>(static_cast<std::uint8_t*>(a.workspace) + c.gather_bytes);
+    return launch_persistent<kBf16, kNumMats, kEpi>(p, maps, next_unit, stream);
+  }
   auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
   const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
@@ -1413,15 +1418,15 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 template <bool kBf16>
 void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, c.cluster, c.persistent, stream);
-    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, c.cluster, c.persistent, stream);
-    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, c.cluster, c.persistent, stream);
+    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, c, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, c, stream);
+    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, c, stream);
   }
 }
 
 // The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
 std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
-  if (c.tma) return c.gather_bytes;
+  if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
   if (c.plan.splits <= 1) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
@@ -1431,20 +1436,27 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
 
-bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) {
-  const Sm90Choice c = choose(args);
-  return c.tma && c.persistent && (c.gather_bytes == 0 || (args.workspace && args.workspace_bytes >= c.gather_bytes));
+// The choice as it runs with the workspace the call brings: the TMA variant needs X in slot order
+// (token lists) and the persistent kernel its unit counter on top; without them a call still runs,
+// one CTA per tile or through the cp.async variant.
+Sm90Choice choice_with_workspace(const gpu::SsmmArgs& args) {
+  Sm90Choice c = choose(args);
+  const auto holds = [&](std::size_t bytes) { return bytes == 0 || (args.workspace && args.workspace_bytes >= bytes); };
+  c.tma = c.tma && holds(c.gather_bytes);
+  c.persistent = c.tma && c.persistent && holds(workspace_bytes_of(args, c));
+  return c;
 }
+
+bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) { return choice_with_workspace(args).persistent; }
 
 void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
-  const Sm90Choice c = choose(args);
-  const std::size_t needed = workspace_bytes_of(args, c);
-  const bool has_workspace = args.workspace && args.workspace_bytes >= needed;
+  const Sm90Choice c = choice_with_workspace(args);
+  const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
   p.splits = 1;
   p.k_tiles_per_split = (p.K_padded + 127) / 128;
-  if (c.tma && (c.gather_bytes == 0 || has_workspace)) {
+  if (c.tma) {
     if (args.x_dtype == DType::bf16) {
       dispatch_tma<true>(args, p, c, stream);
     } else {

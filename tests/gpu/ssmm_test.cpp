@@ -399,10 +399,11 @@ TEST(SsmmGpu, StagedAndPairedEpiloguesStoreTheSameBits) {
   }
 }
 
-// The persistent TMA kernel (each cluster walks many tiles, the epilogue handed to other warps) must
-// store the bits of the one-CTA-per-tile TMA kernel: gate/up with a token list and the weighted down
-// projection, grouped with empty and 1-token experts, 17 row tiles (a padded CTA in the last cluster of
-// two), bf16 and fp16, a bad token index (NaN row), nothing written past the used slots.
+// The persistent TMA kernel (each CTA takes many tiles from a counter, the epilogue handed to other
+// warps) must store the bits of the one-CTA-per-tile TMA kernel: gate/up with a token list and the
+// weighted down projection, grouped with empty and 1-token experts, 17 row tiles (the one-CTA kernel
+// pads its last cluster of two), bf16 and fp16, a bad token index (NaN row), nothing written past the
+// used slots; again from a CUDA graph, replayed twice (the counter is zeroed by the graph itself).
 TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   if (!on_hopper()) GTEST_SKIP() << "the persistent kernel needs a Hopper GPU";
@@ -454,6 +455,24 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         outs.push_back(dy.to_host<std::uint16_t>());
       }
+      kernels::ssmm_sm90_set_persistent(1);
+      cudaStream_t stream = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
+      SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+      SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      for (int replay = 0; replay < 2; ++replay) {
+        dy.poison();
+        SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+        SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
+        EXPECT_EQ(dy.to_host<std::uint16_t>(), outs[0]) << "graph replay " << replay << " differs from the eager call";
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      cudaStreamDestroy(stream);
       kernels::ssmm_sm90_set_persistent(-1);
       const auto& out = outs[0];
       const std::size_t used_elements = static_cast<std::size_t>(used * prob.M);
