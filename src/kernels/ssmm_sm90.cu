@@ -772,11 +772,22 @@ __global__ void __launch_bounds__(384, 1)
   const int tid = threadIdx.x;
   const int num_units = num_units_x * num_units_y;  // the launcher checks that this fits an int
   const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
-  // Unit u's tile; false past the last expert's tiles. Called by each warp for itself.
-  auto tile_of = [&](int u, TileSlots& tile, std::int64_t& row0) {
-    const TileCoord unit = banded_tile(u, num_units_x, num_units_y, p.tile_band);
-    row0 = static_cast<std::int64_t>(unit.x) * kBM;
-    return find_tile_in_warp<kBN>(p, unit.y, tile);
+  // Unit u's tile (found: false past the last expert's tiles, or u >= num_units: no units left).
+  // Called by each warp for itself.
+  struct UnitTile {
+    int u;
+    bool found;
+    TileSlots tile;
+    std::int64_t row0;
+  };
+  auto unit_tile = [&](int u) {
+    UnitTile t{u, false, {0, 0, 0}, 0};
+    if (u < num_units) {
+      const TileCoord unit = banded_tile(u, num_units_x, num_units_y, p.tile_band);
+      t.row0 = static_cast<std::int64_t>(unit.x) * kBM;
+      t.found = find_tile_in_warp<kBN>(p, unit.y, t.tile);
+    }
+    return t;
   };
   // The reader warps' side of the unit ring: the n-th unit this CTA takes (num_units or more: none left).
   auto take_unit = [&](unsigned n) {
@@ -805,11 +816,11 @@ __global__ void __launch_bounds__(384, 1)
     setmaxnreg_dec<Config::kLowRegisters>();
     if (tid < 32) {
       // ---- Producer: takes the units and issues the bulk tensor copies of every tile's k-tiles. ----
-      // (find_tile_in_warp needs the whole warp; only lane 0 issues.)
+      // (find_tile_in_warp needs the whole warp; only lane 0 issues.) Unit n + 1 is taken and looked
+      // up once tile n's first copies are issued: at the boundary the next copies go out at once
+      // (the atomic and the lookup took ~2 K cycles there, more than 3 stages hide).
       const int lane = tid;
-      RingPosition<kStages> ring;
-      long long fills = 0;
-      for (unsigned n = 0;; ++n) {
+      auto take_next = [&](unsigned n) {
         const int slot = static_cast<int>(n % Config::kUnitRing);
         mbarrier_wait(&unit_empty[slot], ((n / Config::kUnitRing) & 1u) ^ 1u);  // every reader took unit n - kUnitRing
         int u = 0;
@@ -818,30 +829,39 @@ __global__ void __launch_bounds__(384, 1)
           unit_value[slot] = u;
           mbarrier_arrive(&unit_full[slot]);
         }
-        u = __shfl_sync(0xffffffffu, u, 0);
-        if (u >= num_units) break;
-        TileSlots tile;
-        std::int64_t row0;
-        if (!tile_of(u, tile, row0)) continue;
-        const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tile.begin);
+        return unit_tile(__shfl_sync(0xffffffffu, u, 0));
+      };
+      RingPosition<kStages> ring;
+      long long fills = 0;
+      UnitTile cur = take_next(0);
+      for (unsigned n = 0; cur.u < num_units; ++n) {
+        if (!cur.found) {
+          cur = take_next(n + 1);
+          continue;
+        }
+        UnitTile next{};
+        const int crow0 = static_cast<int>(cur.row0), slot0 = static_cast<int>(cur.tile.begin), expert = cur.tile.expert;
         for (int kt = 0; kt < num_kt; ++kt, ++fills, ring.next()) {
           const int stage = ring.stage;
           if (fills >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its readers are done
-          if (lane != 0) continue;
-          std::uint8_t* base = smem + stage * Config::kStageBytes;
-          constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
-          mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
+          if (lane == 0) {
+            std::uint8_t* base = smem + stage * Config::kStageBytes;
+            constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
+            mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
-          for (int m = 0; m < kNumMats; ++m) {
-            tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
-            tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
-                        crow0 / 16, tile.expert);
+            for (int m = 0; m < kNumMats; ++m) {
+              tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, expert);
+              tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
+                          crow0 / 16, expert);
+            }
+            std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+              tma_load_2d(b_tile + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
           }
-          std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
-#pragma unroll
-          for (int half = 0; half < 2; ++half)
-            tma_load_2d(b_tile + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
+          if (kt == 0) next = take_next(n + 1);
         }
+        cur = next;
       }
       return;
     }
@@ -850,11 +870,11 @@ __global__ void __launch_bounds__(384, 1)
     auto* y = static_cast<std::uint16_t*>(p.y);
     unsigned handed = 0;  // tiles stored so far
     for (unsigned n = 0;; ++n) {
-      const int u = take_unit(n);
-      if (u >= num_units) break;
-      TileSlots tile;
-      std::int64_t row0;
-      if (!tile_of(u, tile, row0)) continue;
+      const UnitTile cur = unit_tile(take_unit(n));
+      if (cur.u >= num_units) break;
+      if (!cur.found) continue;
+      const TileSlots& tile = cur.tile;
+      const std::int64_t row0 = cur.row0;
       const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tile.begin));
       const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);  // <= 0: a padded row tile
       mbarrier_wait(staged_full, handed & 1u);
@@ -890,12 +910,36 @@ __global__ void __launch_bounds__(384, 1)
   bool wait_turn = group == 1;
   unsigned handed = 0;  // tiles handed to the epilogue warps so far
   float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
-  for (unsigned n = 0;; ++n) {
-    const int u = take_unit(n);
-    if (u >= num_units) break;
-    TileSlots tile;
-    std::int64_t row0;
-    if (!tile_of(u, tile, row0)) continue;
+  // The first select word of each matrix for this warp's rows of a unit's tile (0 where it has none).
+  auto first_select_words = [&](const UnitTile& ut, std::uint32_t (&words)[kNumMats]) {
+    const std::int64_t rows0 = ut.row0 + group * 64 + warp_in_group * 16;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+      words[m] = ut.found && rows0 < p.compressed_rows_padded
+                     ? __ldg(p.row_select[m] + ut.tile.expert * p.select_stride + (rows0 / 32) * p.num_segments)
+                     : 0u;
+  };
+  // Unit n + 1 and its first select words are taken in the middle of tile n's k loop, so the tile
+  // boundary waits for neither lookup (the producer took it at the start of tile n).
+  UnitTile cur = unit_tile(take_unit(0));
+  std::uint32_t cur_words[kNumMats];
+  first_select_words(cur, cur_words);
+  for (unsigned n = 0; cur.u < num_units; ++n) {
+    UnitTile next{};
+    std::uint32_t next_words[kNumMats];
+    auto look_ahead = [&] {
+      next = unit_tile(take_unit(n + 1));
+      first_select_words(next, next_words);
+    };
+    if (!cur.found) {
+      look_ahead();
+      cur = next;
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) cur_words[m] = next_words[m];
+      continue;
+    }
+    const TileSlots tile = cur.tile;
+    const std::int64_t row0 = cur.row0;
     const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m)
@@ -913,7 +957,7 @@ __global__ void __launch_bounds__(384, 1)
     for (int m = 0; m < kNumMats; ++m) {
       sel[m] = 0;
       select_src[m] = warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
-      word_ahead[m] = select_src[m] ? __ldg(select_src[m]) : 0u;
+      word_ahead[m] = cur_words[m];
     }
     const int ksteps_full = warp_rows_exist ? 4 : 0, ksteps_tail = warp_rows_exist ? ksteps_last : 0;
     SegmentCursor segment(kt_per_segment, 0);
@@ -973,6 +1017,7 @@ __global__ void __launch_bounds__(384, 1)
       }
       wgmma::commit();
       named_barrier_arrive(2 - group, Config::kConsumerThreads);
+      if (kt == num_kt / 2) look_ahead();
     }
     wgmma::wait<0>();
     if (lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
@@ -1015,6 +1060,9 @@ __global__ void __launch_bounds__(384, 1)
       }
     mbarrier_arrive(staged_full);
     ++handed;
+    cur = next;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) cur_words[m] = next_words[m];
   }
   if (group == 0 && handed > 0) named_barrier_sync(1, Config::kConsumerThreads);  // consumer 1's last arrival
 #else
@@ -1087,9 +1135,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
-// stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = off (the TMA variant as one CTA per tile
-// everywhere; on by default where the persistent kernel applies: docs/kernels/ssmm.md v14). Read once
-// per process; ssmm_sm90_set_persistent overrides the last one for tests.
+// stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
+// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14). Read once per process;
+// ssmm_sm90_set_persistent overrides the last one for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1097,7 +1145,7 @@ struct Tuning {
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
-  bool persistent = true;  // the TMA variant's persistent kernel where it applies
+  bool persistent = false;  // the TMA variant's persistent kernel where it applies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1109,7 +1157,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "off") != 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
