@@ -443,6 +443,7 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
       args.y = dy.get();
       args.expert_offsets = doffsets.as<std::int32_t>();
       ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+      kernels::ssmm_sm90_set_persistent(1);  // its workspace (the unit counter on top) serves both kernels
       DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
       args.workspace = workspace.get();
       args.workspace_bytes = workspace.bytes();
