@@ -86,43 +86,60 @@ struct TileSlots {
   int expert;
 };
 
-// Maps token tile `tile` (blockIdx.y) to its expert and slots; false when the tile is past the last
-// expert's (the whole CTA then exits). Grouped: warp 0 scans the experts' tile counts 32 at a time
-// (tiles ordered by expert, then by slot) and publishes the hit through `s_hit` (3 ints of shared
-// memory). Every thread of the CTA must call it (it synchronises).
+// Maps token tile `tile` to its expert and slots, in one warp (every lane gets the result; no shared
+// memory, no barrier): the experts' tile counts are scanned 32 at a time (tiles ordered by expert, then
+// by slot). False when the tile is past the last expert's. The sm90 persistent kernel's warps walk
+// their tiles this way, each on its own.
 template <int kBN>
-__device__ __forceinline__ bool find_tile(const Params& p, int tile, TileSlots& out, int* s_hit) {
+__device__ __forceinline__ bool find_tile_in_warp(const Params& p, int tile, TileSlots& out) {
   if (!p.expert_offsets) {
     out = {static_cast<std::int64_t>(tile) * kBN, p.L, 0};
     return true;
   }
-  if (threadIdx.x < 32) {
-    const int lane = threadIdx.x;
-    if (lane == 0) s_hit[0] = -1;
-    __syncwarp();
-    const int L = static_cast<int>(p.L);
-    int tiles_before = 0;  // tiles of the experts already scanned (warp-uniform)
-    for (int e0 = 0; e0 < p.num_experts && tiles_before <= tile; e0 += 32) {
-      const int e = e0 + lane;
-      int begin = 0, end = 0;
-      if (e < p.num_experts) {
-        begin = min(max(p.expert_offsets[e], 0), L);
-        end = min(max(p.expert_offsets[e + 1], begin), L);
-      }
-      const int tiles = (end - begin + kBN - 1) / kBN;
-      int inclusive = tiles;
+  const int lane = threadIdx.x % 32;
+  const int L = static_cast<int>(p.L);
+  int tiles_before = 0;  // tiles of the experts already scanned (warp-uniform)
+  for (int e0 = 0; e0 < p.num_experts && tiles_before <= tile; e0 += 32) {
+    const int e = e0 + lane;
+    int begin = 0, end = 0;
+    if (e < p.num_experts) {
+      begin = min(max(p.expert_offsets[e], 0), L);
+      end = min(max(p.expert_offsets[e + 1], begin), L);
+    }
+    const int tiles = (end - begin + kBN - 1) / kBN;
+    int inclusive = tiles;
 #pragma unroll
-      for (int d = 1; d < 32; d *= 2) {
-        const int up = __shfl_up_sync(0xffffffffu, inclusive, d);
-        if (lane >= d) inclusive += up;
-      }
-      const int first = tiles_before + inclusive - tiles;
-      if (tile >= first && tile < first + tiles) {
-        s_hit[0] = e;
-        s_hit[1] = begin + (tile - first) * kBN;
-        s_hit[2] = end;
-      }
-      tiles_before += __shfl_sync(0xffffffffu, inclusive, 31);
+    for (int d = 1; d < 32; d *= 2) {
+      const int up = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += up;
+    }
+    const int first = tiles_before + inclusive - tiles;
+    const unsigned hit = __ballot_sync(0xffffffffu, tile >= first && tile < first + tiles);
+    if (hit != 0u) {  // the experts' tile ranges are disjoint: one lane at most
+      const int src = __ffs(static_cast<int>(hit)) - 1;
+      out.expert = e0 + src;
+      out.begin = __shfl_sync(0xffffffffu, begin + (tile - first) * kBN, src);
+      out.end = __shfl_sync(0xffffffffu, end, src);
+      return true;
+    }
+    tiles_before += __shfl_sync(0xffffffffu, inclusive, 31);
+  }
+  return false;
+}
+
+// find_tile_in_warp for a whole CTA (blockIdx.y's tile): warp 0 scans and publishes the hit through
+// `s_hit` (3 ints of shared memory); false when the tile is past the last expert's (the whole CTA
+// then exits). Every thread of the CTA must call it (it synchronises when grouped).
+template <int kBN>
+__device__ __forceinline__ bool find_tile(const Params& p, int tile, TileSlots& out, int* s_hit) {
+  if (!p.expert_offsets) return find_tile_in_warp<kBN>(p, tile, out);
+  if (threadIdx.x < 32) {
+    TileSlots hit{};
+    const bool found = find_tile_in_warp<kBN>(p, tile, hit);
+    if (threadIdx.x == 0) {
+      s_hit[0] = found ? hit.expert : -1;
+      s_hit[1] = static_cast<int>(hit.begin);
+      s_hit[2] = static_cast<int>(hit.end);
     }
   }
   __syncthreads();

@@ -44,6 +44,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -51,6 +52,7 @@
 #include "kernels/half_math.cuh"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
+#include "kernels/ssmm_sm90.h"
 #include "kernels/wgmma_common.cuh"
 #include "kernels/wgmma_sp.cuh"
 
@@ -701,6 +703,373 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #endif
 }
 
+// ---- Persistent TMA variant (v14; docs/kernels/ssmm.md) ----
+// The TMA variant as a persistent kernel: one CTA per SM takes units of work (output tiles in the
+// banded order) from a global counter as it goes, so the tiles in flight stay a window of
+// consecutive units (the L2 reuse the banded order is for) and no SM idles while others hold
+// several tiles; its warps keep working across tile boundaries:
+// - warp 0, lane 0, takes the next unit when it starts loading it and passes it to the CTA's other
+//   warps through a small ring in shared memory (`unit_full` / `unit_empty`), then fills the stage
+//   ring with bulk tensor copies, its ring position carried from tile to tile, so the next tile's
+//   first stages load while the consumers finish this one;
+// - warpgroups 1 and 2, the consumers, run the k loop of the one-CTA-per-tile kernel, then convert
+//   the running totals to logical rows, apply the epilogue (SiLU·up or the slot weight), round to
+//   16 bits and write the tile into the staging buffer ([kBN slots][256 logical rows], rows padded
+//   to 528 B as in v13), and go on with the next tile;
+// - warps 1-3, the epilogue warps, store the staged tile as 16-byte chunks of whole slot rows while
+//   the consumers compute the next one.
+// The hand-over is two mbarriers: `staged_full` (every consumer thread arrives after its writes) and
+// `staged_empty` (every epilogue thread arrives after its reads). Output bits equal the one-CTA kernel's
+// staged epilogue, so it runs where that one applies: row selection, 16-bit Y, 16-byte aligned,
+// rows % 8 == 0. Every warp maps a unit to its tile itself (find_tile_in_warp), no CTA-wide barrier
+// after the prologue. The consumers' turn-taking (named barriers 1 and 2) runs on across tiles as one
+// sequence. No clusters: taking units one CTA at a time needs no cross-CTA hand-over, and the B
+// multicast did not pay (v12: cluster 1 and 2 took the same time).
+// Budget: registers 56 for warpgroup 0 and 224 for the consumers (128 x 56 + 256 x 224 <= 64 K);
+// smem: 3 stages (gate/up 52 KB, down 50 KB each) + the staging buffer (33 / 66 KB) <= 227 KB.
+template <int kNumMats>
+struct PersistentConfig {
+  using Tiles = Sm90Config<kNumMats, false, true>;  // the same tiles and stage layout as the TMA variant
+  static constexpr int kBM = Tiles::kBM, kBK = Tiles::kBK, kBN = Tiles::kBN;
+  static constexpr int kThreads = Tiles::kThreads, kProducerThreads = Tiles::kProducerThreads,
+                       kConsumerThreads = Tiles::kConsumerThreads;
+  static constexpr int kEpilogueThreads = kProducerThreads - 32;  // warps 1-3 of warpgroup 0
+  static constexpr int kLowRegisters = 56, kConsumerRegisters = 224;
+  static_assert(128 * kLowRegisters + 256 * kConsumerRegisters <= 65536, "register file");
+  static constexpr int kATileBytes = Tiles::kATileBytes, kMetaTileBytes = Tiles::kMetaTileBytes,
+                       kBTileBytes = Tiles::kBTileBytes, kStageBytes = Tiles::kStageBytes;
+  static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's 256 logical rows, 16-bit, + 16 B
+  static constexpr int kStagedBytes = kBN * kStagedRowBytes;
+  static constexpr int kUnitRing = 4;  // units passed from the producer to the other warps, in flight
+  // the stage pairs (at most 8 stages), two hand-over barriers, the unit ring's pairs and values
+  static constexpr int kBarrierBytes = 2 * 8 * 8 + 2 * 8 + 2 * 8 * kUnitRing + 4 * kUnitRing;
+  static constexpr int kStages = std::min(8, (227 * 1024 - kStagedBytes - kBarrierBytes - 1024) / kStageBytes);
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStagedBytes + kBarrierBytes + 1024;
+  static_assert(kStages >= 2 && kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(384, 1)
+    ssmm_sm90_persistent(const Params p, const __grid_constant__ TmaMaps maps, int num_units_x, int num_units_y,
+                         int* next_unit /* zero at launch */) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  using Config = PersistentConfig<kNumMats>;
+  constexpr int kBM = Config::kBM, kBK = Config::kBK, kBN = Config::kBN, kStages = Config::kStages;
+  constexpr int kATileBytes = Config::kATileBytes, kStagedRowBytes = Config::kStagedRowBytes;
+  extern __shared__ std::uint8_t smem_raw[];
+  std::uint8_t* smem = smem_raw + ((1024 - (ptx::smem_address(smem_raw) & 1023)) & 1023);  // [kStages] stages
+  std::uint8_t* staged = smem + kStages * Config::kStageBytes;                                // [kBN][kStagedRowBytes]
+  auto* full_bar = reinterpret_cast<std::uint64_t*>(staged + Config::kStagedBytes);           // [kStages]
+  std::uint64_t* empty_bar = full_bar + kStages;                                              // [kStages]
+  std::uint64_t* staged_full = empty_bar + kStages;   // the consumers wrote a tile into `staged`
+  std::uint64_t* staged_empty = staged_full + 1;      // the epilogue warps stored it
+  std::uint64_t* unit_full = staged_empty + 1;        // [kUnitRing] the producer wrote a unit
+  std::uint64_t* unit_empty = unit_full + Config::kUnitRing;  // [kUnitRing] every reader warp took it
+  auto* unit_value = reinterpret_cast<int*>(unit_empty + Config::kUnitRing);  // [kUnitRing]
+  constexpr int kUnitReaders = Config::kConsumerThreads / 32 + Config::kEpilogueThreads / 32;
+
+  const int tid = threadIdx.x;
+  const int num_units = num_units_x * num_units_y;  // the launcher checks that this fits an int
+  const int num_kt = static_cast<int>((p.K_padded + kBK - 1) / kBK);
+  // Unit u's tile (found: false past the last expert's tiles, or u >= num_units: no units left).
+  // Called by each warp for itself.
+  struct UnitTile {
+    int u;
+    bool found;
+    TileSlots tile;
+    std::int64_t row0;
+  };
+  auto unit_tile = [&](int u) {
+    UnitTile t{u, false, {0, 0, 0}, 0};
+    if (u < num_units) {
+      const TileCoord unit = banded_tile(u, num_units_x, num_units_y, p.tile_band);
+      t.row0 = static_cast<std::int64_t>(unit.x) * kBM;
+      t.found = find_tile_in_warp<kBN>(p, unit.y, t.tile);
+    }
+    return t;
+  };
+  // The reader warps' side of the unit ring: the n-th unit this CTA takes (num_units or more: none left).
+  auto take_unit = [&](unsigned n) {
+    const int slot = static_cast<int>(n % Config::kUnitRing);
+    mbarrier_wait(&unit_full[slot], (n / Config::kUnitRing) & 1u);
+    const int u = __shfl_sync(0xffffffffu, (threadIdx.x % 32) == 0 ? unit_value[slot] : 0, 0);
+    if (threadIdx.x % 32 == 0) mbarrier_arrive(&unit_empty[slot]);
+    return u;
+  };
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full_bar[s], 1u);                                // lane 0's expect_tx arrival
+      mbarrier_init(&empty_bar[s], Config::kConsumerThreads / 32);  // every consumer warp
+    }
+    mbarrier_init(staged_full, Config::kConsumerThreads);
+    mbarrier_init(staged_empty, Config::kEpilogueThreads);
+    for (int s = 0; s < Config::kUnitRing; ++s) {
+      mbarrier_init(&unit_full[s], 1u);
+      mbarrier_init(&unit_empty[s], kUnitReaders);
+    }
+    fence_mbarrier_init();  // the bulk copies complete on the stage barriers through the async proxy
+  }
+  __syncthreads();
+
+  if (tid < Config::kProducerThreads) {
+    setmaxnreg_dec<Config::kLowRegisters>();
+    if (tid < 32) {
+      // ---- Producer: takes the units and issues the bulk tensor copies of every tile's k-tiles. ----
+      // (find_tile_in_warp needs the whole warp; only lane 0 issues.) Unit n + 1 is taken and looked
+      // up once tile n's first copies are issued: at the boundary the next copies go out at once
+      // (the atomic and the lookup took ~2 K cycles there, more than 3 stages hide).
+      const int lane = tid;
+      auto take_next = [&](unsigned n) {
+        const int slot = static_cast<int>(n % Config::kUnitRing);
+        mbarrier_wait(&unit_empty[slot], ((n / Config::kUnitRing) & 1u) ^ 1u);  // every reader took unit n - kUnitRing
+        int u = 0;
+        if (lane == 0) {
+          u = atomicAdd(next_unit, 1);
+          unit_value[slot] = u;
+          mbarrier_arrive(&unit_full[slot]);
+        }
+        return unit_tile(__shfl_sync(0xffffffffu, u, 0));
+      };
+      RingPosition<kStages> ring;
+      long long fills = 0;
+      UnitTile cur = take_next(0);
+      for (unsigned n = 0; cur.u < num_units; ++n) {
+        if (!cur.found) {
+          cur = take_next(n + 1);
+          continue;
+        }
+        UnitTile next{};
+        const int crow0 = static_cast<int>(cur.row0), slot0 = static_cast<int>(cur.tile.begin), expert = cur.tile.expert;
+        for (int kt = 0; kt < num_kt; ++kt, ++fills, ring.next()) {
+          const int stage = ring.stage;
+          if (fills >= kStages) mbarrier_wait(&empty_bar[stage], ring.phase ^ 1u);  // its readers are done
+          if (lane == 0) {
+            std::uint8_t* base = smem + stage * Config::kStageBytes;
+            constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
+            mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
+#pragma unroll
+            for (int m = 0; m < kNumMats; ++m) {
+              tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, expert);
+              tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
+                          crow0 / 16, expert);
+            }
+            std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+              tma_load_2d(b_tile + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
+          }
+          if (kt == 0) next = take_next(n + 1);
+        }
+        cur = next;
+      }
+      return;
+    }
+    // ---- Epilogue warps: store each staged tile as 16-byte chunks of whole slot rows. ----
+    const int etid = tid - 32;
+    auto* y = static_cast<std::uint16_t*>(p.y);
+    unsigned handed = 0;  // tiles stored so far
+    for (unsigned n = 0;; ++n) {
+      const UnitTile cur = unit_tile(take_unit(n));
+      if (cur.u >= num_units) break;
+      if (!cur.found) continue;
+      const TileSlots& tile = cur.tile;
+      const std::int64_t row0 = cur.row0;
+      const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tile.begin));
+      const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);  // <= 0: a padded row tile
+      mbarrier_wait(staged_full, handed & 1u);
+#pragma unroll 4
+      for (int c = etid; c < slots_here * 32; c += Config::kEpilogueThreads) {
+        const int slot = c / 32, chunk = c % 32;
+        if (chunk >= chunks_here) continue;  // rows past the matrix in its last row tile
+        *reinterpret_cast<uint4*>(y + (tile.begin + slot) * p.rows + 2 * row0 + chunk * 8) =
+            *reinterpret_cast<const uint4*>(staged + slot * kStagedRowBytes + chunk * 16);
+      }
+      mbarrier_arrive(staged_empty);
+      ++handed;
+    }
+    return;
+  }
+
+  // ---- Consumer warpgroups 1 and 2: the k loop of each tile, then its hand-over. ----
+  setmaxnreg_inc<Config::kConsumerRegisters>();
+  const int ctid = tid - Config::kProducerThreads;
+  const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const int kt_per_segment = p.v / kBK;  // row selection is on (the launcher's condition); V % kBK == 0
+  // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
+  const int ksteps_last = static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt - 1) * 4);
+  const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
+  const int pair_offset = (group * 64 + warp_in_group * 16 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+  RingPosition<kStages> ring;
+  // Turn-taking over the whole sequence of k-tiles: consumer 0 issues after consumer 1 issued the
+  // previous k-tile (barrier 1; its very first one waits for nobody), consumer 1 after consumer 0
+  // issued the same k-tile (barrier 2). Each arrives after every issue; consumer 0 takes the last
+  // arrival on barrier 1 before leaving.
+  bool wait_turn = group == 1;
+  unsigned handed = 0;  // tiles handed to the epilogue warps so far
+  float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
+  // The first select word of each matrix for this warp's rows of a unit's tile (0 where it has none).
+  auto first_select_words = [&](const UnitTile& ut, std::uint32_t (&words)[kNumMats]) {
+    const std::int64_t rows0 = ut.row0 + group * 64 + warp_in_group * 16;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+      words[m] = ut.found && rows0 < p.compressed_rows_padded
+                     ? __ldg(p.row_select[m] + ut.tile.expert * p.select_stride + (rows0 / 32) * p.num_segments)
+                     : 0u;
+  };
+  // Unit n + 1 and its first select words are taken in the middle of tile n's k loop, so the tile
+  // boundary waits for neither lookup (the producer took it at the start of tile n).
+  UnitTile cur = unit_tile(take_unit(0));
+  std::uint32_t cur_words[kNumMats];
+  first_select_words(cur, cur_words);
+  for (unsigned n = 0; cur.u < num_units; ++n) {
+    UnitTile next{};
+    std::uint32_t next_words[kNumMats];
+    auto look_ahead = [&] {
+      next = unit_tile(take_unit(n + 1));
+      first_select_words(next, next_words);
+    };
+    if (!cur.found) {
+      look_ahead();
+      cur = next;
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) cur_words[m] = next_words[m];
+      continue;
+    }
+    const TileSlots tile = cur.tile;
+    const std::int64_t row0 = cur.row0;
+    const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
+    std::uint32_t sel[kNumMats];  // bit h: selection of this thread's row g + 8h in the current segment
+    const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
+    const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
+    const int select_shift = static_cast<int>(warp_row0 % 32) + g;
+    const std::uint32_t* select_src[kNumMats];
+    std::uint32_t word_ahead[kNumMats];  // the next segment start's select words
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      sel[m] = 0;
+      select_src[m] = warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
+      word_ahead[m] = cur_words[m];
+    }
+    const int ksteps_full = warp_rows_exist ? 4 : 0, ksteps_tail = warp_rows_exist ? ksteps_last : 0;
+    SegmentCursor segment(kt_per_segment, 0);
+    int prev_stage = 0;
+    for (int kt = 0; kt < num_kt; ++kt, segment.next(), ring.next()) {
+      const int stage = ring.stage;
+      mbarrier_wait(&full_bar[stage], ring.phase);
+      const std::uint8_t* base = smem + stage * Config::kStageBytes;
+      const bool new_segment = segment.starts();
+      float c[kNumMats][2];
+      if (new_segment) {
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const std::uint32_t word = word_ahead[m];
+          const std::uint32_t next = ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
+          sel[m] = next;
+          if (kt + kt_per_segment < num_kt && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
+        }
+      }
+      const std::uint64_t desc_stage = sw128_descriptor(base);
+      wgmma::wait<0>();
+      if (kt > 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
+      prev_stage = stage;
+      std::uint32_t meta[kNumMats][4];
+      const int ksteps_here = kt + 1 < num_kt ? ksteps_full : ksteps_tail;
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+        const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
+                            (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
+        if (__builtin_expect(ksteps_here == 4, 1)) {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
+        } else {
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;
+        }
+      }
+      if (new_segment) {  // S += (p - n) T (at the first k-tile T is still zero)
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+          for (int f = 0; f < kBN / 2; ++f) acc[m][1][f] = fmaf(acc[m][0][f], c[m][(f / 2) % 2], acc[m][1][f]);
+      }
+      if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
+      wait_turn = true;
+      wgmma::fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const std::uint64_t desc_b = advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const std::uint64_t desc_a = advance_descriptor(desc_stage, a_offset + m * kATileBytes + ks * 32);
+          wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
+        }
+      }
+      wgmma::commit();
+      named_barrier_arrive(2 - group, Config::kConsumerThreads);
+      if (kt == num_kt / 2) look_ahead();
+    }
+    wgmma::wait<0>();
+    if (lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
+    // Hand-over: odd = S + sel T, even = T - odd, the epilogue, rounded to 16-bit pairs in registers
+    // (the accumulators die as they go), then into the staging buffer once the epilogue warps have
+    // stored the previous tile: the token and weight loads and the math do not wait for them.
+    const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tile.begin));
+    std::uint32_t pairs[kBN / 8][2][2];  // [i][q][h]
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        pairs[i][q][0] = pairs[i][q][1] = 0u;
+        if (slot >= slots_here) continue;  // past the expert's slots (a suffix of the tile): never stored
+        const std::int32_t tok = token_of_slot(p, tile.begin + slot, tile.end);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int f = 4 * i + 2 * h + q;
+          float even[kNumMats], odd[kNumMats];
+#pragma unroll
+          for (int m = 0; m < kNumMats; ++m) {
+            odd[m] = fmaf(acc[m][0][f], static_cast<float>((sel[m] >> h) & 1u), acc[m][1][f]);
+            even[m] = acc[m][0][f] - odd[m];
+          }
+          pairs[i][q][h] = narrow2<kBf16>(epilogue_value<kEpi, kNumMats>(even, p, tile.begin + slot, tok),
+                                          epilogue_value<kEpi, kNumMats>(odd, p, tile.begin + slot, tok));
+        }
+      }
+    mbarrier_wait(staged_empty, (handed & 1u) ^ 1u);  // the epilogue warps stored the previous tile
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        if (slot >= slots_here) continue;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<std::uint32_t*>(staged + slot * kStagedRowBytes + pair_offset + h * 32) = pairs[i][q][h];
+      }
+    mbarrier_arrive(staged_full);
+    ++handed;
+    cur = next;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) cur_words[m] = next_words[m];
+  }
+  if (group == 0 && handed > 0) named_barrier_sync(1, Config::kConsumerThreads);  // consumer 1's last arrival
+#else
+  __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
+#endif
+}
+
 // Sums the split-K partials of each output element in split order, then applies the epilogue.
 template <bool kBf16, int kNumMats, Epi kEpi>
 __global__ void ssmm_sm90_reduce(const Params p) {
@@ -766,7 +1135,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // larger allows more splits at medium L), SAMOYEDS_SSMM_A_TMA = on (the cp.async variant takes A values
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
-// stream-ordered launch). Read once per process.
+// stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
+// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14). Read once per process;
+// ssmm_sm90_set_persistent overrides the last one for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -774,6 +1145,7 @@ struct Tuning {
   int narrow = -1;  // -1 planned (gpu::plan_tile_tokens), 0 wide tiles, 1 32-token tiles
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
+  bool persistent = false;  // the TMA variant's persistent kernel where it applies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -785,11 +1157,14 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_NARROW")) r.narrow = std::strcmp(v, "on") == 0 ? 1 : (std::strcmp(v, "off") == 0 ? 0 : -1);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
 }
+
+std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -865,6 +1240,9 @@ struct Sm90Choice {
   bool tma = false;
   bool a_tma = false;  // the cp.async variant with A by tensor copies
   int cluster = 1;
+  // The TMA variant as the persistent kernel: its staged epilogue needs row selection, 16-bit Y
+  // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
+  bool persistent = false;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
 };
 
@@ -890,6 +1268,10 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
   while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
   if (a.token_idx) c.gather_bytes = (static_cast<std::size_t>(a.num_tokens) * static_cast<std::size_t>(a.weight.cols) * 2 + 255) / 256 * 256;
+  const int override_mode = persistent_override.load();
+  const bool persistent_wanted = override_mode >= 0 ? override_mode == 1 : t.persistent;
+  c.persistent = persistent_wanted && a.weight.pattern.has_row_selection() && a.y_dtype != DType::f32 && a.weight.rows % 8 == 0 &&
+                 aligned16(a.y);
   return c;
 }
 
@@ -991,14 +1373,33 @@ void launch(const Params& p, cudaStream_t stream) {
   }
 }
 
-// The TMA variant: gathers X into slot order first when the call has a token list (into the
-// workspace), builds the tensor maps and launches clusters of `cluster` row tiles.
+// The persistent kernel: one CTA per SM (at most one per unit of work), the unit counter zeroed
+// first in the stream.
 template <bool kBf16, int kNumMats, Epi kEpi>
-void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+void launch_persistent(const Params& p, const TmaMaps& maps, int* next_unit, cudaStream_t stream) {
+  using Config = PersistentConfig<kNumMats>;
+  auto* kernel = ssmm_sm90_persistent<kBf16, kNumMats, kEpi>;
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
+  const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
+  const std::int64_t units = row_tiles * token_tiles;
+  SAMOYEDS_CHECK(units + num_sms() < (std::int64_t{1} << 31), "ssmm: ", units, " output tiles overflow the unit counter: split the call");
+  Params q = p;
+  q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
+  SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(next_unit, 0, sizeof(int), stream));
+  const auto ctas = static_cast<unsigned>(std::min<std::int64_t>(units, num_sms()));
+  kernel<<<ctas, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps, static_cast<int>(row_tiles), static_cast<int>(token_tiles),
+                                                                next_unit);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_persistent");
+}
+
+// The TMA variant: gathers X into slot order first when the call has a token list (into the
+// workspace), builds the tensor maps and launches clusters of `cluster` row tiles, as the persistent
+// kernel or one CTA per tile.
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
+  const int cluster = c.persistent ? 1 : c.cluster;  // the persistent kernel takes its units one CTA at a time
   using Config = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
-  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
-  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::uint16_t* b = p.x;
   std::int64_t b_rows = p.num_x_rows;
   if (p.token_idx) {
@@ -1013,6 +1414,13 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream
   TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
                          {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
+  if (c.persistent) {
+    // The unit counter follows the gathered X in the workspace (workspace_bytes_of).
+    auto* next_unit = reinterpret_cast<int*>(static_cast<std::uint8_t*>(a.workspace) + c.gather_bytes);
+    return launch_persistent<kBf16, kNumMats, kEpi>(p, maps, next_unit, stream);
+  }
+  auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>((row_tiles + cluster - 1) / cluster * cluster), static_cast<unsigned>(token_tiles), 1);
@@ -1056,17 +1464,17 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 }
 
 template <bool kBf16>
-void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, int cluster, cudaStream_t stream) {
+void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, cluster, stream);
-    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, cluster, stream);
-    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, cluster, stream);
+    case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, c, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch_tma<kBf16, 1, Epi::down_weighted>(a, p, c, stream);
+    case gpu::SsmmEpilogue::gate_up: return launch_tma<kBf16, 2, Epi::gate_up>(a, p, c, stream);
   }
 }
 
 // The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
 std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
-  if (c.tma) return c.gather_bytes;
+  if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
   if (c.plan.splits <= 1) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
@@ -1076,17 +1484,31 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
 
+// The choice as it runs with the workspace the call brings: the TMA variant needs X in slot order
+// (token lists) and the persistent kernel its unit counter on top; without them a call still runs,
+// one CTA per tile or through the cp.async variant.
+Sm90Choice choice_with_workspace(const gpu::SsmmArgs& args) {
+  Sm90Choice c = choose(args);
+  const auto holds = [&](std::size_t bytes) { return bytes == 0 || (args.workspace && args.workspace_bytes >= bytes); };
+  c.tma = c.tma && holds(c.gather_bytes);
+  c.persistent = c.tma && c.persistent && holds(workspace_bytes_of(args, c));
+  return c;
+}
+
+bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) { return choice_with_workspace(args).persistent; }
+
+void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
+
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
-  const Sm90Choice c = choose(args);
-  const std::size_t needed = workspace_bytes_of(args, c);
-  const bool has_workspace = args.workspace && args.workspace_bytes >= needed;
+  const Sm90Choice c = choice_with_workspace(args);
+  const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
   p.splits = 1;
   p.k_tiles_per_split = (p.K_padded + 127) / 128;
-  if (c.tma && (c.gather_bytes == 0 || has_workspace)) {
+  if (c.tma) {
     if (args.x_dtype == DType::bf16) {
-      dispatch_tma<true>(args, p, c.cluster, stream);
+      dispatch_tma<true>(args, p, c, stream);
     } else {
-      dispatch_tma<false>(args, p, c.cluster, stream);
+      dispatch_tma<false>(args, p, c, stream);
     }
     return;
   }

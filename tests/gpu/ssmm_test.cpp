@@ -19,6 +19,7 @@
 
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
+#include "kernels/ssmm_sm90.h"
 #include "samoyeds/reference.h"
 #include "samoyeds/ssmm.h"
 
@@ -394,6 +395,98 @@ TEST(SsmmGpu, StagedAndPairedEpiloguesStoreTheSameBits) {
           EXPECT_EQ(outs[0], outs[1]) << "the staged (aligned Y) and the paired (4-byte aligned Y) epilogues differ";
         }
       }
+    }
+  }
+}
+
+// The persistent TMA kernel (each CTA takes many tiles from a counter, the epilogue handed to other
+// warps) must store the bits of the one-CTA-per-tile TMA kernel: gate/up with a token list and the
+// weighted down projection, grouped with empty and 1-token experts, 17 row tiles (the one-CTA kernel
+// pads its last cluster of two), bf16 and fp16, a bad token index (NaN row), nothing written past the
+// used slots; again from a CUDA graph, replayed twice (the counter is zeroed by the graph itself).
+TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the persistent kernel needs a Hopper GPU";
+  const std::vector<std::int64_t> sizes = {300, 0, 129, 700, 1, 0, 64};
+  std::vector<std::int32_t> offsets = {0};
+  for (auto n : sizes) offsets.push_back(offsets.back() + static_cast<std::int32_t>(n));
+  const std::int64_t used = offsets.back(), S = used + 3, T = 500;
+  auto idx = random_token_list(S, T, 91);
+  idx[5] = static_cast<std::int32_t>(T + 7);  // outside X: that slot's row must come out NaN in both kernels
+  std::vector<float> slot_weight(static_cast<std::size_t>(S));
+  for (std::size_t j = 0; j < slot_weight.size(); ++j) slot_weight[j] = 0.5f + 0.01f * static_cast<float>(j % 37);
+  DeviceBuffer didx(idx), doffsets(offsets), dweight(slot_weight);
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const gpu::SsmmEpilogue epilogue : {gpu::SsmmEpilogue::gate_up, gpu::SsmmEpilogue::down_weighted}) {
+      const bool gate_up = epilogue == gpu::SsmmEpilogue::gate_up;
+      const Problem prob{4352, gate_up ? 2048 : 1408, "1:2:128"};
+      SCOPED_TRACE(seed_trace(92) + ", " + label(prob) + ", " + gpu::epilogue_name(epilogue) + ", " + dtype_name(dtype));
+      std::vector<const PackedMatrix*> gates, ups;
+      for (std::size_t e = 0; e < sizes.size(); ++e) {
+        gates.push_back(&cached_weight(prob, dtype, false, 92 + 2 * e));
+        ups.push_back(&cached_weight(prob, dtype, false, 93 + 2 * e));
+      }
+      const gpu::DevicePackedMatrix d_gates(gates), d_ups(ups);
+      const std::int64_t x_rows = gate_up ? T : S;  // down: X rows are the slots
+      const Matrix x = random_normal_matrix(dtype, x_rows, prob.K, 94);
+      DeviceBuffer dx(x.data(), x.bytes()), dy(static_cast<std::size_t>(S * prob.M) * 2);
+      gpu::SsmmArgs args;
+      args.epilogue = epilogue;
+      args.weight = d_gates.view();
+      if (gate_up) args.up = d_ups.view();
+      args.x = dx.get();
+      args.x_dtype = args.y_dtype = dtype;
+      args.num_x_rows = x_rows;
+      args.token_idx = gate_up ? didx.as<std::int32_t>() : nullptr;
+      args.num_tokens = S;
+      args.slot_weight = dweight.as<float>();
+      args.y = dy.get();
+      args.expert_offsets = doffsets.as<std::int32_t>();
+      ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+      kernels::ssmm_sm90_set_persistent(1);  // its workspace (the unit counter on top) serves both kernels
+      DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
+      args.workspace = workspace.get();
+      args.workspace_bytes = workspace.bytes();
+      std::vector<std::vector<std::uint16_t>> outs;
+      for (const int persistent : {1, 0}) {
+        kernels::ssmm_sm90_set_persistent(persistent);
+        ASSERT_EQ(kernels::ssmm_sm90_takes_persistent(args), persistent == 1) << "the case does not reach the kernel under test";
+        dy.poison();
+        gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        outs.push_back(dy.to_host<std::uint16_t>());
+      }
+      kernels::ssmm_sm90_set_persistent(1);
+      cudaStream_t stream = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
+      SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+      SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      for (int replay = 0; replay < 2; ++replay) {
+        dy.poison();
+        SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+        SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
+        EXPECT_EQ(dy.to_host<std::uint16_t>(), outs[0]) << "graph replay " << replay << " differs from the eager call";
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      cudaStreamDestroy(stream);
+      kernels::ssmm_sm90_set_persistent(-1);
+      const auto& out = outs[0];
+      const std::size_t used_elements = static_cast<std::size_t>(used * prob.M);
+      EXPECT_EQ(std::count(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(used_elements), std::uint16_t{0xFFFF}), 0)
+          << "output left unwritten";
+      EXPECT_TRUE(std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used_elements), out.end(),
+                              [](std::uint16_t v) { return v == 0xFFFF; }))
+          << "slots past expert_offsets[E] were written";
+      if (gate_up) {
+        const float bad = half_to_float(dtype, out[static_cast<std::size_t>(5 * prob.M)]);
+        EXPECT_TRUE(std::isnan(bad)) << "the bad token's row is not NaN";
+      }
+      EXPECT_EQ(outs[0], outs[1]) << "the persistent and the one-CTA-per-tile kernels differ";
     }
   }
 }

@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: Apache-2.0
+// Host-side hooks of the sm_90a SSMM path for tests (plain C++: no CUDA types).
+#pragma once
+
+#include "samoyeds/ssmm.h"
+
+namespace samoyeds::kernels {
+
+// Whether the sm90 path runs `args` (as given, workspace included) through the persistent TMA kernel.
+bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args);
+// Overrides the SAMOYEDS_SSMM_PERSISTENT knob for this process: -1 the knob decides again, 0 / 1 the
+// persistent kernel off / on wherever it applies.
+void ssmm_sm90_set_persistent(int mode);
+
+}  // namespace samoyeds::kernels
