@@ -175,6 +175,50 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
+// Cross-CTA hand-over of the in-cluster split-K reduce: arrives on `bar` in CTA `cta` of this
+// cluster, releasing this thread's earlier writes (and those ordered before them) at cluster scope.
+__device__ __forceinline__ void mbarrier_arrive_release_cluster(std::uint64_t* bar, unsigned cta) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(ptx::smem_address(bar)),
+      "r"(cta)
+      : "memory");
+}
+// mbarrier_wait, acquiring at cluster scope what the arrivals released.
+__device__ __forceinline__ void mbarrier_wait_acquire_cluster(std::uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "retry:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra retry;\n"
+      "}\n" ::"r"(ptx::smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// The float at the same shared-memory offset as `local` in CTA `cta` of this cluster.
+__device__ __forceinline__ float ld_shared_cluster(const float* local, unsigned cta) {
+  float value;
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %1, %2;\n"
+      "ld.shared::cluster.f32 %0, [remote];\n"
+      "}\n"
+      : "=f"(value)
+      : "r"(ptx::smem_address(local)), "r"(cta)
+      : "memory");
+  return value;
+}
+// Holds the barrier's current phase open until every cp.async this thread issued before has landed,
+// without being one of its counted arrivals (the pending count goes up now and down on landing).
+__device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
+}
+
 
 }  // namespace sm90
 
@@ -210,9 +254,81 @@ struct Sm90Config {
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
-  // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
-  // global memory to the consumers: v9)
-  static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
+  // + full/empty barriers + token ids + the in-cluster reduce's two barriers + alignment slack (the
+  // row-select words go straight from global memory to the consumers: v9)
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 16 + 1024;
+};
+
+// The cp.async copies of one k-tile's A values and metadata into a stage, spread over kCopiers
+// threads: the producer warpgroup in its loop, and the consumers in the prologue (the first stages'
+// weights do not wait for the token ids). Thread c copies 16-byte chunk c % 8 of compressed rows
+// c / 8 + (kCopiers / 8) j (the rows share their swizzle phase, so destination j is one stride on)
+// and, for c < 128, metadata chunk c % 16 of row tile c / 16. Everything but the k offset is computed
+// once (the loop issues ~4 instructions per 16-byte copy; an address rebuilt per copy made the
+// producer the bottleneck: docs/kernels/ssmm.md, v4).
+template <typename Config, int kNumMats, int kCopiers>
+struct ATileCopier {
+  using Bytes = const std::uint8_t*;
+  static constexpr int kRowsPerPass = kCopiers / 8;
+  static constexpr int kPasses = Config::kBM / kRowsPerPass;
+  static_assert(kCopiers % 128 == 0 && kPasses % 2 == 0, "whole 8-row swizzle atoms in each half of the rows");
+  int a_dst;
+  bool all_rows;  // a CTA's rows are all real, or only its first 64 (the padded row count is a multiple of 64)
+  std::uint64_t a_row_bytes;  // K_padded / 2 values x 2 B
+  std::int64_t a_col_bytes;
+  Bytes a_src[kNumMats];
+  // Metadata [8 row tiles][4 k-steps][16 words]; a row tile's k-steps are contiguous in global memory.
+  bool meta_copier, meta_row_in;
+  int meta_dst, meta_chunk;
+  std::int64_t ksteps_per_row;
+  Bytes meta_src[kNumMats];
+
+  __device__ __forceinline__ ATileCopier(const Params& p, const MatrixArrays<kNumMats>& mats, std::int64_t row0, int c) {
+    const int a_row = c / 8, a_chunk = c % 8;
+    a_dst = a_row * 128 + ((a_chunk ^ (a_row & 7)) * 16);
+    all_rows = row0 + Config::kBM <= p.compressed_rows_padded;
+    a_row_bytes = static_cast<std::uint64_t>(p.K_padded);
+    a_col_bytes = a_chunk * 16;
+    ksteps_per_row = p.K_padded / 32;
+    meta_copier = c < 128;
+    const int meta_tile = (c % 128) / 16;
+    meta_chunk = c % 16;
+    meta_dst = kNumMats * Config::kATileBytes + meta_tile * 256 + meta_chunk * 16;
+    meta_row_in = (row0 / 16 + meta_tile) * 16 < p.compressed_rows_padded;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      a_src[m] = reinterpret_cast<Bytes>(mats.values[m]) + static_cast<std::uint64_t>(row0 + a_row) * a_row_bytes + a_col_bytes;
+      // Copies that read nothing (src-size 0) still get an address inside the array.
+      meta_src[m] = reinterpret_cast<Bytes>(mats.metadata[m]) +
+                    (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
+    }
+  }
+
+  __device__ __forceinline__ void copy(std::uint8_t* base, int kt) const {
+    // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
+    const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < static_cast<std::int64_t>(a_row_bytes);
+    const int a_size = a_col_in ? 16 : 0;
+    const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      std::uint8_t* a_tile = base + m * Config::kATileBytes + a_dst;
+      Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
+      // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
+      // rows feed only the outputs of rows that do not exist, which are never stored. The branch
+      // is uniform over the CTA, so the copies need no per-row predicate.
+#pragma unroll
+      for (int j = 0; j < kPasses / 2; ++j)
+        ptx::cp_async_16(a_tile + j * kRowsPerPass * 128, a_k + j * kRowsPerPass * a_row_bytes, a_size);
+      if (all_rows) {
+#pragma unroll
+        for (int j = kPasses / 2; j < kPasses; ++j)
+          ptx::cp_async_16(a_tile + j * kRowsPerPass * 128, a_k + j * kRowsPerPass * a_row_bytes, a_size);
+      }
+      if (kCopiers == 128 || meta_copier)
+        ptx::cp_async_16(base + meta_dst + m * Config::kMetaTileBytes, meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m],
+                         meta_in ? 16 : 0);
+    }
+  }
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
@@ -250,8 +366,15 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
   const int kt_begin = static_cast<int>(blockIdx.z * p.k_tiles_per_split);
   const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
-  __syncthreads();  // find_tile's result is read before s_tok is overwritten
-  for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
+  // The token ids' loads go out now and land in s_tok after the barrier below; meanwhile the
+  // consumers issue the first stages' weight copies, which do not depend on them (before v15 every
+  // copy waited for the ids: ncu, decode, ~10 % of the warp samples at that barrier).
+  static_assert(kBN <= kThreads, "one token id per thread");
+  const std::int32_t my_tok = tid < kBN ? token_of_slot(p, tok0 + tid, tile.end) : kNoToken;
+  const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
+  auto* part_bar = reinterpret_cast<std::uint64_t*>(s_tok + kBN);  // [2] in-cluster reduce: partials written, partials read
+  // In-cluster split-K reduce (p.cluster_reduce): the split CTAs of a tile are one cluster along z.
+  const unsigned reduce_ctas = p.cluster_reduce ? gridDim.z : 1u;
   // TMA variant: the CTAs of a cluster (consecutive row tiles, one token tile) each load a slice of
   // the B tile and multicast it to all, so a stage may only be refilled once the consumers of every
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
@@ -259,14 +382,28 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     for (int s = 0; s < kStages; ++s) {
       // TMA: lane 0's expect_tx arrival; else every producer thread, + the expect_tx arrival when A
       // comes by tensor copies.
-      mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
+      mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
-    // Bulk tensor copies complete on these barriers through the async proxy: make the inits visible to it.
-    if (kTma || (kNumMats <= 2 && p.a_by_tma)) fence_mbarrier_init();
+    // One arrival per consumer warp of every CTA of the cluster.
+    for (int b = 0; b < 2; ++b) mbarrier_init(&part_bar[b], (Config::kConsumerThreads / 32) * reduce_ctas);
+    // Bulk tensor copies complete on these barriers through the async proxy, and the reduce's
+    // arrivals come from other CTAs: make the inits visible to both.
+    if (kTma || a_by_tma || p.cluster_reduce) fence_mbarrier_init();
   }
-  if constexpr (kTma) {
-    cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
+  __syncthreads();  // find_tile's result is read before s_tok is overwritten; the barriers exist
+  const int num_early = kTma || a_by_tma ? 0 : std::min(kStages, kt_end - kt_begin);  // stages whose A the consumers copy
+  if (tid >= Config::kProducerThreads && num_early > 0) {
+    const ATileCopier<Config, kNumMats, Config::kConsumerThreads> early(p, mats, row0, tid - Config::kProducerThreads);
+    for (int s = 0; s < num_early; ++s) {
+      early.copy(smem + s * Config::kStageBytes, kt_begin + s);
+      // Not one of the stage's counted arrivals: the producers' come only after the barrier below.
+      mbarrier_hold_for_copies(&full_bar[s]);
+    }
+  }
+  if (tid < kBN) s_tok[tid] = my_tok;
+  if (kTma || p.cluster_reduce) {
+    cluster_sync();  // no CTA arrives on, reads from or multicasts into another's barriers or tiles before they exist
   } else {
     __syncthreads();
   }
@@ -316,32 +453,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   }
   if (tid < Config::kProducerThreads) {
     // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
-    // Each thread copies the same chunk positions every k-tile, so everything but the k offset is
-    // computed once here (the loop issues ~4 instructions per 16-byte copy; an address rebuilt per
-    // copy made this warpgroup the bottleneck: docs/kernels/ssmm.md, v4).
     setmaxnreg_dec<Config::kProducerRegisters>();
     using Bytes = const std::uint8_t*;
-    // A: chunk tid % 8 of compressed rows tid / 8 + 16 j (j < 8). The rows share their swizzle phase,
-    // so destination j is a_dst + 2 KB j. A CTA's rows are all real, or only its first 64 (the padded
-    // row count is a multiple of 64).
-    const int a_row = tid / 8, a_chunk = tid % 8;
-    const int a_dst = a_row * 128 + ((a_chunk ^ (a_row & 7)) * 16);
-    const int a_rows_in = row0 + kBM <= p.compressed_rows_padded ? kBM / 16 : kBM / 32;  // valid j
-    const std::uint64_t a_row_bytes = static_cast<std::uint64_t>(p.K_padded);  // K_padded / 2 values x 2 B
-    const std::int64_t a_col_bytes = a_chunk * 16;
-    Bytes a_src[kNumMats];
-    // Metadata [8 row tiles][4 k-steps][16 words]: chunk tid % 16 of row tile tid / 16; a row tile's
-    // k-steps are contiguous in global memory (64 B each).
-    const int meta_tile = tid / 16, meta_chunk = tid % 16;
-    const bool meta_row_in = (row0 / 16 + meta_tile) * 16 < p.compressed_rows_padded;
-    Bytes meta_src[kNumMats];
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      a_src[m] = reinterpret_cast<Bytes>(mats.values[m]) + static_cast<std::uint64_t>(row0 + a_row) * a_row_bytes + a_col_bytes;
-      // Copies that read nothing (src-size 0) still get an address inside the array.
-      meta_src[m] = reinterpret_cast<Bytes>(mats.metadata[m]) +
-                    (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
-    }
+    const ATileCopier<Config, kNumMats, Config::kProducerThreads> a_copier(p, mats, row0, tid);
     // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
     // so destination j is b_dst + 1 KB j. An output column depends on its own B row only, and the
     // columns of slots without a token are never stored (past L) or stored as NaN (bad index), so
@@ -362,7 +476,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
     }
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
-    const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
 
     RingPosition<kStages> ring;
     for (int kt = kt_begin; kt < kt_end; ++kt, ring.next()) {
@@ -382,27 +495,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
                         kt * 64, static_cast<int>(row0 / 16), tile.expert);
           }
         }
-      } else {
-        // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
-        const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
-        const int a_size = a_col_in ? 16 : 0;
-        const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
-          Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
-          // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
-          // rows feed only the outputs of rows that do not exist, which are never stored. The branch
-          // is uniform over the CTA, so the copies need no per-row predicate.
-#pragma unroll
-          for (int j = 0; j < kBM / 32; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
-          if (a_rows_in == kBM / 16) {
-#pragma unroll
-            for (int j = kBM / 32; j < kBM / 16; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
-          }
-          ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
-                           meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
-        }
+      } else if (i >= num_early) {  // the consumers copied the first stages' A in the prologue
+        a_copier.copy(base, kt);
       }
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
       const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
@@ -589,6 +683,56 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           acc[m][1][f] = odd;
         }
     }
+
+  // In-cluster split-K reduce (v15): the tile's split CTAs are one cluster along z. Each writes its
+  // fp32 partials (logical rows, as above) into its own ring, [kNumMats][2 sets][kBN / 2 fragments]
+  // [256 consumer threads], so that thread c of every CTA holds the same outputs; then rank r sums the
+  // fragments f with f % splits == r of its threads over the cluster's CTAs in split order (the
+  // reduce kernel's order: the same bits) through distributed shared memory, applies the epilogue and
+  // stores. No workspace, no second launch; `part_bar[1]` keeps every CTA alive until all reads of
+  // its partials are done.
+  if (p.cluster_reduce) {
+    static_assert(kNumMats * kBN * Config::kConsumerThreads * 4 <= kStages * Config::kStageBytes, "the partials fit in the ring");
+    float* part = reinterpret_cast<float*>(smem);
+    named_barrier_sync(3, Config::kConsumerThreads);  // both consumers' wgmmas are done: the ring is free
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int set = 0; set < 2; ++set)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) part[((m * 2 + set) * (kBN / 2) + f) * Config::kConsumerThreads + ctid] = acc[m][set][f];
+    __syncwarp();
+    if (lane == 0)
+      for (unsigned cta = 0; cta < reduce_ctas; ++cta) mbarrier_arrive_release_cluster(&part_bar[0], cta);
+    mbarrier_wait_acquire_cluster(&part_bar[0], 0);
+    const unsigned rank = blockIdx.z;  // the cluster spans gridDim.z: its rank is the split index
+    const int rows_per_crow = p.row_select_on ? 2 : 1;
+    for (int f = static_cast<int>(rank); f < kBN / 2; f += static_cast<int>(reduce_ctas)) {
+      const int i = f / 4, h = (f / 2) % 2, q = f % 2;  // fragment f = 4 i + 2 h + q
+      const int slot = 8 * i + 2 * t + q;
+      const std::int32_t tok = s_tok[slot];
+      if (tok == kNoToken) continue;
+      const std::int64_t crow = warp_row0 + g + 8 * h;
+      for (int o = 0; o < rows_per_crow; ++o) {
+        const std::int64_t R = crow * rows_per_crow + o;
+        if (R >= p.rows) continue;
+        float v[kNumMats];
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const float* at = part + ((m * 2 + o) * (kBN / 2) + f) * Config::kConsumerThreads + ctid;
+          float sum = 0.0f;
+          for (unsigned z = 0; z < reduce_ctas; ++z) sum += ld_shared_cluster(at, z);
+          v[m] = sum;
+        }
+        store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+      }
+    }
+    __syncwarp();
+    if (lane == 0)
+      for (unsigned cta = 0; cta < reduce_ctas; ++cta) mbarrier_arrive_release_cluster(&part_bar[1], cta);
+    mbarrier_wait_acquire_cluster(&part_bar[1], 0);
+    return;
+  }
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -1136,8 +1280,11 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
 // stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
-// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14). Read once per process;
-// ssmm_sm90_set_persistent overrides the last one for tests.
+// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_SPLIT_REDUCE =
+// kernel (split-K partials through a workspace and the reduce kernel, planned under the traffic bound)
+// or cluster (the default: the split CTAs of a tile form a cluster of at most 8 and reduce through
+// distributed shared memory; v15). Read once per process; ssmm_sm90_set_persistent and
+// ssmm_sm90_set_split_reduce override the last two for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1146,6 +1293,7 @@ struct Tuning {
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
+  bool cluster_reduce = true;  // split-K reduces inside the cluster of the tile's split CTAs
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1158,13 +1306,23 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_REDUCE")) r.cluster_reduce = std::strcmp(v, "kernel") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
 }
 
-std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
+std::atomic<int> persistent_override{-1};    // ssmm_sm90_set_persistent: -1 follows the knob
+std::atomic<int> split_reduce_override{-1};  // ssmm_sm90_set_split_reduce: -1 follows the knob
+
+bool cluster_reduce_wanted() {
+  const int mode = split_reduce_override.load();
+  return mode >= 0 ? mode == 1 : tuning().cluster_reduce;
+}
+
+// The most split CTAs one cluster holds (the portable cluster size).
+constexpr int kMaxClusterSplits = 8;
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1190,6 +1348,9 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   // weight bytes plus 2 MB, or splitting costs more than the parallelism it buys. (v3.1 needed a
   // quarter of the weight bytes; the v4 kernel, one CTA per SM, left medium L on a fifth of the SMs
   // under that bound: docs/kernels/ssmm.md.)
+  // Reduced inside a cluster, the partials stay on chip: the bound is the cluster size, and no
+  // reduce launch costs time.
+  if (cluster_reduce_wanted()) return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), kMaxClusterSplits, 0);
   const double partial_bytes =
       8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
   const double allowed_bytes = (static_cast<double>(g.total_bytes()) + 2.0e6) * tuning().split_traffic;
@@ -1243,6 +1404,8 @@ struct Sm90Choice {
   // The TMA variant as the persistent kernel: its staged epilogue needs row selection, 16-bit Y
   // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
   bool persistent = false;
+  // Split-K (cp.async variant) reduced inside the cluster of the split CTAs: no workspace.
+  bool cluster_reduce = false;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
 };
 
@@ -1263,6 +1426,7 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // Used whenever the cp.async variant runs (also when the TMA variant is chosen but its gather
   // workspace is missing).
   c.a_tma = t.a_tma && num_mats_of(a) <= 2 && weights_ok;
+  c.cluster_reduce = !c.tma && c.plan.splits > 1 && cluster_reduce_wanted();
   if (!c.tma) return c;
   c.cluster = gpu::plan_cluster_size(row_tiles, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
@@ -1351,6 +1515,26 @@ void launch(const Params& p, cudaStream_t stream) {
     if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
   }
   q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
+  if (p.cluster_reduce) {
+    // The split CTAs of a tile as one cluster along z (at most kMaxClusterSplits: plan_split_k's bound).
+    SAMOYEDS_CHECK(p.splits >= 2 && p.splits <= kMaxClusterSplits, "ssmm: ", p.splits,
+                   " splits do not form one cluster (internal planning error)");
+    cudaLaunchConfig_t config{};
+    config.gridDim = grid;
+    config.blockDim = dim3(Config::kThreads);
+    config.dynamicSmemBytes = Config::kSmemBytes;
+    config.stream = stream;
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = 1;
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = static_cast<unsigned>(p.splits);
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps));
+    SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (split-K cluster)");
+    return;
+  }
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
@@ -1475,7 +1659,7 @@ void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, 
 // The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
 std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
   if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
-  if (c.plan.splits <= 1) return 0;
+  if (c.plan.splits <= 1 || c.cluster_reduce) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
 }
@@ -1499,6 +1683,14 @@ bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) { return choice_with_
 
 void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
+void ssmm_sm90_set_split_reduce(int mode) { split_reduce_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
+
+int ssmm_sm90_splits(const gpu::SsmmArgs& args) {
+  const Sm90Choice c = choice_with_workspace(args);
+  if (c.tma || c.plan.splits <= 1) return 1;
+  return c.cluster_reduce || (args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c)) ? c.plan.splits : 1;
+}
+
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const Sm90Choice c = choice_with_workspace(args);
   const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
@@ -1513,14 +1705,18 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   // Without the workspace it wants, a call still runs: unsplit, through the cp.async variant.
-  if (!c.tma && c.plan.splits > 1 && has_workspace) {
+  if (!c.tma && c.plan.splits > 1 && (c.cluster_reduce || has_workspace)) {
     p.splits = c.plan.splits;
     p.k_tiles_per_split = c.plan.k_tiles_per_split;
     // The consumers fetch each segment's select words one segment ahead, starting at their range's
     // first k-tile: a range must start on a segment boundary (plan_split_k rounds to segments).
     SAMOYEDS_CHECK(!p.row_select_on || (p.v >= 128 && p.k_tiles_per_split % (p.v / 128) == 0), "ssmm: split of ", p.k_tiles_per_split,
                    " k-tiles is not a whole number of ", p.v / 128, "-k-tile segments (internal planning error)");
-    p.workspace = static_cast<float*>(args.workspace);
+    if (c.cluster_reduce) {
+      p.cluster_reduce = 1;
+    } else {
+      p.workspace = static_cast<float*>(args.workspace);
+    }
   }
   p.a_by_tma = c.a_tma ? 1 : 0;
   if (args.x_dtype == DType::bf16) {

@@ -491,6 +491,90 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
   }
 }
 
+// Split-K reduced inside the cluster of a tile's split CTAs (distributed shared memory) must store
+// the bits of the same split reduced by the reduce kernel through the workspace: both sum the splits'
+// fp32 partials in split order. Single products at decode sizes (2 and 8 splits), and grouped gate/up
+// and weighted down with an empty expert, bf16 and fp16, a bad token index (NaN row), nothing written
+// past the used slots.
+TEST(SsmmGpu, ClusterReduceStoresTheBitsOfTheReduceKernel) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the in-cluster reduce needs a Hopper GPU";
+  struct Case {
+    Problem prob;
+    gpu::SsmmEpilogue epilogue;
+    std::int64_t L;
+    bool grouped;
+  };
+  const std::vector<Case> cases = {
+      {{12288, 3072, "1:2:128"}, gpu::SsmmEpilogue::plain, 1, false},
+      {{12288, 3072, "1:2:128"}, gpu::SsmmEpilogue::plain, 16, false},
+      {{4096, 14336, "1:2:128"}, gpu::SsmmEpilogue::plain, 7, false},
+      {{1408, 2048, "1:2:128"}, gpu::SsmmEpilogue::gate_up, 3, true},
+      {{2048, 1408, "1:2:128"}, gpu::SsmmEpilogue::down_weighted, 3, true},
+  };
+  const std::vector<std::int32_t> offsets = {0, 1, 1, 3};  // experts of 1, 0 and 2 slots
+  DeviceBuffer doffsets(offsets);
+  const std::int64_t T = 40;
+  for (const DType dtype : {DType::bf16, DType::f16}) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(seed_trace(71) + ", " + label(c.prob) + ", " + gpu::epilogue_name(c.epilogue) + ", L = " + std::to_string(c.L) +
+                   ", " + dtype_name(dtype));
+      const int num_experts = c.grouped ? 3 : 1;
+      std::vector<const PackedMatrix*> gates, ups;
+      for (int e = 0; e < num_experts; ++e) {
+        gates.push_back(&cached_weight(c.prob, dtype, false, 71 + 2 * static_cast<std::uint64_t>(e)));
+        ups.push_back(&cached_weight(c.prob, dtype, false, 72 + 2 * static_cast<std::uint64_t>(e)));
+      }
+      const gpu::DevicePackedMatrix d_gates(gates), d_ups(ups);
+      const bool gate_up = c.epilogue == gpu::SsmmEpilogue::gate_up;
+      const bool with_list = c.epilogue != gpu::SsmmEpilogue::down_weighted;
+      const std::int64_t x_rows = with_list ? T : c.L;
+      const Matrix x = random_normal_matrix(dtype, x_rows, c.prob.K, 73);
+      auto idx = random_token_list(c.L, T, 74);
+      if (with_list && c.L > 1) idx[1] = static_cast<std::int32_t>(T + 3);  // outside X: a NaN row
+      std::vector<float> slot_weight(static_cast<std::size_t>(c.L), 0.75f);
+      const std::int64_t slots = c.L + 2;  // two slots past the used ones: never written
+      DeviceBuffer dx(x.data(), x.bytes()), didx(idx), dweight(slot_weight), dy(static_cast<std::size_t>(slots * c.prob.M) * 2);
+      gpu::SsmmArgs args;
+      args.epilogue = c.epilogue;
+      args.weight = d_gates.view();
+      if (gate_up) args.up = d_ups.view();
+      args.x = dx.get();
+      args.x_dtype = args.y_dtype = dtype;
+      args.num_x_rows = x_rows;
+      args.token_idx = with_list ? didx.as<std::int32_t>() : nullptr;
+      args.num_tokens = c.L;
+      args.slot_weight = dweight.as<float>();
+      args.y = dy.get();
+      if (c.grouped) args.expert_offsets = doffsets.as<std::int32_t>();
+      ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+      kernels::ssmm_sm90_set_split_reduce(0);
+      DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
+      args.workspace = workspace.get();
+      args.workspace_bytes = workspace.bytes();
+      std::vector<std::vector<std::uint16_t>> outs;
+      std::vector<int> splits;
+      for (const int cluster : {0, 1}) {
+        kernels::ssmm_sm90_set_split_reduce(cluster);
+        splits.push_back(kernels::ssmm_sm90_splits(args));
+        dy.poison();
+        gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        outs.push_back(dy.to_host<std::uint16_t>());
+      }
+      kernels::ssmm_sm90_set_split_reduce(-1);
+      ASSERT_GT(splits[0], 1) << "the case does not split: it tests nothing";
+      ASSERT_EQ(splits[0], splits[1]) << "the two reduces split differently: their bits may differ legitimately";
+      const auto& out = outs[1];
+      const auto used = static_cast<std::ptrdiff_t>(c.L * c.prob.M);
+      EXPECT_EQ(std::count(out.begin(), out.begin() + used, std::uint16_t{0xFFFF}), 0) << "output left unwritten";
+      EXPECT_TRUE(std::all_of(out.begin() + used, out.end(), [](std::uint16_t v) { return v == 0xFFFF; })) << "slots past L were written";
+      if (with_list && c.L > 1) EXPECT_TRUE(std::isnan(half_to_float(dtype, out[static_cast<std::size_t>(c.prob.M)]))) << "the bad token's row is not NaN";
+      EXPECT_EQ(outs[0], outs[1]) << "the in-cluster reduce and the reduce kernel differ";
+    }
+  }
+}
+
 TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const Problem prob{128, 128, "1:2:128"};
