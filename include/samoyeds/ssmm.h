@@ -100,12 +100,9 @@ struct SplitPlan {
 };
 // row_tiles x token_tiles output tiles, num_k_tiles k-tiles, segments of segment_k_tiles k-tiles
 // (splits never cut a segment), num_sms multiprocessors, and at most max_splits (the caller's
-// bound: the fp32 partials of all splits must stay small next to the weight bytes when they go
-// through global memory, or the cluster size when the splits reduce through distributed shared
-// memory). reduce_cost: what summing the partials adds, in k-tiles of one CTA (3 for a reduce
-// launch; 0 when the split CTAs of a tile reduce inside their cluster).
+// traffic bound: the fp32 partials of all splits must stay small next to the weight bytes).
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
-                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits, int reduce_cost = 3);
+                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
 // How many CTAs along the output rows share one token tile through TMA multicast (the sm90 kernel's
 // large-L variant): the largest power of two <= max_cluster whose padding of the row-tile count (the

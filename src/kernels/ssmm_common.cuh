@@ -40,9 +40,6 @@ struct Params {
   int splits;
   std::int64_t k_tiles_per_split;
   float* workspace;
-  // sm90 cp.async variant: the split CTAs of a tile are one cluster along z and sum their partials
-  // through distributed shared memory instead (no workspace, no reduce kernel; docs/kernels/ssmm.md v15).
-  int cluster_reduce;
   // Grouped launch (all experts of a layer): matrix e of each stack starts e * *_stride elements after
   // matrix 0, and expert e's slots are [expert_offsets[e], expert_offsets[e + 1]) clamped to [0, L).
   // gridDim.y covers an upper bound of the token tiles (grid_token_tiles); CTAs past the real count exit.
@@ -54,6 +51,9 @@ struct Params {
   // sm90 cp.async variant: A values and metadata come by bulk tensor copies (the launch's maps) while
   // the producer warpgroup gathers B (SAMOYEDS_SSMM_A_TMA; docs/kernels/ssmm.md v8).
   int a_by_tma;
+  // sm90 cp.async variant: how many of the first stages' A values and metadata the consumers copy
+  // while the token ids load (the producer copies the rest; docs/kernels/ssmm.md v15).
+  int early_stages;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 

@@ -105,7 +105,7 @@ std::string can_implement(const SsmmArgs& a, SsmmPath path) {
 }
 
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
-                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits, int reduce_cost) {
+                       std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits) {
   SplitPlan plan;
   plan.k_tiles_per_split = num_k_tiles;
   const std::int64_t tiles = row_tiles * token_tiles;
@@ -113,10 +113,10 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   if (tiles <= 0 || num_k_tiles <= 0 || tiles >= num_sms || max_splits < 2) return plan;
   // The v4 kernel runs one CTA per SM, so CTAs run in waves of num_sms. Modelled time, in k-tiles of
   // one CTA: waves x (k-tiles per CTA + a fixed cost per wave for prologue, pipeline fill and epilogue)
-  // + the reduce when split. A split count whose CTAs just overflow a wave loses most of that
+  // + the reduce launch when split. A split count whose CTAs just overflow a wave loses most of that
   // wave (ncu, Mixtral gate/up at T = 1: 3 splits gave 2.55 waves and 81 % of the SMs active).
   // Splits keep at least 4 k-tiles (the ring fills) and never cut a segment.
-  constexpr std::int64_t kWaveCost = 2;
+  constexpr std::int64_t kWaveCost = 2, kReduceCost = 3;
   const std::int64_t most = std::max<std::int64_t>(1, std::min(num_k_tiles / 4, max_splits));
   const std::int64_t unit = std::max<std::int64_t>(1, segment_k_tiles);
   std::int64_t best_cost = -1;
@@ -125,7 +125,7 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
     per_split = (per_split + unit - 1) / unit * unit;
     const std::int64_t splits = (num_k_tiles + per_split - 1) / per_split;
     const std::int64_t waves = (tiles * splits + num_sms - 1) / num_sms;
-    const std::int64_t cost = waves * (per_split + kWaveCost) + (splits > 1 ? reduce_cost : 0);
+    const std::int64_t cost = waves * (per_split + kWaveCost) + (splits > 1 ? kReduceCost : 0);
     if (best_cost < 0 || cost < best_cost) {  // ties keep the fewer splits
       best_cost = cost;
       plan.k_tiles_per_split = per_split;

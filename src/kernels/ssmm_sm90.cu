@@ -175,44 +175,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
-// Cross-CTA hand-over of the in-cluster split-K reduce: arrives on `bar` in CTA `cta` of this
-// cluster, releasing this thread's earlier writes (and those ordered before them) at cluster scope.
-__device__ __forceinline__ void mbarrier_arrive_release_cluster(std::uint64_t* bar, unsigned cta) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(ptx::smem_address(bar)),
-      "r"(cta)
-      : "memory");
-}
-// mbarrier_wait, acquiring at cluster scope what the arrivals released.
-__device__ __forceinline__ void mbarrier_wait_acquire_cluster(std::uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "retry:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra retry;\n"
-      "}\n" ::"r"(ptx::smem_address(bar)),
-      "r"(parity)
-      : "memory");
-}
-// The float at the same shared-memory offset as `local` in CTA `cta` of this cluster.
-__device__ __forceinline__ float ld_shared_cluster(const float* local, unsigned cta) {
-  float value;
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %1, %2;\n"
-      "ld.shared::cluster.f32 %0, [remote];\n"
-      "}\n"
-      : "=f"(value)
-      : "r"(ptx::smem_address(local)), "r"(cta)
-      : "memory");
-  return value;
-}
 // Holds the barrier's current phase open until every cp.async this thread issued before has landed,
 // without being one of its counted arrivals (the pending count goes up now and down on landing).
 __device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
@@ -254,9 +216,9 @@ struct Sm90Config {
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
-  // + full/empty barriers + token ids + the in-cluster reduce's two barriers + alignment slack (the
-  // row-select words go straight from global memory to the consumers: v9)
-  static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 16 + 1024;
+  // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
+  // global memory to the consumers: v9)
+  static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
 };
 
 // The cp.async copies of one k-tile's A values and metadata into a stage, spread over kCopiers
@@ -372,9 +334,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   static_assert(kBN <= kThreads, "one token id per thread");
   const std::int32_t my_tok = tid < kBN ? token_of_slot(p, tok0 + tid, tile.end) : kNoToken;
   const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
-  auto* part_bar = reinterpret_cast<std::uint64_t*>(s_tok + kBN);  // [2] in-cluster reduce: partials written, partials read
-  // In-cluster split-K reduce (p.cluster_reduce): the split CTAs of a tile are one cluster along z.
-  const unsigned reduce_ctas = p.cluster_reduce ? gridDim.z : 1u;
   // TMA variant: the CTAs of a cluster (consecutive row tiles, one token tile) each load a slice of
   // the B tile and multicast it to all, so a stage may only be refilled once the consumers of every
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
@@ -385,14 +344,12 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
-    // One arrival per consumer warp of every CTA of the cluster.
-    for (int b = 0; b < 2; ++b) mbarrier_init(&part_bar[b], (Config::kConsumerThreads / 32) * reduce_ctas);
-    // Bulk tensor copies complete on these barriers through the async proxy, and the reduce's
-    // arrivals come from other CTAs: make the inits visible to both.
-    if (kTma || a_by_tma || p.cluster_reduce) fence_mbarrier_init();
+    // Bulk tensor copies complete on these barriers through the async proxy: make the inits visible to it.
+    if (kTma || a_by_tma) fence_mbarrier_init();
   }
   __syncthreads();  // find_tile's result is read before s_tok is overwritten; the barriers exist
-  const int num_early = kTma || a_by_tma ? 0 : std::min(kStages, kt_end - kt_begin);  // stages whose A the consumers copy
+  // Stages whose A the consumers copy (p.early_stages: SAMOYEDS_SSMM_EARLY_STAGES, measured in v15).
+  const int num_early = kTma || a_by_tma ? 0 : std::min(std::min(kStages, p.early_stages), kt_end - kt_begin);
   if (tid >= Config::kProducerThreads && num_early > 0) {
     const ATileCopier<Config, kNumMats, Config::kConsumerThreads> early(p, mats, row0, tid - Config::kProducerThreads);
     for (int s = 0; s < num_early; ++s) {
@@ -402,8 +359,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     }
   }
   if (tid < kBN) s_tok[tid] = my_tok;
-  if (kTma || p.cluster_reduce) {
-    cluster_sync();  // no CTA arrives on, reads from or multicasts into another's barriers or tiles before they exist
+  if constexpr (kTma) {
+    cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
   } else {
     __syncthreads();
   }
@@ -683,56 +640,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           acc[m][1][f] = odd;
         }
     }
-
-  // In-cluster split-K reduce (v15): the tile's split CTAs are one cluster along z. Each writes its
-  // fp32 partials (logical rows, as above) into its own ring, [kNumMats][2 sets][kBN / 2 fragments]
-  // [256 consumer threads], so that thread c of every CTA holds the same outputs; then rank r sums the
-  // fragments f with f % splits == r of its threads over the cluster's CTAs in split order (the
-  // reduce kernel's order: the same bits) through distributed shared memory, applies the epilogue and
-  // stores. No workspace, no second launch; `part_bar[1]` keeps every CTA alive until all reads of
-  // its partials are done.
-  if (p.cluster_reduce) {
-    static_assert(kNumMats * kBN * Config::kConsumerThreads * 4 <= kStages * Config::kStageBytes, "the partials fit in the ring");
-    float* part = reinterpret_cast<float*>(smem);
-    named_barrier_sync(3, Config::kConsumerThreads);  // both consumers' wgmmas are done: the ring is free
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-      for (int set = 0; set < 2; ++set)
-#pragma unroll
-        for (int f = 0; f < kBN / 2; ++f) part[((m * 2 + set) * (kBN / 2) + f) * Config::kConsumerThreads + ctid] = acc[m][set][f];
-    __syncwarp();
-    if (lane == 0)
-      for (unsigned cta = 0; cta < reduce_ctas; ++cta) mbarrier_arrive_release_cluster(&part_bar[0], cta);
-    mbarrier_wait_acquire_cluster(&part_bar[0], 0);
-    const unsigned rank = blockIdx.z;  // the cluster spans gridDim.z: its rank is the split index
-    const int rows_per_crow = p.row_select_on ? 2 : 1;
-    for (int f = static_cast<int>(rank); f < kBN / 2; f += static_cast<int>(reduce_ctas)) {
-      const int i = f / 4, h = (f / 2) % 2, q = f % 2;  // fragment f = 4 i + 2 h + q
-      const int slot = 8 * i + 2 * t + q;
-      const std::int32_t tok = s_tok[slot];
-      if (tok == kNoToken) continue;
-      const std::int64_t crow = warp_row0 + g + 8 * h;
-      for (int o = 0; o < rows_per_crow; ++o) {
-        const std::int64_t R = crow * rows_per_crow + o;
-        if (R >= p.rows) continue;
-        float v[kNumMats];
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          const float* at = part + ((m * 2 + o) * (kBN / 2) + f) * Config::kConsumerThreads + ctid;
-          float sum = 0.0f;
-          for (unsigned z = 0; z < reduce_ctas; ++z) sum += ld_shared_cluster(at, z);
-          v[m] = sum;
-        }
-        store<kBf16>(p.y, (tok0 + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
-      }
-    }
-    __syncwarp();
-    if (lane == 0)
-      for (unsigned cta = 0; cta < reduce_ctas; ++cta) mbarrier_arrive_release_cluster(&part_bar[1], cta);
-    mbarrier_wait_acquire_cluster(&part_bar[1], 0);
-    return;
-  }
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -1280,11 +1187,10 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
 // stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
-// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_SPLIT_REDUCE =
-// kernel (split-K partials through a workspace and the reduce kernel, planned under the traffic bound)
-// or cluster (the default: the split CTAs of a tile form a cluster of at most 8 and reduce through
-// distributed shared memory; v15). Read once per process; ssmm_sm90_set_persistent and
-// ssmm_sm90_set_split_reduce override the last two for tests.
+// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_EARLY_STAGES =
+// N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
+// ids load; default 1, v15). Read once per process; ssmm_sm90_set_persistent overrides the persistent
+// choice for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1293,7 +1199,7 @@ struct Tuning {
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
-  bool cluster_reduce = true;  // split-K reduces inside the cluster of the tile's split CTAs
+  int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1306,23 +1212,14 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_REDUCE")) r.cluster_reduce = std::strcmp(v, "kernel") != 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
   return t;
 }
 
-std::atomic<int> persistent_override{-1};    // ssmm_sm90_set_persistent: -1 follows the knob
-std::atomic<int> split_reduce_override{-1};  // ssmm_sm90_set_split_reduce: -1 follows the knob
-
-bool cluster_reduce_wanted() {
-  const int mode = split_reduce_override.load();
-  return mode >= 0 ? mode == 1 : tuning().cluster_reduce;
-}
-
-// The most split CTAs one cluster holds (the portable cluster size).
-constexpr int kMaxClusterSplits = 8;
+std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1348,9 +1245,6 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   // weight bytes plus 2 MB, or splitting costs more than the parallelism it buys. (v3.1 needed a
   // quarter of the weight bytes; the v4 kernel, one CTA per SM, left medium L on a fifth of the SMs
   // under that bound: docs/kernels/ssmm.md.)
-  // Reduced inside a cluster, the partials stay on chip: the bound is the cluster size, and no
-  // reduce launch costs time.
-  if (cluster_reduce_wanted()) return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), kMaxClusterSplits, 0);
   const double partial_bytes =
       8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
   const double allowed_bytes = (static_cast<double>(g.total_bytes()) + 2.0e6) * tuning().split_traffic;
@@ -1404,8 +1298,6 @@ struct Sm90Choice {
   // The TMA variant as the persistent kernel: its staged epilogue needs row selection, 16-bit Y
   // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
   bool persistent = false;
-  // Split-K (cp.async variant) reduced inside the cluster of the split CTAs: no workspace.
-  bool cluster_reduce = false;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
 };
 
@@ -1426,7 +1318,6 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // Used whenever the cp.async variant runs (also when the TMA variant is chosen but its gather
   // workspace is missing).
   c.a_tma = t.a_tma && num_mats_of(a) <= 2 && weights_ok;
-  c.cluster_reduce = !c.tma && c.plan.splits > 1 && cluster_reduce_wanted();
   if (!c.tma) return c;
   c.cluster = gpu::plan_cluster_size(row_tiles, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
@@ -1515,26 +1406,6 @@ void launch(const Params& p, cudaStream_t stream) {
     if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
   }
   q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
-  if (p.cluster_reduce) {
-    // The split CTAs of a tile as one cluster along z (at most kMaxClusterSplits: plan_split_k's bound).
-    SAMOYEDS_CHECK(p.splits >= 2 && p.splits <= kMaxClusterSplits, "ssmm: ", p.splits,
-                   " splits do not form one cluster (internal planning error)");
-    cudaLaunchConfig_t config{};
-    config.gridDim = grid;
-    config.blockDim = dim3(Config::kThreads);
-    config.dynamicSmemBytes = Config::kSmemBytes;
-    config.stream = stream;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeClusterDimension;
-    attribute.val.clusterDim.x = 1;
-    attribute.val.clusterDim.y = 1;
-    attribute.val.clusterDim.z = static_cast<unsigned>(p.splits);
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-    SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps));
-    SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (split-K cluster)");
-    return;
-  }
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
   if (p.splits > 1) {
@@ -1659,7 +1530,7 @@ void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, 
 // The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
 std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
   if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
-  if (c.plan.splits <= 1 || c.cluster_reduce) return 0;
+  if (c.plan.splits <= 1) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
 }
@@ -1683,14 +1554,6 @@ bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) { return choice_with_
 
 void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
-void ssmm_sm90_set_split_reduce(int mode) { split_reduce_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
-
-int ssmm_sm90_splits(const gpu::SsmmArgs& args) {
-  const Sm90Choice c = choice_with_workspace(args);
-  if (c.tma || c.plan.splits <= 1) return 1;
-  return c.cluster_reduce || (args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c)) ? c.plan.splits : 1;
-}
-
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const Sm90Choice c = choice_with_workspace(args);
   const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
@@ -1705,19 +1568,16 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   // Without the workspace it wants, a call still runs: unsplit, through the cp.async variant.
-  if (!c.tma && c.plan.splits > 1 && (c.cluster_reduce || has_workspace)) {
+  if (!c.tma && c.plan.splits > 1 && has_workspace) {
     p.splits = c.plan.splits;
     p.k_tiles_per_split = c.plan.k_tiles_per_split;
     // The consumers fetch each segment's select words one segment ahead, starting at their range's
     // first k-tile: a range must start on a segment boundary (plan_split_k rounds to segments).
     SAMOYEDS_CHECK(!p.row_select_on || (p.v >= 128 && p.k_tiles_per_split % (p.v / 128) == 0), "ssmm: split of ", p.k_tiles_per_split,
                    " k-tiles is not a whole number of ", p.v / 128, "-k-tile segments (internal planning error)");
-    if (c.cluster_reduce) {
-      p.cluster_reduce = 1;
-    } else {
-      p.workspace = static_cast<float*>(args.workspace);
-    }
+    p.workspace = static_cast<float*>(args.workspace);
   }
+  p.early_stages = tuning().early_stages;
   p.a_by_tma = c.a_tma ? 1 : 0;
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);

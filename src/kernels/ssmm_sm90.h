@@ -11,10 +11,5 @@ bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_PERSISTENT knob for this process: -1 the knob decides again, 0 / 1 the
 // persistent kernel off / on wherever it applies.
 void ssmm_sm90_set_persistent(int mode);
-// Overrides the SAMOYEDS_SSMM_SPLIT_REDUCE knob: -1 the knob decides again, 0 split-K through the
-// workspace and the reduce kernel, 1 inside the cluster of the split CTAs.
-void ssmm_sm90_set_split_reduce(int mode);
-// How many CTAs split the K loop of each output tile for `args` (as given, workspace included).
-int ssmm_sm90_splits(const gpu::SsmmArgs& args);
 
 }  // namespace samoyeds::kernels

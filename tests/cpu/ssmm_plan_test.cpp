@@ -239,10 +239,6 @@ TEST(SsmmPlan, SplitKFillsWholeWaves) {
   // The traffic bound wins: medium L (e.g. 256 tokens) must not split when partials outweigh weights.
   EXPECT_EQ(gpu::plan_split_k(56, 2, 32, 1, 132, 1).splits, 1);
   EXPECT_EQ(gpu::plan_split_k(16, 1, 112, 1, 132, 5).splits, 5);
-  // Splits that reduce inside their cluster: no reduce cost, at most 8 (the portable cluster size).
-  EXPECT_EQ(gpu::plan_split_k(12, 1, 96, 1, 132, 8, 0).splits, 8);   // 96 CTAs of 12 k-tiles
-  EXPECT_EQ(gpu::plan_split_k(48, 1, 24, 1, 132, 8, 0).splits, 2);   // 12288x3072 at decode: 96 CTAs
-  EXPECT_EQ(gpu::plan_split_k(56, 2, 32, 1, 132, 8, 0).splits, 1);   // a second wave still costs more
   for (std::int64_t kt : {1, 5, 16, 45, 112, 128}) {
     const auto plan = gpu::plan_split_k(3, 1, kt, 1, 132, 64);
     EXPECT_GE(plan.splits * plan.k_tiles_per_split, kt) << kt;
