@@ -7,7 +7,8 @@
 // X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad
 // index copies X's row 0, those outputs never being stored or stored as NaN) and signal each
 // stage's `full` mbarrier with cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own
-// copies (SAMOYEDS_SSMM_A_TMA=on: thread 0 brings A and metadata by bulk tensor copies instead). Warpgroups 1 and 2
+// copies (SAMOYEDS_SSMM_A_TMA=on: thread 0 brings A and metadata by bulk tensor copies instead; the
+// first stage's A values and metadata come from the consumers while the token ids load, v15). Warpgroups 1 and 2
 // are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
 // issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
 // offset), then release the stage through its `empty` mbarrier once those wgmmas have finished.
@@ -1199,7 +1200,7 @@ struct Tuning {
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
-  int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue
+  int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
