@@ -51,6 +51,9 @@ struct Params {
   // sm90 cp.async variant: A values and metadata come by bulk tensor copies (the launch's maps) while
   // the producer warpgroup gathers B (SAMOYEDS_SSMM_A_TMA; docs/kernels/ssmm.md v8).
   int a_by_tma;
+  // sm90 cp.async variant: how many of the first stages' A values and metadata the consumers copy
+  // while the token ids load (the producer copies the rest; docs/kernels/ssmm.md v15).
+  int early_stages;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 

@@ -7,7 +7,8 @@
 // X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad
 // index copies X's row 0, those outputs never being stored or stored as NaN) and signal each
 // stage's `full` mbarrier with cp.async.mbarrier.arrive.noinc, so no thread ever waits for its own
-// copies (SAMOYEDS_SSMM_A_TMA=on: thread 0 brings A and metadata by bulk tensor copies instead). Warpgroups 1 and 2
+// copies (SAMOYEDS_SSMM_A_TMA=on: thread 0 brings A and metadata by bulk tensor copies instead; the
+// first stage's A values and metadata come from the consumers while the token ids load, v15). Warpgroups 1 and 2
 // are the consumers, 64 compressed rows (one wgmma M) each: per 128-column k-tile and matrix they
 // issue four wgmma.sp (k32 each; A descriptor +32 B per step, B +64 B and the 64-column half
 // offset), then release the stage through its `empty` mbarrier once those wgmmas have finished.
@@ -175,6 +176,12 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
+// Holds the barrier's current phase open until every cp.async this thread issued before has landed,
+// without being one of its counted arrivals (the pending count goes up now and down on landing).
+__device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
+}
+
 
 }  // namespace sm90
 
@@ -215,6 +222,78 @@ struct Sm90Config {
   static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
 };
 
+// The cp.async copies of one k-tile's A values and metadata into a stage, spread over kCopiers
+// threads: the producer warpgroup in its loop, and the consumers in the prologue (the first stages'
+// weights do not wait for the token ids). Thread c copies 16-byte chunk c % 8 of compressed rows
+// c / 8 + (kCopiers / 8) j (the rows share their swizzle phase, so destination j is one stride on)
+// and, for c < 128, metadata chunk c % 16 of row tile c / 16. Everything but the k offset is computed
+// once (the loop issues ~4 instructions per 16-byte copy; an address rebuilt per copy made the
+// producer the bottleneck: docs/kernels/ssmm.md, v4).
+template <typename Config, int kNumMats, int kCopiers>
+struct ATileCopier {
+  using Bytes = const std::uint8_t*;
+  static constexpr int kRowsPerPass = kCopiers / 8;
+  static constexpr int kPasses = Config::kBM / kRowsPerPass;
+  static_assert(kCopiers % 128 == 0 && kPasses % 2 == 0, "whole 8-row swizzle atoms in each half of the rows");
+  int a_dst;
+  bool all_rows;  // a CTA's rows are all real, or only its first 64 (the padded row count is a multiple of 64)
+  std::uint64_t a_row_bytes;  // K_padded / 2 values x 2 B
+  std::int64_t a_col_bytes;
+  Bytes a_src[kNumMats];
+  // Metadata [8 row tiles][4 k-steps][16 words]; a row tile's k-steps are contiguous in global memory.
+  bool meta_copier, meta_row_in;
+  int meta_dst, meta_chunk;
+  std::int64_t ksteps_per_row;
+  Bytes meta_src[kNumMats];
+
+  __device__ __forceinline__ ATileCopier(const Params& p, const MatrixArrays<kNumMats>& mats, std::int64_t row0, int c) {
+    const int a_row = c / 8, a_chunk = c % 8;
+    a_dst = a_row * 128 + ((a_chunk ^ (a_row & 7)) * 16);
+    all_rows = row0 + Config::kBM <= p.compressed_rows_padded;
+    a_row_bytes = static_cast<std::uint64_t>(p.K_padded);
+    a_col_bytes = a_chunk * 16;
+    ksteps_per_row = p.K_padded / 32;
+    meta_copier = c < 128;
+    const int meta_tile = (c % 128) / 16;
+    meta_chunk = c % 16;
+    meta_dst = kNumMats * Config::kATileBytes + meta_tile * 256 + meta_chunk * 16;
+    meta_row_in = (row0 / 16 + meta_tile) * 16 < p.compressed_rows_padded;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      a_src[m] = reinterpret_cast<Bytes>(mats.values[m]) + static_cast<std::uint64_t>(row0 + a_row) * a_row_bytes + a_col_bytes;
+      // Copies that read nothing (src-size 0) still get an address inside the array.
+      meta_src[m] = reinterpret_cast<Bytes>(mats.metadata[m]) +
+                    (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
+    }
+  }
+
+  __device__ __forceinline__ void copy(std::uint8_t* base, int kt) const {
+    // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
+    const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < static_cast<std::int64_t>(a_row_bytes);
+    const int a_size = a_col_in ? 16 : 0;
+    const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      std::uint8_t* a_tile = base + m * Config::kATileBytes + a_dst;
+      Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
+      // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
+      // rows feed only the outputs of rows that do not exist, which are never stored. The branch
+      // is uniform over the CTA, so the copies need no per-row predicate.
+#pragma unroll
+      for (int j = 0; j < kPasses / 2; ++j)
+        ptx::cp_async_16(a_tile + j * kRowsPerPass * 128, a_k + j * kRowsPerPass * a_row_bytes, a_size);
+      if (all_rows) {
+#pragma unroll
+        for (int j = kPasses / 2; j < kPasses; ++j)
+          ptx::cp_async_16(a_tile + j * kRowsPerPass * 128, a_k + j * kRowsPerPass * a_row_bytes, a_size);
+      }
+      if (kCopiers == 128 || meta_copier)
+        ptx::cp_async_16(base + meta_dst + m * Config::kMetaTileBytes, meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m],
+                         meta_in ? 16 : 0);
+    }
+  }
+};
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
 __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -250,8 +329,12 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
   const int kt_begin = static_cast<int>(blockIdx.z * p.k_tiles_per_split);
   const int kt_end = std::min(num_kt_total, static_cast<int>(kt_begin + p.k_tiles_per_split));
-  __syncthreads();  // find_tile's result is read before s_tok is overwritten
-  for (int i = tid; i < kBN; i += kThreads) s_tok[i] = token_of_slot(p, tok0 + i, tile.end);
+  // The token ids' loads go out now and land in s_tok after the barrier below; meanwhile the
+  // consumers issue the first stages' weight copies, which do not depend on them (before v15 every
+  // copy waited for the ids: ncu, decode, ~10 % of the warp samples at that barrier).
+  static_assert(kBN <= kThreads, "one token id per thread");
+  const std::int32_t my_tok = tid < kBN ? token_of_slot(p, tok0 + tid, tile.end) : kNoToken;
+  const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
   // TMA variant: the CTAs of a cluster (consecutive row tiles, one token tile) each load a slice of
   // the B tile and multicast it to all, so a stage may only be refilled once the consumers of every
   // CTA in the cluster released it: their warps arrive on each CTA's `empty` barrier.
@@ -259,12 +342,24 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     for (int s = 0; s < kStages; ++s) {
       // TMA: lane 0's expect_tx arrival; else every producer thread, + the expect_tx arrival when A
       // comes by tensor copies.
-      mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (kNumMats <= 2 && p.a_by_tma ? 1u : 0u));
+      mbarrier_init(&full_bar[s], kTma ? 1u : Config::kProducerThreads + (a_by_tma ? 1u : 0u));
       mbarrier_init(&empty_bar[s], (Config::kConsumerThreads / 32) * num_ctas);  // one arrival per consumer warp
     }
     // Bulk tensor copies complete on these barriers through the async proxy: make the inits visible to it.
-    if (kTma || (kNumMats <= 2 && p.a_by_tma)) fence_mbarrier_init();
+    if (kTma || a_by_tma) fence_mbarrier_init();
   }
+  __syncthreads();  // find_tile's result is read before s_tok is overwritten; the barriers exist
+  // Stages whose A the consumers copy (p.early_stages: SAMOYEDS_SSMM_EARLY_STAGES, measured in v15).
+  const int num_early = kTma || a_by_tma ? 0 : std::min(std::min(kStages, p.early_stages), kt_end - kt_begin);
+  if (tid >= Config::kProducerThreads && num_early > 0) {
+    const ATileCopier<Config, kNumMats, Config::kConsumerThreads> early(p, mats, row0, tid - Config::kProducerThreads);
+    for (int s = 0; s < num_early; ++s) {
+      early.copy(smem + s * Config::kStageBytes, kt_begin + s);
+      // Not one of the stage's counted arrivals: the producers' come only after the barrier below.
+      mbarrier_hold_for_copies(&full_bar[s]);
+    }
+  }
+  if (tid < kBN) s_tok[tid] = my_tok;
   if constexpr (kTma) {
     cluster_sync();  // no CTA arrives on or multicasts into another's barriers before they exist
   } else {
@@ -316,32 +411,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   }
   if (tid < Config::kProducerThreads) {
     // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
-    // Each thread copies the same chunk positions every k-tile, so everything but the k offset is
-    // computed once here (the loop issues ~4 instructions per 16-byte copy; an address rebuilt per
-    // copy made this warpgroup the bottleneck: docs/kernels/ssmm.md, v4).
     setmaxnreg_dec<Config::kProducerRegisters>();
     using Bytes = const std::uint8_t*;
-    // A: chunk tid % 8 of compressed rows tid / 8 + 16 j (j < 8). The rows share their swizzle phase,
-    // so destination j is a_dst + 2 KB j. A CTA's rows are all real, or only its first 64 (the padded
-    // row count is a multiple of 64).
-    const int a_row = tid / 8, a_chunk = tid % 8;
-    const int a_dst = a_row * 128 + ((a_chunk ^ (a_row & 7)) * 16);
-    const int a_rows_in = row0 + kBM <= p.compressed_rows_padded ? kBM / 16 : kBM / 32;  // valid j
-    const std::uint64_t a_row_bytes = static_cast<std::uint64_t>(p.K_padded);  // K_padded / 2 values x 2 B
-    const std::int64_t a_col_bytes = a_chunk * 16;
-    Bytes a_src[kNumMats];
-    // Metadata [8 row tiles][4 k-steps][16 words]: chunk tid % 16 of row tile tid / 16; a row tile's
-    // k-steps are contiguous in global memory (64 B each).
-    const int meta_tile = tid / 16, meta_chunk = tid % 16;
-    const bool meta_row_in = (row0 / 16 + meta_tile) * 16 < p.compressed_rows_padded;
-    Bytes meta_src[kNumMats];
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      a_src[m] = reinterpret_cast<Bytes>(mats.values[m]) + static_cast<std::uint64_t>(row0 + a_row) * a_row_bytes + a_col_bytes;
-      // Copies that read nothing (src-size 0) still get an address inside the array.
-      meta_src[m] = reinterpret_cast<Bytes>(mats.metadata[m]) +
-                    (meta_row_in ? (static_cast<std::uint64_t>(row0 / 16 + meta_tile) * ksteps_per_row) * 64 + meta_chunk * 16 : 0);
-    }
+    const ATileCopier<Config, kNumMats, Config::kProducerThreads> a_copier(p, mats, row0, tid);
     // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
     // so destination j is b_dst + 1 KB j. An output column depends on its own B row only, and the
     // columns of slots without a token are never stored (past L) or stored as NaN (bad index), so
@@ -362,7 +434,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
     }
     const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
-    const bool a_by_tma = kNumMats <= 2 && p.a_by_tma;
 
     RingPosition<kStages> ring;
     for (int kt = kt_begin; kt < kt_end; ++kt, ring.next()) {
@@ -382,27 +453,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
                         kt * 64, static_cast<int>(row0 / 16), tile.expert);
           }
         }
-      } else {
-        // Past K_padded the chunk is zero-filled (B is zero there too, but smem may hold NaN patterns).
-        const bool a_col_in = static_cast<std::int64_t>(kt) * 128 + a_col_bytes < a_row_bytes;
-        const int a_size = a_col_in ? 16 : 0;
-        const bool meta_in = meta_row_in && static_cast<std::int64_t>(kt) * 4 + meta_chunk / 4 < ksteps_per_row;
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          std::uint8_t* a_tile = base + m * kATileBytes + a_dst;
-          Bytes a_k = a_col_in ? a_src[m] + static_cast<std::uint64_t>(kt) * 128 : a_src[m];
-          // Rows past the padded count (the second 64 of a last row tile) are not copied: their smem
-          // rows feed only the outputs of rows that do not exist, which are never stored. The branch
-          // is uniform over the CTA, so the copies need no per-row predicate.
-#pragma unroll
-          for (int j = 0; j < kBM / 32; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
-          if (a_rows_in == kBM / 16) {
-#pragma unroll
-            for (int j = kBM / 32; j < kBM / 16; ++j) ptx::cp_async_16(a_tile + j * 2048, a_k + j * 16 * a_row_bytes, a_size);
-          }
-          ptx::cp_async_16(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes + meta_tile * 256 + meta_chunk * 16,
-                           meta_in ? meta_src[m] + static_cast<std::uint64_t>(kt) * 256 : meta_src[m], meta_in ? 16 : 0);
-        }
+      } else if (i >= num_early) {  // the consumers copied the first stages' A in the prologue
+        a_copier.copy(base, kt);
       }
       std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
       const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
@@ -1136,8 +1188,10 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // and metadata by bulk tensor copies, the producer warpgroup gathering only B; off by default until
 // measured: docs/kernels/ssmm.md v8), SAMOYEDS_SSMM_PDL = off (the split-K reduce as a plain
 // stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
-// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14). Read once per process;
-// ssmm_sm90_set_persistent overrides the last one for tests.
+// it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_EARLY_STAGES =
+// N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
+// ids load; default 1, v15). Read once per process; ssmm_sm90_set_persistent overrides the persistent
+// choice for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1146,6 +1200,7 @@ struct Tuning {
   bool a_tma = false;  // cp.async variant: A values and metadata by bulk tensor copies
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
+  int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1158,6 +1213,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_A_TMA")) r.a_tma = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1522,6 +1578,7 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
                    " k-tiles is not a whole number of ", p.v / 128, "-k-tile segments (internal planning error)");
     p.workspace = static_cast<float*>(args.workspace);
   }
+  p.early_stages = tuning().early_stages;
   p.a_by_tma = c.a_tma ? 1 : 0;
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);
