@@ -41,6 +41,8 @@
 // row-select words from global memory themselves, one segment ahead (v9).
 // Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
 // (then free) ring, kBN x 528 B, and written as 16-byte chunks of whole slot rows (v13).
+// Stream-K variant (ssmm_sm90_stream_k, SAMOYEDS_SSMM_STREAM_K=on; measured slower, off by default,
+// v16): decode-sized calls as one CTA per SM over granule ranges that cross tiles; see its comment.
 #include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
 #include <cudaTypedefs.h>
 
