@@ -41,6 +41,8 @@
 // row-select words from global memory themselves, one segment ahead (v9).
 // Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
 // (then free) ring, kBN x 528 B, and written as 16-byte chunks of whole slot rows (v13).
+// Stream-K variant (ssmm_sm90_stream_k, SAMOYEDS_SSMM_STREAM_K=on; measured slower, off by default,
+// v16): decode-sized calls as one CTA per SM over granule ranges that cross tiles; see its comment.
 #include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
 #include <cudaTypedefs.h>
 
@@ -54,6 +56,7 @@
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
 #include "kernels/ssmm_sm90.h"
+#include "kernels/stream_k.h"
 #include "kernels/wgmma_common.cuh"
 #include "kernels/wgmma_sp.cuh"
 
@@ -294,6 +297,143 @@ struct ATileCopier {
   }
 };
 
+// The cp.async copies of one k-tile's B tile (the tile's token rows of X) into a stage, by the 128
+// producer threads: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); the same swizzle phase
+// for every j, so destination j is one 1 KB step on. An output column depends on its own B row only,
+// and the columns of slots without a token are never stored (past L) or stored as NaN (bad index), so
+// their rows need no zeros: slots past L (a suffix of the tile) are not copied at all, and a bad index
+// copies X's row 0. The copies then share one size per k-tile, and a full tile needs no per-copy
+// predicate (two instructions per copy saved; docs/kernels/ssmm.md v8). Not copying the suffix keeps a
+// decode tile (1 of 32 slots used) from reading one row of X 31 times per k-tile.
+template <typename Config, int kNumMats>
+struct BTileCopier {
+  using Bytes = const std::uint8_t*;
+  static constexpr int kRows = Config::kBN / 8;
+  int rows_here;  // rows tid / 16 + 8 j < the tile's slots with a token id
+  int chunk, dst;
+  std::uint32_t x_row_bytes;  // K < 2^31 (can_implement)
+  Bytes x;
+  std::uint32_t tok[kRows];
+
+  // token_of(slot) gives the token slot `slot` of the tile reads (kNoToken past the expert's slots,
+  // kBadToken for an index outside X).
+  template <typename TokenOf>
+  __device__ __forceinline__ BTileCopier(const Params& p, int slots, int tid, TokenOf token_of) {
+    rows_here = slots > tid / 16 ? (slots - tid / 16 + 7) / 8 : 0;
+    chunk = tid % 16;
+    dst = (chunk / 8) * (Config::kBN * 128) + (tid / 16) * 128 + (((chunk % 8) ^ ((tid / 16) & 7)) * 16);
+    x_row_bytes = static_cast<std::uint32_t>(p.K) * 2;
+    x = reinterpret_cast<Bytes>(p.x);
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const std::int32_t t = token_of(tid / 16 + 8 * j);
+      tok[j] = t >= 0 ? static_cast<std::uint32_t>(t) : 0u;
+    }
+  }
+
+  __device__ __forceinline__ void copy(std::uint8_t* base, int kt) const {
+    std::uint8_t* b_tile = base + kNumMats * (Config::kATileBytes + Config::kMetaTileBytes) + dst;
+    const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + chunk * 16;
+    // Past K the chunk is zero-filled (A's padding values are zero too, but smem may hold NaN bit
+    // patterns from earlier use, and 0 x NaN would reach real outputs). K % 8 == 0: a chunk is all
+    // in or all out.
+    const bool col_in = col_bytes < x_row_bytes;
+    const int size = col_in ? 16 : 0;
+    const Bytes x_k = col_in ? x + col_bytes : x;
+    if (rows_here == kRows) {
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(tok[j]) * x_row_bytes, size);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kRows; ++j)
+        if (j < rows_here) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(tok[j]) * x_row_bytes, size);
+    }
+  }
+};
+
+// ---- Consumer steps shared by every sm90 kernel (one CTA per tile, persistent, stream-K) ----
+// Accumulators of a consumer warpgroup: [matrix][set][wgmma fragment], set 0 the running total T of
+// the compressed rows, set 1 the odd logical rows' differences S (see the file comment).
+
+// This thread's metadata words of a stage, 4 k-steps per matrix (rows g and g + 8 of warp `warp_slot`
+// = group x 4 + warp in group). A short last k-tile, or a warp without rows (ksteps_here = 0), pads
+// with 0x44444444: positions (0, 1) over zero values.
+template <typename Config, int kNumMats>
+__device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumMats][4], const std::uint8_t* base, int warp_slot,
+                                                     int lane, int ksteps_here) {
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) {
+    const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * Config::kATileBytes + m * Config::kMetaTileBytes) +
+                        warp_slot * 64 + (lane / 4) * 2 + (lane & 1);
+    if (__builtin_expect(ksteps_here == 4, 1)) {  // every k-tile of a warp with rows but a short last one
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;
+    }
+  }
+}
+
+// At a segment start, with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row
+// whose selection goes from p to n; c[m][h] = p - n for matrix m, row half h (rows g + 8h). c = 0
+// leaves S as it is, and at a range's first k-tile T is still zero.
+template <int kNumMats, int kFrags>
+__device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][2][kFrags], const float (&c)[kNumMats][2]) {
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int i = 0; i < kFrags / 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int f = 4 * i + 2 * h + q;
+          acc[m][1][f] = fmaf(acc[m][0][f], c[m][h], acc[m][1][f]);
+        }
+}
+
+// This warpgroup's wgmmas of one stage: 4 k-steps x kNumMats matrices into set 0 (A descriptor +32 B
+// per k-step, B +64 B and the 64-column half offset), committed as one group.
+template <typename Config, bool kBf16, int kNumMats>
+__device__ __forceinline__ void issue_k_tile(float (&acc)[kNumMats][2][Config::kBN / 2], std::uint64_t desc_stage, int group,
+                                             const std::uint32_t (&meta)[kNumMats][4]) {
+  constexpr int kBN = Config::kBN;
+  wgmma::fence();
+  const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (Config::kATileBytes + Config::kMetaTileBytes);
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const std::uint64_t desc_b = wgmma::advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      const std::uint64_t desc_a = wgmma::advance_descriptor(desc_stage, a_offset + m * Config::kATileBytes + ks * 32);
+      wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
+    }
+  }
+  wgmma::commit();
+}
+
+// After the last k-tile: sets 0 and 1 become logical rows 2 crow and 2 crow + 1, odd = S + sel T and
+// even = T - odd (without row selection S stays zero and set 0 is the row).
+template <int kNumMats, int kFrags>
+__device__ __forceinline__ void running_totals_to_rows(float (&acc)[kNumMats][2][kFrags], const std::uint32_t (&sel)[kNumMats]) {
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float selected = static_cast<float>((sel[m] >> h) & 1u);
+#pragma unroll
+      for (int i = 0; i < kFrags / 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int f = 4 * i + 2 * h + q;
+          const float odd = fmaf(acc[m][0][f], selected, acc[m][1][f]);
+          acc[m][0][f] -= odd;
+          acc[m][1][f] = odd;
+        }
+    }
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
 __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -414,26 +554,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     setmaxnreg_dec<Config::kProducerRegisters>();
     using Bytes = const std::uint8_t*;
     const ATileCopier<Config, kNumMats, Config::kProducerThreads> a_copier(p, mats, row0, tid);
-    // B: chunk tid % 16 of token rows tid / 16 + 8 j (j < kBN / 8); same swizzle phase for every j,
-    // so destination j is b_dst + 1 KB j. An output column depends on its own B row only, and the
-    // columns of slots without a token are never stored (past L) or stored as NaN (bad index), so
-    // their rows need no zeros: slots past L (a suffix of the tile) are not copied at all, and a bad
-    // index copies X's row 0. The copies then share one size per k-tile, and a full tile needs no
-    // per-copy predicate (two instructions per copy saved; docs/kernels/ssmm.md v8). Not copying the
-    // suffix keeps a decode tile (1 of 32 slots used) from reading one row of X 31 times per k-tile.
-    constexpr int kBRows = kBN / 8;
     const int b_slots = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));  // slots with a token id
-    const int b_rows_here = b_slots > tid / 16 ? (b_slots - tid / 16 + 7) / 8 : 0;    // rows tid / 16 + 8 j < b_slots
-    const int b_chunk = tid % 16;
-    const int b_dst = (b_chunk / 8) * (kBN * 128) + (tid / 16) * 128 + (((b_chunk % 8) ^ ((tid / 16) & 7)) * 16);
-    const std::uint32_t x_row_bytes = static_cast<std::uint32_t>(p.K) * 2;  // K < 2^31 (can_implement)
-    std::uint32_t b_tok[kBRows];
-#pragma unroll
-    for (int j = 0; j < kBRows; ++j) {
-      const std::int32_t tok = s_tok[tid / 16 + 8 * j];
-      b_tok[j] = tok >= 0 ? static_cast<std::uint32_t>(tok) : 0u;
-    }
-    const Bytes x_bytes = reinterpret_cast<Bytes>(p.x);
+    const BTileCopier<Config, kNumMats> b_copier(p, b_slots, tid, [&](int slot) { return s_tok[slot]; });
 
     RingPosition<kStages> ring;
     for (int kt = kt_begin; kt < kt_end; ++kt, ring.next()) {
@@ -456,22 +578,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       } else if (i >= num_early) {  // the consumers copied the first stages' A in the prologue
         a_copier.copy(base, kt);
       }
-      std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + b_dst;
-      const std::uint32_t col_bytes = static_cast<std::uint32_t>(kt) * 256 + b_chunk * 16;
-      // Past K the chunk is zero-filled (A's padding values are zero too, but smem may hold NaN bit
-      // patterns from earlier use, and 0 x NaN would reach real outputs). K % 8 == 0: a chunk is all
-      // in or all out.
-      const bool b_col_in = col_bytes < x_row_bytes;
-      const int b_size = b_col_in ? 16 : 0;
-      const Bytes x_k = b_col_in ? x_bytes + col_bytes : x_bytes;
-      if (b_rows_here == kBRows) {
-#pragma unroll
-        for (int j = 0; j < kBRows; ++j) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kBRows; ++j)
-          if (j < b_rows_here) ptx::cp_async_16(b_tile + j * 1024, x_k + static_cast<std::uint64_t>(b_tok[j]) * x_row_bytes, b_size);
-      }
+      b_copier.copy(base, kt);
       mbarrier_arrive_on_copies(&full_bar[stage]);
     }
     ptx::cp_async_wait<0>();
@@ -520,21 +627,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // The selection of this thread's rows (bit h: row g + 8h) in a segment, from its word.
   auto selection_of = [&](std::uint32_t word) -> std::uint32_t {
     return ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
-  };
-  // Called with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row whose selection
-  // goes from p to n (c = 0 for the others leaves S as it is, and at the first k-tile T is still zero).
-  auto update_selection = [&](const float (&c)[kNumMats][2]) {
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int i = 0; i < kBN / 8; ++i)
-#pragma unroll
-          for (int q = 0; q < 2; ++q) {
-            const int f = 4 * i + 2 * h + q;
-            acc[m][1][f] = fmaf(acc[m][0][f], c[m][h], acc[m][1][f]);
-          }
   };
 
   // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
@@ -590,57 +682,18 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
     // latency hides behind the update's FFMAs anyway.
     std::uint32_t meta[kNumMats][4];
-    const int ksteps_here = kt + 1 < num_kt_total ? ksteps_full : ksteps_last;
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
-                          (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
-      if (__builtin_expect(ksteps_here == 4, 1)) {  // every k-tile of a warp with rows but a short last one
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
-      } else {
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;  // padding: positions (0, 1) over zero values
-      }
-    }
-    if (new_segment) update_selection(c);
+    load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt_total ? ksteps_full : ksteps_last);
+    if (new_segment) update_running_totals(acc, c);
 
     if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wait_turn = true;
-    wgmma::fence();
-    const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-      const std::uint64_t desc_b = advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        const std::uint64_t desc_a = advance_descriptor(desc_stage, a_offset + m * kATileBytes + ks * 32);
-        wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
-      }
-    }
-    wgmma::commit();
+    issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
   }
   wgmma::wait<0>();
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
-  // Sets 0 and 1 become logical rows 2 crow and 2 crow + 1 (without row selection S stays zero and
-  // set 0 is the row).
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float selected = static_cast<float>((sel[m] >> h) & 1u);
-#pragma unroll
-      for (int i = 0; i < kBN / 8; ++i)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int f = 4 * i + 2 * h + q;
-          const float odd = fmaf(acc[m][0][f], selected, acc[m][1][f]);
-          acc[m][0][f] -= odd;
-          acc[m][1][f] = odd;
-        }
-    }
+  running_totals_to_rows(acc, sel);
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -753,6 +806,241 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #else
   __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
 #endif
+}
+
+// ---- Stream-K variant of the cp.async kernel (v16; docs/kernels/ssmm.md) ----
+// For calls with few 32-token output tiles (decode): a 1-D grid of C CTAs, one per SM, CTA c taking
+// the granules [c U / C, (c + 1) U / C) of all tiles laid end to end (stream_k.h; a granule is one
+// row-selection segment, or one k-tile without selection), so no SM idles while others hold whole
+// tiles (Mixtral's gate/up at decode: 112 tiles of 32 k-tiles on 132 SMs). A run is walked as pieces,
+// one per tile it touches; the ring position, the producer's fill count and the consumers'
+// turn-taking carry across pieces (one sequence of k-tiles, as in the persistent kernel). A piece
+// that covers its tile whole stores it (per element, with the epilogue); a partial piece writes the
+// fp32 partials of its logical rows into workspace slot piece.slot, and ssmm_sm90_stream_k_reduce
+// sums each shared tile's parts in k order (the result does not depend on timing) and applies the
+// epilogue. Tile t is row tile t % row_tiles of token tile t / row_tiles; grouped, every warp maps the
+// token tile itself (find_tile_in_warp) and skips pieces past the last expert's. Token ids come from
+// global memory per piece: the producer runs ahead of the consumers' epilogue, so a shared s_tok would
+// need double buffering. Budget: the one-CTA kernel's 32-token configuration (Sm90Config); the
+// workspace holds 2 C partial tiles of [kNumMats][32 slots][256 logical rows] fp32.
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(384, 1) ssmm_sm90_stream_k(const Params p, const StreamK sk, int row_tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace sm90;
+  using Config = Sm90Config<kNumMats, kNumMats < 3>;
+  constexpr int kBM = Config::kBM, kBN = Config::kBN, kStages = Config::kStages;
+  static_assert(kBN == 32, "stream-K runs the 32-token tiles");
+  // The reduce, launched as this grid's programmatic dependent, waits for the whole grid anyway.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  extern __shared__ std::uint8_t smem_raw[];
+  std::uint8_t* smem = smem_raw + ((1024 - (ptx::smem_address(smem_raw) & 1023)) & 1023);
+  auto* full_bar = reinterpret_cast<std::uint64_t*>(smem + kStages * Config::kStageBytes);  // [kStages]
+  std::uint64_t* empty_bar = full_bar + kStages;                                                 // [kStages]
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full_bar[s], Config::kProducerThreads);
+      mbarrier_init(&empty_bar[s], Config::kConsumerThreads / 32);
+    }
+  }
+  __syncthreads();
+  const int cta = static_cast<int>(blockIdx.x);
+  const long long run_end = sk.begin(cta + 1);
+  const int num_kt_total = static_cast<int>((p.K_padded + 127) / 128);
+  const int kt_per_granule = p.row_select_on ? p.v / 128 : 1;
+  // The piece of this run at granule x: its tile's slots (false: past the last expert's tile), row
+  // tile and k-tiles; x moves to the next piece. Every warp walks the run this way.
+  auto next_piece = [&](long long& x, StreamKPiece& piece, TileSlots& tile, std::int64_t& row0, int& kt_begin, int& kt_end) {
+    piece = sk.piece_at(cta, x);
+    x = piece.tile * sk.granules_per_tile + piece.end;
+    row0 = (piece.tile % row_tiles) * kBM;
+    kt_begin = static_cast<int>(piece.first) * kt_per_granule;
+    kt_end = min(num_kt_total, static_cast<int>(piece.end) * kt_per_granule);
+    return find_tile_in_warp<kBN>(p, static_cast<int>(piece.tile / row_tiles), tile);
+  };
+
+  if (tid < Config::kProducerThreads) {
+    // ---- Producer warpgroup: fills the ring piece after piece. ----
+    setmaxnreg_dec<Config::kProducerRegisters>();
+    RingPosition<kStages> ring;
+    int fills = 0;
+    for (long long x = sk.begin(cta); x < run_end;) {
+      StreamKPiece piece;
+      TileSlots tile;
+      std::int64_t row0;
+      int kt_begin, kt_end;
+      if (!next_piece(x, piece, tile, row0, kt_begin, kt_end)) continue;
+      const ATileCopier<Config, kNumMats, Config::kProducerThreads> a_copier(p, matrix_arrays<kNumMats>(p, tile.expert), row0, tid);
+      const int slots = static_cast<int>(min(static_cast<std::int64_t>(kBN), tile.end - tile.begin));
+      const BTileCopier<Config, kNumMats> b_copier(p, slots, tid, [&](int slot) { return token_of_slot(p, tile.begin + slot, tile.end); });
+      for (int kt = kt_begin; kt < kt_end; ++kt, ++fills, ring.next()) {
+        if (fills >= kStages) mbarrier_wait(&empty_bar[ring.stage], ring.phase ^ 1u);  // its last reader is done
+        std::uint8_t* base = smem + ring.stage * Config::kStageBytes;
+        a_copier.copy(base, kt);
+        b_copier.copy(base, kt);
+        mbarrier_arrive_on_copies(&full_bar[ring.stage]);
+      }
+    }
+    ptx::cp_async_wait<0>();
+    return;
+  }
+
+  // ---- Consumer warpgroups 1 and 2 ----
+  setmaxnreg_inc<Config::kConsumerRegisters>();
+  const int ctid = tid - Config::kProducerThreads;
+  const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
+  const int g = lane / 4, t = lane % 4;
+  const std::int64_t ksteps_per_row = p.K_padded / 32;
+  const int ksteps_tail = static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt_total - 1) * 4);
+  const int kt_per_segment = p.row_select_on ? p.v / 128 : 0;
+  const int rows_per_crow = p.row_select_on ? 2 : 1;
+  // Turn-taking over the run's whole sequence of k-tiles (the one-CTA kernel's rule).
+  int run_kt = 0;
+  for (long long x = sk.begin(cta); x < run_end;) {
+    StreamKPiece piece;
+    TileSlots tile;
+    std::int64_t row0;
+    int kt_begin, kt_end;
+    if (next_piece(x, piece, tile, row0, kt_begin, kt_end)) run_kt += kt_end - kt_begin;
+  }
+  bool wait_turn = group == 1;
+  int arrivals_left = group == 0 ? run_kt : run_kt - 1;
+  RingPosition<kStages> ring;
+  for (long long x = sk.begin(cta); x < run_end;) {
+    StreamKPiece piece;
+    TileSlots tile;
+    std::int64_t row0;
+    int kt_begin, kt_end;
+    if (!next_piece(x, piece, tile, row0, kt_begin, kt_end)) continue;
+    const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
+    float acc[kNumMats][2][kBN / 2];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
+    std::uint32_t sel[kNumMats], word_ahead[kNumMats];
+    const std::uint32_t* select_src[kNumMats];
+    const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;
+    const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
+    const int select_shift = static_cast<int>(warp_row0 % 32) + g;
+    SegmentCursor segment(kt_per_segment, kt_begin);  // pieces start on granule (segment) boundaries
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      sel[m] = 0;
+      select_src[m] = p.row_select_on && warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
+      word_ahead[m] = segment.starts() && select_src[m] ? __ldg(select_src[m] + segment.index) : 0u;
+    }
+    int prev_stage = -1;
+    for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
+      const int stage = ring.stage;
+      mbarrier_wait(&full_bar[stage], ring.phase);
+      fence_async_proxy();  // cp.async wrote the stage through the generic proxy; wgmma reads through the async one
+      const std::uint8_t* base = smem + stage * Config::kStageBytes;
+      const bool new_segment = segment.starts();
+      float c[kNumMats][2];
+      if (new_segment) {
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m) {
+          const std::uint32_t word = word_ahead[m];
+          const std::uint32_t next = ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
+          sel[m] = next;
+          if (kt + kt_per_segment < kt_end && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
+        }
+      }
+      const std::uint64_t desc_stage = sw128_descriptor(base);
+      wgmma::wait<0>();
+      if (prev_stage >= 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
+      prev_stage = stage;
+      std::uint32_t meta[kNumMats][4];
+      load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane,
+                                             !warp_rows_exist ? 0 : (kt + 1 < num_kt_total ? 4 : ksteps_tail));
+      if (new_segment) update_running_totals(acc, c);
+      if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
+      wait_turn = true;
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
+      if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
+      --arrivals_left;
+    }
+    wgmma::wait<0>();
+    if (lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);  // the producer refills it for the next piece
+    running_totals_to_rows(acc, sel);
+    // Thread rows g, g + 8 of its warp's 16; slots 8i + 2t (+1).
+    float* part = piece.slot >= 0 ? p.workspace + static_cast<std::int64_t>(piece.slot) * kNumMats * kBN * 256 : nullptr;
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int slot = 8 * i + 2 * t + q;
+        if (tile.begin + slot >= tile.end) continue;  // past the expert's slots: never stored
+        const std::int32_t tok = part ? 0 : token_of_slot(p, tile.begin + slot, tile.end);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const std::int64_t crow = warp_row0 + g + 8 * h;
+          const int f = 4 * i + 2 * h + q;
+#pragma unroll
+          for (int o = 0; o < 2; ++o) {
+            if (o >= rows_per_crow) break;
+            const std::int64_t R = crow * rows_per_crow + o;
+            if (R >= p.rows) continue;
+            float v[kNumMats];
+#pragma unroll
+            for (int m = 0; m < kNumMats; ++m) v[m] = o ? acc[m][1][f] : acc[m][0][f];
+            if (part) {
+              const int lrow = static_cast<int>(R - row0 * rows_per_crow);  // < 256
+#pragma unroll
+              for (int m = 0; m < kNumMats; ++m) part[(m * kBN + slot) * 256 + lrow] = v[m];
+            } else {
+              store<kBf16>(p.y, (tile.begin + slot) * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, tile.begin + slot, tok), p.y_f32);
+            }
+          }
+        }
+      }
+  }
+#else
+  __trap();  // compiled for another architecture: the launcher only runs this kernel on sm_90
+#endif
+}
+
+// Sums the parts of each output tile that several stream-K CTAs computed, in k order (part 0 first),
+// then applies the epilogue; tiles one CTA computed whole were stored by it. One CTA per tile.
+template <bool kBf16, int kNumMats, Epi kEpi>
+__global__ void __launch_bounds__(256) ssmm_sm90_stream_k_reduce(const Params p, const StreamK sk, int row_tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched as a programmatic dependent of the product: waits here until its partials are complete.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+  constexpr int kBN = 32, kBM = 128;
+  constexpr int kMaxParts = 256;  // the launcher keeps the grid at most this many CTAs, so a tile has at most as many parts
+  __shared__ int s_slot[kMaxParts];
+  const long long tile_idx = blockIdx.x;
+  const int num_parts = sk.parts_of(tile_idx);
+  if (num_parts < 2) return;
+  TileSlots tile;
+  if (!find_tile_in_warp<kBN>(p, static_cast<int>(tile_idx / row_tiles), tile)) return;  // past the last expert's tile
+  for (int k = threadIdx.x; k < num_parts; k += blockDim.x) s_slot[k] = sk.part(tile_idx, k).slot;
+  __syncthreads();
+  const int rows_per_crow = p.row_select_on ? 2 : 1;
+  const int tile_rows = kBM * rows_per_crow;
+  const std::int64_t row_base = (tile_idx % row_tiles) * tile_rows;
+  const int slots = static_cast<int>(min(static_cast<std::int64_t>(kBN), tile.end - tile.begin));
+  for (int e = threadIdx.x; e < slots * tile_rows; e += blockDim.x) {
+    const int slot = e / tile_rows, lrow = e % tile_rows;
+    const std::int64_t R = row_base + lrow;
+    if (R >= p.rows) continue;
+    float v[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      float sum = 0.0f;
+      for (int k = 0; k < num_parts; ++k) sum += p.workspace[(static_cast<std::int64_t>(s_slot[k]) * kNumMats + m) * kBN * 256 + slot * 256 + lrow];
+      v[m] = sum;
+    }
+    const std::int64_t j = tile.begin + slot;
+    store<kBf16>(p.y, j * p.rows + R, epilogue_value<kEpi, kNumMats>(v, p, j, token_of_slot(p, j, tile.end)), p.y_f32);
+  }
 }
 
 // ---- Persistent TMA variant (v14; docs/kernels/ssmm.md) ----
@@ -952,7 +1240,6 @@ __global__ void __launch_bounds__(384, 1)
   const int kt_per_segment = p.v / kBK;  // row selection is on (the launcher's condition); V % kBK == 0
   // K_padded is a multiple of 64: a k-tile has 4 k-steps, the last one possibly 2.
   const int ksteps_last = static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt - 1) * 4);
-  const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (kATileBytes + Config::kMetaTileBytes);
   const int pair_offset = (group * 64 + warp_in_group * 16 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
   RingPosition<kStages> ring;
   // Turn-taking over the whole sequence of k-tiles: consumer 0 issues after consumer 1 issued the
@@ -1036,38 +1323,11 @@ __global__ void __launch_bounds__(384, 1)
       if (kt > 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
       prev_stage = stage;
       std::uint32_t meta[kNumMats][4];
-      const int ksteps_here = kt + 1 < num_kt ? ksteps_full : ksteps_tail;
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes) +
-                            (group * 4 + warp_in_group) * 64 + g * 2 + (lane & 1);
-        if (__builtin_expect(ksteps_here == 4, 1)) {
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
-        } else {
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks) meta[m][ks] = ks < ksteps_here ? words[ks * 16] : 0x44444444u;
-        }
-      }
-      if (new_segment) {  // S += (p - n) T (at the first k-tile T is still zero)
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-          for (int f = 0; f < kBN / 2; ++f) acc[m][1][f] = fmaf(acc[m][0][f], c[m][(f / 2) % 2], acc[m][1][f]);
-      }
+      load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt ? ksteps_full : ksteps_tail);
+      if (new_segment) update_running_totals(acc, c);
       if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
       wait_turn = true;
-      wgmma::fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
-        const std::uint64_t desc_b = advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          const std::uint64_t desc_a = advance_descriptor(desc_stage, a_offset + m * kATileBytes + ks * 32);
-          wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
-        }
-      }
-      wgmma::commit();
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
       named_barrier_arrive(2 - group, Config::kConsumerThreads);
       if (kt == num_kt / 2) look_ahead();
     }
@@ -1190,8 +1450,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // stream-ordered launch), SAMOYEDS_SSMM_PERSISTENT = on (the TMA variant's persistent kernel where
 // it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_EARLY_STAGES =
 // N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
-// ids load; default 1, v15). Read once per process; ssmm_sm90_set_persistent overrides the persistent
-// choice for tests.
+// ids load; default 1, v15), SAMOYEDS_SSMM_STREAM_K = on (decode-sized calls through the stream-K
+// kernel where it applies; off by default until measured, v16). Read once per process;
+// ssmm_sm90_set_persistent and ssmm_sm90_set_stream_k override the two choices for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1201,6 +1462,7 @@ struct Tuning {
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
   int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
+  bool stream_k = false;  // the stream-K kernel where it applies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1214,6 +1476,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_STREAM_K")) r.stream_k = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1221,6 +1484,7 @@ const Tuning& tuning() {
 }
 
 std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
+std::atomic<int> stream_k_override{-1};    // ssmm_sm90_set_stream_k: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1300,7 +1564,38 @@ struct Sm90Choice {
   // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
   bool persistent = false;
   std::size_t gather_bytes = 0;  // X in slot order, for calls with a token list
+  // The stream-K kernel (cp.async, 32-token tiles): its split of the tiles' granules over CTAs.
+  bool stream_k = false;
+  StreamK sk;
+  int row_tiles = 0;
 };
+
+// The stream-K kernel's reduce keeps a tile's part list in a fixed shared array: at most this many CTAs.
+constexpr int kMaxStreamKCtas = 256;
+
+// Whether a call takes the stream-K kernel, and its split: 32-token tiles, fewer output tiles than
+// SMs (so one CTA per tile leaves SMs idle) and at least two granules per SM (a shorter run is mostly
+// the fixed costs the split would double).
+void choose_stream_k(const gpu::SsmmArgs& a, Sm90Choice& c) {
+  const int mode = stream_k_override.load();
+  if (!(mode >= 0 ? mode == 1 : tuning().stream_k) || c.tma || tile_tokens(a) != 32) return;
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  const std::int64_t row_tiles = row_tiles_of(a);
+  // Grouped: the device-side tile count is only bounded here (grid_token_tiles' bound); tiles past the
+  // real count are skipped by the kernel and the reduce.
+  const std::int64_t token_tiles =
+      a.expert_offsets ? a.num_tokens / 32 + std::min<std::int64_t>(a.weight.num_stacked, a.num_tokens) : (a.num_tokens + 31) / 32;
+  const std::int64_t num_kt = (g.cols_padded + 127) / 128;
+  const std::int64_t granules = a.weight.pattern.has_row_selection() ? g.num_segments : num_kt;
+  const std::int64_t tiles = row_tiles * token_tiles;
+  const int ctas = std::min(num_sms(), kMaxStreamKCtas);
+  if (a.num_tokens <= 0 || tiles >= num_sms() || tiles * granules < 2 * static_cast<std::int64_t>(ctas)) return;
+  c.stream_k = true;
+  c.sk.num_tiles = tiles;
+  c.sk.granules_per_tile = granules;
+  c.sk.num_ctas = ctas;
+  c.row_tiles = static_cast<int>(row_tiles);
+}
 
 Sm90Choice choose(const gpu::SsmmArgs& a) {
   Sm90Choice c;
@@ -1319,7 +1614,10 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   // Used whenever the cp.async variant runs (also when the TMA variant is chosen but its gather
   // workspace is missing).
   c.a_tma = t.a_tma && num_mats_of(a) <= 2 && weights_ok;
-  if (!c.tma) return c;
+  if (!c.tma) {
+    choose_stream_k(a, c);
+    return c;
+  }
   c.cluster = gpu::plan_cluster_size(row_tiles, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
   while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
@@ -1392,6 +1690,23 @@ std::int64_t prepare_launch(Kernel* kernel, const Params& p) {
   return token_tiles;
 }
 
+// A reduce of 256-thread CTAs as a programmatic dependent launch: the grid is set up while the product
+// runs (its CTAs are scheduled once every product CTA has started, and wait in griddepcontrol.wait),
+// hiding the launch gap that a plain stream-ordered launch pays after the product's last CTA.
+template <typename... Args>
+void launch_dependent(void (*kernel)(Args...), unsigned blocks, cudaStream_t stream, const Args&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(256);
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = tuning().pdl ? 1 : 0;  // without it griddepcontrol.wait returns at once
+  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 void launch(const Params& p, cudaStream_t stream) {
   using Config = Sm90Config<kNumMats, kSmallN>;
@@ -1412,21 +1727,24 @@ void launch(const Params& p, cudaStream_t stream) {
   if (p.splits > 1) {
     const std::int64_t n = p.L * p.rows;
     const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
-    // A programmatic dependent launch: the reduce grid is set up while the product runs (its CTAs are
-    // scheduled once every product CTA has started, and wait in griddepcontrol.wait), hiding the
-    // launch gap that a plain stream-ordered launch pays after the product's last CTA.
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(256);
-    config.stream = stream;
-    cudaLaunchAttribute attribute{};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &attribute;
-    config.numAttrs = tuning().pdl ? 1 : 0;  // without it griddepcontrol.wait returns at once
-    SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, p));
+    launch_dependent(ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, blocks, stream, p);
     SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
   }
+}
+
+// The stream-K kernel (1-D grid of sk.num_ctas CTAs), then the reduce of the tiles it shares.
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_stream_k(const Params& p, const StreamK& sk, int row_tiles, cudaStream_t stream) {
+  using Config = Sm90Config<kNumMats, kNumMats < 3>;
+  auto* kernel = ssmm_sm90_stream_k<kBf16, kNumMats, kEpi>;
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  kernel<<<static_cast<unsigned>(sk.num_ctas), Config::kThreads, Config::kSmemBytes, stream>>>(p, sk, row_tiles);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_stream_k");
+  bool shared = false;
+  for (long long t = 0; t < sk.num_tiles && !shared; ++t) shared = sk.parts_of(t) > 1;
+  if (!shared) return;
+  launch_dependent(ssmm_sm90_stream_k_reduce<kBf16, kNumMats, kEpi>, static_cast<unsigned>(sk.num_tiles), stream, p, sk, row_tiles);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_stream_k_reduce");
 }
 
 // The persistent kernel: one CTA per SM (at most one per unit of work), the unit counter zeroed
@@ -1520,6 +1838,17 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 }
 
 template <bool kBf16>
+void dispatch_stream_k(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
+  switch (a.epilogue) {
+    case gpu::SsmmEpilogue::plain: return launch_stream_k<kBf16, 1, Epi::plain>(p, c.sk, c.row_tiles, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch_stream_k<kBf16, 1, Epi::down_weighted>(p, c.sk, c.row_tiles, stream);
+    case gpu::SsmmEpilogue::gate_up:
+      if (a.gate_linear.values) return launch_stream_k<kBf16, 3, Epi::gate_up>(p, c.sk, c.row_tiles, stream);
+      return launch_stream_k<kBf16, 2, Epi::gate_up>(p, c.sk, c.row_tiles, stream);
+  }
+}
+
+template <bool kBf16>
 void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   switch (a.epilogue) {
     case gpu::SsmmEpilogue::plain: return launch_tma<kBf16, 1, Epi::plain>(a, p, c, stream);
@@ -1531,6 +1860,8 @@ void dispatch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, 
 // The workspace the chosen kernel wants: X in slot order (TMA), split-K partials, or none.
 std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
   if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
+  // Two partial tiles per CTA, [matrices][32 slots][256 logical rows] fp32 each.
+  if (c.stream_k) return static_cast<std::size_t>(2 * c.sk.num_ctas) * static_cast<std::size_t>(num_mats_of(args)) * 32 * 256 * sizeof(float);
   if (c.plan.splits <= 1) return 0;
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
@@ -1555,6 +1886,13 @@ bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args) { return choice_with_
 
 void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
+void ssmm_sm90_set_stream_k(int mode) { stream_k_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
+
+bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args) {
+  const Sm90Choice c = choice_with_workspace(args);
+  return c.stream_k && args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
+}
+
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const Sm90Choice c = choice_with_workspace(args);
   const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
@@ -1568,6 +1906,16 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     }
     return;
   }
+  p.early_stages = tuning().early_stages;
+  if (c.stream_k && has_workspace) {
+    p.workspace = static_cast<float*>(args.workspace);
+    if (args.x_dtype == DType::bf16) {
+      dispatch_stream_k<true>(args, p, c, stream);
+    } else {
+      dispatch_stream_k<false>(args, p, c, stream);
+    }
+    return;
+  }
   // Without the workspace it wants, a call still runs: unsplit, through the cp.async variant.
   if (!c.tma && c.plan.splits > 1 && has_workspace) {
     p.splits = c.plan.splits;
@@ -1578,7 +1926,6 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
                    " k-tiles is not a whole number of ", p.v / 128, "-k-tile segments (internal planning error)");
     p.workspace = static_cast<float*>(args.workspace);
   }
-  p.early_stages = tuning().early_stages;
   p.a_by_tma = c.a_tma ? 1 : 0;
   if (args.x_dtype == DType::bf16) {
     dispatch<true>(args, p, stream);

@@ -11,5 +11,10 @@ bool ssmm_sm90_takes_persistent(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_PERSISTENT knob for this process: -1 the knob decides again, 0 / 1 the
 // persistent kernel off / on wherever it applies.
 void ssmm_sm90_set_persistent(int mode);
+// Overrides the SAMOYEDS_SSMM_STREAM_K knob: -1 the knob decides again, 0 / 1 the stream-K kernel off /
+// on wherever it applies.
+void ssmm_sm90_set_stream_k(int mode);
+// Whether the sm90 path runs `args` (as given, workspace included) through the stream-K kernel.
+bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 
 }  // namespace samoyeds::kernels

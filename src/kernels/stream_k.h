@@ -9,10 +9,10 @@
 // [begin(c), begin(c + 1)): equal shares within one granule, each a run of pieces, where a piece is the
 // part of the run inside one tile. A piece that covers its tile whole is stored directly. A partial
 // piece writes fp32 partials (logical rows, after the running-total conversion, as split-K does) into
-// workspace slot 2c (the run's first piece) or 2c + 1 (its last); the CTA that completes a tile's last
-// part (an arrival counter per tile) sums the parts in k order, part(t, 0) + part(t, 1) + ..., so the
-// result does not depend on which CTA finishes. At most two slots per CTA: a run has one first and one
-// last piece, and every piece between them is a whole tile.
+// workspace slot 2c (the run's first piece) or 2c + 1 (its last); a reduce launch then sums each
+// shared tile's parts in k order, part(t, 0) + part(t, 1) + ..., so the result does not depend on
+// timing (no arrival counters, hence nothing to zero between calls). At most two slots per CTA: a run
+// has one first and one last piece, and every piece between them is a whole tile.
 #pragma once
 
 #include "kernels/tile_order.h"  // SAMOYEDS_HOST_DEVICE

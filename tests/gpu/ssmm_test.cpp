@@ -170,6 +170,25 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
         const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
         EXPECT_EQ(c.bad + c.non_finite, 0);
       }
+      if (path == gpu::SsmmPath::sm90) {
+        // The stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of
+        // 2304 rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
+        kernels::ssmm_sm90_set_stream_k(1);
+        DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
+        args.workspace = sk_workspace.get();
+        args.workspace_bytes = sk_workspace.bytes();
+        const bool takes = kernels::ssmm_sm90_takes_stream_k(args);
+        if ((L == 1 || L == 7) && std::min(prob.M, prob.K) >= 2304) EXPECT_TRUE(takes) << "the stream-K kernel is not tested here";
+        if (takes) {
+          SCOPED_TRACE("path sm90, stream-K");
+          dy.poison();
+          gpu::ssmm(args, nullptr, path);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
+          EXPECT_EQ(c.bad + c.non_finite, 0);
+        }
+        kernels::ssmm_sm90_set_stream_k(-1);
+      }
       args.workspace = nullptr;
       args.workspace_bytes = 0;
     }
@@ -271,6 +290,21 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
       const Check c = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
       EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
       EXPECT_GT(c.max_ref, 0.0);
+      if (path == gpu::SsmmPath::sm90) {  // and through the stream-K kernel where it applies
+        kernels::ssmm_sm90_set_stream_k(1);
+        DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
+        args.workspace = sk_workspace.get();
+        args.workspace_bytes = sk_workspace.bytes();
+        if (kernels::ssmm_sm90_takes_stream_k(args)) {
+          SCOPED_TRACE("stream-K");
+          dy.poison();
+          gpu::ssmm(args, nullptr, path);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const Check k = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
+          EXPECT_EQ(k.bad + k.non_finite, 0) << "max err " << k.max_err << " of max |ref| " << k.max_ref;
+        }
+        kernels::ssmm_sm90_set_stream_k(-1);
+      }
     }
   }
 }
@@ -528,6 +562,76 @@ TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   }
 }
 
+// The stream-K kernel with bad token indices: their rows come out NaN (here every tile's parts go
+// through the reduce: 9 tiles of 45 granules over 132 CTAs), the valid rows finite and equal to the
+// classic kernel's within rounding; from a CUDA graph replayed twice as well (no state between calls).
+TEST(SsmmGpu, StreamKOutOfRangeTokenGivesNaNRow) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the stream-K kernel needs a Hopper GPU";
+  const Problem prob{2304, 5760, "1:2:128"};
+  const PackedMatrix& w = cached_weight(prob, DType::bf16, false, 61);
+  const gpu::DevicePackedMatrix dw(w);
+  const std::int64_t T = 6;
+  const Matrix x = random_normal_matrix(DType::bf16, T, prob.K, 62);
+  DeviceBuffer dx(x.data(), x.bytes());
+  const std::vector<std::int32_t> idx = {0, 9, -1, 3, 5};  // 9 and -1 are outside X's rows
+  DeviceBuffer didx(idx);
+  const std::int64_t L = static_cast<std::int64_t>(idx.size());
+  DeviceBuffer dy(static_cast<std::size_t>(L * prob.M) * 2);
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = T;
+  args.token_idx = didx.as<std::int32_t>();
+  args.num_tokens = L;
+  args.y = dy.get();
+  std::vector<std::vector<std::uint16_t>> outs;
+  for (const int stream_k : {0, 1}) {
+    kernels::ssmm_sm90_set_stream_k(stream_k);
+    DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
+    args.workspace = workspace.get();
+    args.workspace_bytes = workspace.bytes();
+    ASSERT_EQ(kernels::ssmm_sm90_takes_stream_k(args), stream_k == 1);
+    dy.poison();
+    gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    outs.push_back(dy.to_host<std::uint16_t>());
+    if (stream_k == 1) {
+      cudaStream_t stream = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
+      SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+      SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+      for (int replay = 0; replay < 2; ++replay) {
+        dy.poison();
+        SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+        SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
+        EXPECT_EQ(dy.to_host<std::uint16_t>(), outs.back()) << "graph replay " << replay << " differs from the eager call";
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+      cudaStreamDestroy(stream);
+    }
+  }
+  kernels::ssmm_sm90_set_stream_k(-1);
+  for (std::int64_t j = 0; j < L; ++j) {
+    const bool bad = idx[static_cast<std::size_t>(j)] < 0 || idx[static_cast<std::size_t>(j)] >= T;
+    for (std::int64_t r = 0; r < prob.M; ++r) {
+      const auto at = static_cast<std::size_t>(j * prob.M + r);
+      const float classic = half_to_float(DType::bf16, outs[0][at]), streamed = half_to_float(DType::bf16, outs[1][at]);
+      if (bad) {
+        ASSERT_TRUE(std::isnan(streamed)) << "slot " << j << " (bad index), row " << r;
+      } else {
+        ASSERT_TRUE(std::isfinite(streamed)) << "slot " << j << ", row " << r;
+        ASSERT_LE(std::fabs(streamed - classic), std::ldexp(std::fabs(classic), -7) + 1e-3f) << "slot " << j << ", row " << r;
+      }
+    }
+  }
+}
+
 // Slots without a valid token (past L, or a bad index) may hold anything in B (the sm90 cp.async
 // producer copies X's row 0 for a bad index and leaves the rows past L stale): whatever they hold
 // must stay in those slots. Row 0 is NaN here and no
@@ -631,6 +735,7 @@ struct GroupedCase {
   Problem prob;
   std::vector<std::int64_t> sizes;   // slots per expert; the call's capacity adds 5 unused slots
   bool list;                         // token list (routed) or X rows = slots (the down projection)
+  bool stream_k = false;             // the sm90 path must also take the stream-K kernel (decode sizes)
 };
 
 class SsmmGrouped : public ::testing::TestWithParam<GroupedCase> {};
@@ -723,6 +828,28 @@ TEST_P(SsmmGrouped, EveryExpertMatchesItsOwnProduct) {
                               [](std::uint8_t b) { return b == 0xFF; }))
           << "slots past expert_offsets[E] were written";
     }
+    if (path == gpu::SsmmPath::sm90) {  // the stream-K kernel wherever it applies
+      SCOPED_TRACE("path sm90, stream-K");
+      kernels::ssmm_sm90_set_stream_k(1);
+      DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
+      args.workspace = sk_workspace.get();
+      args.workspace_bytes = sk_workspace.bytes();
+      const bool takes = kernels::ssmm_sm90_takes_stream_k(args);
+      if (gc.stream_k) EXPECT_TRUE(takes) << "the case does not reach the stream-K kernel";
+      if (takes) {
+        dy.poison();
+        gpu::ssmm(args, nullptr, path);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        const Check c = compare(dy, y_dtype, gc.prob.M, slots, ref, gc.integers);
+        EXPECT_EQ(c.bad + c.non_finite, 0);
+        const auto bytes = dy.to_host<std::uint8_t>();
+        const std::size_t tail_at = static_cast<std::size_t>(used * gc.prob.M) * dtype_size(y_dtype);
+        EXPECT_TRUE(std::all_of(bytes.begin() + static_cast<std::ptrdiff_t>(tail_at), bytes.end(),
+                                [](std::uint8_t b) { return b == 0xFF; }))
+            << "slots past expert_offsets[E] were written";
+      }
+      kernels::ssmm_sm90_set_stream_k(-1);
+    }
   }
 }
 
@@ -736,7 +863,14 @@ INSTANTIATE_TEST_SUITE_P(
         GroupedCase{gpu::SsmmEpilogue::plain, true, {1024, 4096, "1:2:128"}, {0, 1, 0, 1}, true},
         GroupedCase{gpu::SsmmEpilogue::gate_up, false, {1408, 2048, "1:2:128"}, {5, 0, 200, 1, 17, 0, 0, 64}, true},
         GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {2048, 1408, "1:2:128"}, {5, 0, 200, 1, 17, 0, 0, 64}, false},
-        GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {1024, 4096, "1:2:128"}, {1, 0, 0, 1}, false}),
+        GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {1024, 4096, "1:2:128"}, {1, 0, 0, 1}, false},
+        // Decode sizes, which must also take the stream-K kernel: 8 experts, 7 routed slots, empty experts
+        // in between (the kernel walks the tile bound, 64 / 128 tiles, and skips the 32 / 64 past the real
+        // count), granules shared between CTAs; 2:4 without selection.
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {2048, 4096, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, true, true},
+        GroupedCase{gpu::SsmmEpilogue::gate_up, false, {2048, 4096, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, true, true},
+        GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {4096, 2048, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, false, true},
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {1024, 4096, "2:4"}, {1, 2, 0, 1}, true, true}),
     [](const ::testing::TestParamInfo<GroupedCase>& info) {
       const auto& c = info.param;
       std::string name = std::string(gpu::epilogue_name(c.epilogue)) + "_" + std::to_string(c.prob.M) + "x" +
