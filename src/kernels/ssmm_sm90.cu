@@ -552,7 +552,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   if (tid < Config::kProducerThreads) {
     // ---- Producer warpgroup: fills the ring, never touches the accumulators. ----
     setmaxnreg_dec<Config::kProducerRegisters>();
-    using Bytes = const std::uint8_t*;
     const ATileCopier<Config, kNumMats, Config::kProducerThreads> a_copier(p, mats, row0, tid);
     const int b_slots = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));  // slots with a token id
     const BTileCopier<Config, kNumMats> b_copier(p, b_slots, tid, [&](int slot) { return s_tok[slot]; });
