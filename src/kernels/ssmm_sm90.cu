@@ -375,6 +375,25 @@ __device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumM
   }
 }
 
+// At a segment start: the selection of this thread's rows (bit h: row g + 8h) in the new segment from
+// its warp's prefetched select word, c = p - n for update_running_totals, and the following segment's
+// word fetched now when that segment starts before the range's end, k-tile kt_end (its latency hides
+// behind this segment's k-tiles). select_shift: the rows' bit in the word (warp_row0 % 32 + g).
+template <int kNumMats>
+__device__ __forceinline__ void enter_segment(std::uint32_t (&sel)[kNumMats], std::uint32_t (&word_ahead)[kNumMats], float (&c)[kNumMats][2],
+                                              const std::uint32_t* (&select_src)[kNumMats], int select_shift, const SegmentCursor& segment,
+                                              int kt, int kt_end) {
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) {
+    const std::uint32_t word = word_ahead[m];
+    const std::uint32_t next = ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
+    sel[m] = next;
+    if (kt + segment.per_segment < kt_end && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
+  }
+}
+
 // At a segment start, with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row
 // whose selection goes from p to n; c[m][h] = p - n for matrix m, row half h (rows g + 8h). c = 0
 // leaves S as it is, and at a range's first k-tile T is still zero.
@@ -623,10 +642,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
     select_src[m] = p.row_select_on && warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
-  // The selection of this thread's rows (bit h: row g + 8h) in a segment, from its word.
-  auto selection_of = [&](std::uint32_t word) -> std::uint32_t {
-    return ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
-  };
 
   // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
   // consumer 1 issues k-tile i after consumer 0 issued it (barrier 2). Arrivals and waits pair up.
@@ -658,17 +673,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // update and the next wgmmas are the chain that keeps the tensor cores waiting.
     const bool new_segment = segment.starts();
     float c[kNumMats][2];
-    if (new_segment) {
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        const std::uint32_t next = selection_of(word_ahead[m]);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
-        sel[m] = next;
-        // The following segment's word: its latency hides behind this segment's k-tiles.
-        if (kt + kt_per_segment < kt_end && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
-      }
-    }
+    if (new_segment) enter_segment(sel, word_ahead, c, select_src, select_shift, segment, kt, kt_end);
     // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
     const std::uint64_t desc_stage = sw128_descriptor(base);
     // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
@@ -939,17 +944,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_stream_k(const Params p, con
       const std::uint8_t* base = smem + stage * Config::kStageBytes;
       const bool new_segment = segment.starts();
       float c[kNumMats][2];
-      if (new_segment) {
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          const std::uint32_t word = word_ahead[m];
-          const std::uint32_t next = ((word >> select_shift) & 1u) | (((word >> (select_shift + 8)) & 1u) << 1);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) c[m][h] = static_cast<float>(static_cast<int>((sel[m] >> h) & 1u) - static_cast<int>((next >> h) & 1u));
-          sel[m] = next;
-          if (kt + kt_per_segment < kt_end && select_src[m]) word_ahead[m] = __ldg(select_src[m] + segment.index + 1);
-        }
-      }
+      if (new_segment) enter_segment(sel, word_ahead, c, select_src, select_shift, segment, kt, kt_end);
       const std::uint64_t desc_stage = sw128_descriptor(base);
       wgmma::wait<0>();
       if (prev_stage >= 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
