@@ -372,6 +372,28 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
   }
 }
 
+// Captures one sm90 call into a CUDA graph and replays it twice: each replay (Y poisoned first) must
+// store `expected`. Call through ASSERT_NO_FATAL_FAILURE.
+void expect_graph_replays_store(const gpu::SsmmArgs& args, DeviceBuffer& dy, const std::vector<std::uint16_t>& expected) {
+  cudaStream_t stream = nullptr;
+  SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
+  SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+  SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (int replay = 0; replay < 2; ++replay) {
+    dy.poison();
+    SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+    SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
+    EXPECT_EQ(dy.to_host<std::uint16_t>(), expected) << "graph replay " << replay << " differs from the eager call";
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 // The sm90 epilogue stages a row-selected 16-bit tile through shared memory and stores 16-byte
 // chunks when Y is 16-byte aligned and rows % 8 == 0, and otherwise stores 4-byte pairs: both must
 // write the same bits, and nothing outside [L, M] (Y one pair off the alignment, guard bytes around).
@@ -491,23 +513,7 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
         outs.push_back(dy.to_host<std::uint16_t>());
       }
       kernels::ssmm_sm90_set_persistent(1);
-      cudaStream_t stream = nullptr;
-      SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      cudaGraph_t graph = nullptr;
-      cudaGraphExec_t exec = nullptr;
-      SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
-      SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
-      SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-      for (int replay = 0; replay < 2; ++replay) {
-        dy.poison();
-        SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-        SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
-        EXPECT_EQ(dy.to_host<std::uint16_t>(), outs[0]) << "graph replay " << replay << " differs from the eager call";
-      }
-      cudaGraphExecDestroy(exec);
-      cudaGraphDestroy(graph);
-      cudaStreamDestroy(stream);
+      ASSERT_NO_FATAL_FAILURE(expect_graph_replays_store(args, dy, outs[0]));
       kernels::ssmm_sm90_set_persistent(-1);
       const auto& out = outs[0];
       const std::size_t used_elements = static_cast<std::size_t>(used * prob.M);
@@ -596,25 +602,7 @@ TEST(SsmmGpu, StreamKOutOfRangeTokenGivesNaNRow) {
     gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     outs.push_back(dy.to_host<std::uint16_t>());
-    if (stream_k == 1) {
-      cudaStream_t stream = nullptr;
-      SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-      cudaGraph_t graph = nullptr;
-      cudaGraphExec_t exec = nullptr;
-      SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-      gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
-      SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
-      SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-      for (int replay = 0; replay < 2; ++replay) {
-        dy.poison();
-        SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-        SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
-        EXPECT_EQ(dy.to_host<std::uint16_t>(), outs.back()) << "graph replay " << replay << " differs from the eager call";
-      }
-      cudaGraphExecDestroy(exec);
-      cudaGraphDestroy(graph);
-      cudaStreamDestroy(stream);
-    }
+    if (stream_k == 1) ASSERT_NO_FATAL_FAILURE(expect_graph_replays_store(args, dy, outs.back()));
   }
   kernels::ssmm_sm90_set_stream_k(-1);
   for (std::int64_t j = 0; j < L; ++j) {
