@@ -104,6 +104,17 @@ struct SplitPlan {
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
+// The decode kernel's split of K across CTAs (kernels/ssmm_decode.cu, taken by the sm90 path when an
+// expert's tokens fit in 16 slots): CTAs of 32 compressed rows, whose 8 warps share the K range in
+// k-tiles of kDecodeKTileColumns columns. The range splits over CTAs only until the grid holds two CTAs
+// per SM (a whole SM's worth of weight streams at two CTAs each), each split keeping at least
+// kDecodeMinSplitKTiles k-tiles (two per warp), and at most max_splits (the caller's partial-traffic
+// bound). row_tiles: compressed rows / 32; token_tiles: tiles of 8 or 16 slots.
+constexpr int kDecodeKTileColumns = 64;
+constexpr std::int64_t kDecodeMinSplitKTiles = 16;
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
+                            std::int64_t max_splits);
+
 // How many CTAs along the output rows share one token tile through TMA multicast (the sm90 kernel's
 // large-L variant): the largest power of two <= max_cluster whose padding of the row-tile count (the
 // grid must be a whole number of clusters) stays within an eighth of the tiles; 1 when none does.

@@ -135,6 +135,19 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
+                            std::int64_t max_splits) {
+  SplitPlan plan;
+  plan.k_tiles_per_split = num_k_tiles;
+  const std::int64_t ctas = row_tiles * token_tiles;
+  if (ctas <= 0 || num_k_tiles <= 0) return plan;
+  const std::int64_t wanted = std::min({2 * static_cast<std::int64_t>(num_sms) / ctas, num_k_tiles / kDecodeMinSplitKTiles, max_splits});
+  if (wanted < 2) return plan;
+  plan.k_tiles_per_split = (num_k_tiles + wanted - 1) / wanted;
+  plan.splits = static_cast<int>((num_k_tiles + plan.k_tiles_per_split - 1) / plan.k_tiles_per_split);
+  return plan;
+}
+
 int plan_tile_tokens(std::int64_t tokens_per_expert, int num_mats, std::int64_t row_tiles, std::int64_t K,
                      std::int64_t num_tokens, std::int64_t busy_experts, int num_sms) {
   if (tokens_per_expert <= 32 || num_mats >= 3) return 32;

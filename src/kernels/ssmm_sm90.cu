@@ -1445,8 +1445,10 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_EARLY_STAGES =
 // N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
 // ids load; default 1, v15), SAMOYEDS_SSMM_STREAM_K = on (decode-sized calls through the stream-K
-// kernel where it applies; off by default until measured, v16). Read once per process;
-// ssmm_sm90_set_persistent and ssmm_sm90_set_stream_k override the two choices for tests.
+// kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (calls of
+// at most 16 slots per expert through the wgmma kernels instead of ssmm_decode.cu, v17). Read once per
+// process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
+// three choices for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1457,6 +1459,7 @@ struct Tuning {
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
   int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
   bool stream_k = false;  // the stream-K kernel where it applies
+  bool decode = true;     // the decode kernel where it applies
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1471,6 +1474,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_STREAM_K")) r.stream_k = std::strcmp(v, "on") == 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE")) r.decode = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1479,6 +1483,7 @@ const Tuning& tuning() {
 
 std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 std::atomic<int> stream_k_override{-1};    // ssmm_sm90_set_stream_k: -1 follows the knob
+std::atomic<int> decode_override{-1};      // ssmm_sm90_set_decode: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1493,6 +1498,33 @@ int tile_tokens(const gpu::SsmmArgs& a) {
                                busy_experts_of(a), num_sms());
 }
 
+// How many splits the partial traffic allows: each split writes and the reduce reads L x M fp32
+// partials per matrix; keep all of that within the weight bytes plus 2 MB, or splitting costs more than
+// the parallelism it buys. (v3.1 needed a quarter of the weight bytes; the v4 kernel, one CTA per SM,
+// left medium L on a fifth of the SMs under that bound: docs/kernels/ssmm.md.)
+std::int64_t max_splits_of(const gpu::SsmmArgs& a, const PackedGeometry& g) {
+  const double partial_bytes =
+      8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
+  const double allowed_bytes = (static_cast<double>(g.total_bytes()) + 2.0e6) * tuning().split_traffic;
+  return static_cast<std::int64_t>(allowed_bytes / partial_bytes);
+}
+
+// Slots per tile of the decode kernel (ssmm_decode.cu) for a call it takes, else 0: every call whose
+// experts hold at most 16 slots on average (the mean over the busy experts for a grouped call).
+int decode_tile_tokens(const gpu::SsmmArgs& a) {
+  const int mode = decode_override.load();
+  if (!(mode >= 0 ? mode == 1 : tuning().decode) || a.num_tokens <= 0) return 0;
+  const std::int64_t per_expert = tokens_per_expert(a);
+  return per_expert <= 8 ? 8 : (per_expert <= 16 ? 16 : 0);
+}
+
+gpu::SplitPlan decode_split_plan(const gpu::SsmmArgs& a, int tile_tokens) {
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens - 1) / tile_tokens, busy_experts_of(a));
+  return gpu::plan_decode_split(g.compressed_rows_padded / 32, token_tiles, g.cols_padded / gpu::kDecodeKTileColumns, num_sms(),
+                                max_splits_of(a, g));
+}
+
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   const std::int64_t row_tiles = row_tiles_of(a);
@@ -1500,15 +1532,7 @@ gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
   const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens(a) - 1) / tile_tokens(a), busy_experts_of(a));
   const std::int64_t num_kt = (g.cols_padded + 127) / 128;
   const std::int64_t segment_kt = a.weight.pattern.has_row_selection() ? a.weight.pattern.v / 128 : 1;
-  // Each split writes and the reduce reads L x M fp32 partials per matrix; keep all of that within the
-  // weight bytes plus 2 MB, or splitting costs more than the parallelism it buys. (v3.1 needed a
-  // quarter of the weight bytes; the v4 kernel, one CTA per SM, left medium L on a fifth of the SMs
-  // under that bound: docs/kernels/ssmm.md.)
-  const double partial_bytes =
-      8.0 * num_mats_of(a) * static_cast<double>(a.num_tokens) * static_cast<double>(a.weight.rows);
-  const double allowed_bytes = (static_cast<double>(g.total_bytes()) + 2.0e6) * tuning().split_traffic;
-  const auto max_splits = static_cast<std::int64_t>(allowed_bytes / partial_bytes);
-  return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits);
+  return gpu::plan_split_k(row_tiles, token_tiles, num_kt, segment_kt, num_sms(), max_splits_of(a, g));
 }
 
 // X's rows in slot order for the TMA variant, whose B boxes are runs of contiguous rows: slot j gets
@@ -1562,6 +1586,9 @@ struct Sm90Choice {
   bool stream_k = false;
   StreamK sk;
   int row_tiles = 0;
+  // The decode kernel (ssmm_decode.cu): slots per tile (8 or 16), 0 when it does not take the call;
+  // `plan` is then its split (in 64-column k-tiles).
+  int decode_tokens = 0;
 };
 
 // The stream-K kernel's reduce keeps a tile's part list in a fixed shared array: at most this many CTAs.
@@ -1593,6 +1620,11 @@ void choose_stream_k(const gpu::SsmmArgs& a, Sm90Choice& c) {
 
 Sm90Choice choose(const gpu::SsmmArgs& a) {
   Sm90Choice c;
+  c.decode_tokens = decode_tile_tokens(a);
+  if (c.decode_tokens) {
+    c.plan = decode_split_plan(a, c.decode_tokens);
+    return c;
+  }
   c.plan = split_plan(a);
   const Tuning& t = tuning();
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
@@ -1701,6 +1733,23 @@ void launch_dependent(void (*kernel)(Args...), unsigned blocks, cudaStream_t str
   SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args...));
 }
 
+// The split-K reduce of a product just launched on `stream`: one thread per output element.
+template <bool kBf16, int kNumMats, Epi kEpi>
+void launch_reduce(const Params& p, cudaStream_t stream) {
+  const std::int64_t n = p.L * p.rows;
+  const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
+  launch_dependent(ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, blocks, stream, p);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
+}
+
+template <bool kBf16>
+void launch_reduce_of(const Params& p, int num_mats, Epi epi, cudaStream_t stream) {
+  if (epi == Epi::plain) return launch_reduce<kBf16, 1, Epi::plain>(p, stream);
+  if (epi == Epi::down_weighted) return launch_reduce<kBf16, 1, Epi::down_weighted>(p, stream);
+  if (num_mats == 3) return launch_reduce<kBf16, 3, Epi::gate_up>(p, stream);
+  return launch_reduce<kBf16, 2, Epi::gate_up>(p, stream);
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
 void launch(const Params& p, cudaStream_t stream) {
   using Config = Sm90Config<kNumMats, kSmallN>;
@@ -1718,12 +1767,7 @@ void launch(const Params& p, cudaStream_t stream) {
   q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel");
-  if (p.splits > 1) {
-    const std::int64_t n = p.L * p.rows;
-    const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
-    launch_dependent(ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, blocks, stream, p);
-    SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
-  }
+  if (p.splits > 1) launch_reduce<kBf16, kNumMats, kEpi>(p, stream);
 }
 
 // The stream-K kernel (1-D grid of sk.num_ctas CTAs), then the reduce of the tiles it shares.
@@ -1865,6 +1909,10 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
 
+void launch_split_k_reduce(const Params& p, bool bf16, int num_mats, Epi epi, cudaStream_t stream) {
+  bf16 ? launch_reduce_of<true>(p, num_mats, epi, stream) : launch_reduce_of<false>(p, num_mats, epi, stream);
+}
+
 // The choice as it runs with the workspace the call brings: the TMA variant needs X in slot order
 // (token lists) and the persistent kernel its unit counter on top; without them a call still runs,
 // one CTA per tile or through the cp.async variant.
@@ -1882,6 +1930,10 @@ void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -
 
 void ssmm_sm90_set_stream_k(int mode) { stream_k_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
+void ssmm_sm90_set_decode(int mode) { decode_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
+
+bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return choose(args).decode_tokens != 0; }
+
 bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args) {
   const Sm90Choice c = choice_with_workspace(args);
   return c.stream_k && args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
@@ -1898,6 +1950,17 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     } else {
       dispatch_tma<false>(args, p, c, stream);
     }
+    return;
+  }
+  if (c.decode_tokens) {
+    // Without the workspace it wants, a call still runs unsplit.
+    p.k_tiles_per_split = p.K_padded / gpu::kDecodeKTileColumns;
+    if (c.plan.splits > 1 && has_workspace) {
+      p.splits = c.plan.splits;
+      p.k_tiles_per_split = c.plan.k_tiles_per_split;
+      p.workspace = static_cast<float*>(args.workspace);
+    }
+    ssmm_decode(args, p, c.decode_tokens, stream);
     return;
   }
   p.early_stages = tuning().early_stages;

@@ -73,6 +73,25 @@ std::vector<gpu::SsmmPath> paths_for(const gpu::SsmmArgs& args) {
   return paths;
 }
 
+// The sm90 decode kernel's override for one scope (-1: the knob decides; 0 / 1: off / on), restored
+// on the way out, failed assertions included.
+struct DecodeOverride {
+  explicit DecodeOverride(int mode) { kernels::ssmm_sm90_set_decode(mode); }
+  ~DecodeOverride() { kernels::ssmm_sm90_set_decode(-1); }
+  DecodeOverride(const DecodeOverride&) = delete;
+  DecodeOverride& operator=(const DecodeOverride&) = delete;
+};
+
+// The sm90 path's other small-L kernels for one scope: the decode kernel off (so its wgmma kernels run),
+// and the stream-K kernel on when asked for.
+struct Sm90Alternative {
+  explicit Sm90Alternative(bool stream_k) : decode_off(0) { kernels::ssmm_sm90_set_stream_k(stream_k ? 1 : -1); }
+  ~Sm90Alternative() { kernels::ssmm_sm90_set_stream_k(-1); }
+  Sm90Alternative(const Sm90Alternative&) = delete;
+  Sm90Alternative& operator=(const Sm90Alternative&) = delete;
+  DecodeOverride decode_off;
+};
+
 struct Check {
   double max_err = 0, max_ref = 0;
   std::int64_t bad = 0, non_finite = 0;
@@ -137,7 +156,7 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
   const std::int64_t T = 4096 + 17;
   const Matrix x = random_int_matrix(DType::bf16, T, prob.K, seed + 1);
   DeviceBuffer dx(x.data(), x.bytes());
-  for (std::int64_t L : {0, 1, 7, 64, 1000, 4096}) {
+  for (std::int64_t L : {0, 1, 7, 13, 64, 1000, 4096}) {
     SCOPED_TRACE("L = " + std::to_string(L));
     const auto idx = random_token_list(L, T, seed + static_cast<std::uint64_t>(L));
     DeviceBuffer didx(idx);
@@ -171,23 +190,27 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
         EXPECT_EQ(c.bad + c.non_finite, 0);
       }
       if (path == gpu::SsmmPath::sm90) {
-        // The stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of
-        // 2304 rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
-        kernels::ssmm_sm90_set_stream_k(1);
-        DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
-        args.workspace = sk_workspace.get();
-        args.workspace_bytes = sk_workspace.bytes();
-        const bool takes = kernels::ssmm_sm90_takes_stream_k(args);
-        if ((L == 1 || L == 7) && std::min(prob.M, prob.K) >= 2304) EXPECT_TRUE(takes) << "the stream-K kernel is not tested here";
-        if (takes) {
-          SCOPED_TRACE("path sm90, stream-K");
+        // Where the decode kernel takes the call (L <= 16), also the wgmma kernel it replaces; then the
+        // stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of 2304
+        // rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
+        if ((L == 1 || L == 7 || L == 13) && prob.M >= 64) EXPECT_TRUE(kernels::ssmm_sm90_takes_decode(args)) << "the decode kernel is not tested here";
+        const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
+        for (const bool stream_k : {false, true}) {
+          if (!stream_k && !decode_default) continue;
+          const Sm90Alternative alternative(stream_k);
+          DeviceBuffer alt_workspace(gpu::ssmm_workspace_bytes(args, path));
+          args.workspace = alt_workspace.get();
+          args.workspace_bytes = alt_workspace.bytes();
+          const bool takes = !stream_k || kernels::ssmm_sm90_takes_stream_k(args);
+          if (stream_k && (L == 1 || L == 7) && std::min(prob.M, prob.K) >= 2304) EXPECT_TRUE(takes) << "the stream-K kernel is not tested here";
+          if (!takes) continue;
+          SCOPED_TRACE(stream_k ? "path sm90, stream-K" : "path sm90, wgmma kernel");
           dy.poison();
           gpu::ssmm(args, nullptr, path);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
           EXPECT_EQ(c.bad + c.non_finite, 0);
         }
-        kernels::ssmm_sm90_set_stream_k(-1);
       }
       args.workspace = nullptr;
       args.workspace_bytes = 0;
@@ -230,7 +253,7 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
   const PackedMatrix& up = cached_weight(ec.prob, ec.dtype, false, seed + 1);
   const PackedMatrix& lin = cached_weight(ec.prob, ec.dtype, false, seed + 2);
   const gpu::DevicePackedMatrix dw(w), dup(up), dlin(lin);
-  for (std::int64_t L : {1, 7, 64, 1000}) {
+  for (std::int64_t L : {1, 7, 13, 64, 1000}) {
     SCOPED_TRACE("L = " + std::to_string(L));
     const std::int64_t T = ec.all_tokens ? L : L + 5;
     const Matrix x = random_normal_matrix(ec.dtype, T, ec.prob.K, seed + 3 + static_cast<std::uint64_t>(L));
@@ -290,20 +313,23 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
       const Check c = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
       EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
       EXPECT_GT(c.max_ref, 0.0);
-      if (path == gpu::SsmmPath::sm90) {  // and through the stream-K kernel where it applies
-        kernels::ssmm_sm90_set_stream_k(1);
-        DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
-        args.workspace = sk_workspace.get();
-        args.workspace_bytes = sk_workspace.bytes();
-        if (kernels::ssmm_sm90_takes_stream_k(args)) {
-          SCOPED_TRACE("stream-K");
+      if (path == gpu::SsmmPath::sm90) {  // and the wgmma kernel the decode kernel replaces, and stream-K, where they apply
+        const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
+        if (L <= 13) EXPECT_TRUE(decode_default) << "the decode kernel is not tested here";
+        for (const bool stream_k : {false, true}) {
+          if (!stream_k && !decode_default) continue;
+          const Sm90Alternative alternative(stream_k);
+          DeviceBuffer alt_workspace(gpu::ssmm_workspace_bytes(args, path));
+          args.workspace = alt_workspace.get();
+          args.workspace_bytes = alt_workspace.bytes();
+          if (stream_k && !kernels::ssmm_sm90_takes_stream_k(args)) continue;
+          SCOPED_TRACE(stream_k ? "stream-K" : "wgmma kernel");
           dy.poison();
           gpu::ssmm(args, nullptr, path);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           const Check k = compare(dy, ec.dtype, ec.prob.M, slots, ref, false);
           EXPECT_EQ(k.bad + k.non_finite, 0) << "max err " << k.max_err << " of max |ref| " << k.max_ref;
         }
-        kernels::ssmm_sm90_set_stream_k(-1);
       }
     }
   }
@@ -592,6 +618,7 @@ TEST(SsmmGpu, StreamKOutOfRangeTokenGivesNaNRow) {
   args.num_tokens = L;
   args.y = dy.get();
   std::vector<std::vector<std::uint16_t>> outs;
+  const DecodeOverride decode_off(0);  // both runs compare the wgmma kernels
   for (const int stream_k : {0, 1}) {
     kernels::ssmm_sm90_set_stream_k(stream_k);
     DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
@@ -653,7 +680,8 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
     args.x = x_device;
     args.workspace = nullptr;
     args.workspace_bytes = split ? gpu::ssmm_workspace_bytes(args, path) : 0;
-    if (split && path == gpu::SsmmPath::sm90) EXPECT_GT(args.workspace_bytes, 0u) << "the sm90 path no longer splits this call";
+    if (split && path == gpu::SsmmPath::sm90 && !kernels::ssmm_sm90_takes_decode(args))
+      EXPECT_GT(args.workspace_bytes, 0u) << "the sm90 wgmma kernel no longer splits this call";
     DeviceBuffer workspace(std::max<std::size_t>(args.workspace_bytes, 16));
     args.workspace = split ? workspace.get() : nullptr;
     if (finite_poison) {
@@ -666,8 +694,12 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
     return dy.to_host<float>();
   };
   for (gpu::SsmmPath path : paths_for(args))
-    for (const bool split : {false, true}) {
-      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (split ? ", with workspace" : ", no workspace"));
+    for (const int variant : {0, 1, 2, 3}) {  // bit 0: with workspace; bit 1: sm90 with the decode kernel off
+      const bool split = variant & 1, wgmma = variant & 2;
+      if (wgmma && path != gpu::SsmmPath::sm90) continue;
+      const DecodeOverride decode(wgmma ? 0 : -1);
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (wgmma ? " (wgmma kernel)" : "") +
+                   (split ? ", with workspace" : ", no workspace"));
       const std::vector<float> finite = run(dx.get(), path, split, false);
       const std::vector<float> with_nan = run(dx_nan.get(), path, split, true);
       for (std::size_t slot = 0; slot < idx.size(); ++slot)
@@ -816,15 +848,19 @@ TEST_P(SsmmGrouped, EveryExpertMatchesItsOwnProduct) {
                               [](std::uint8_t b) { return b == 0xFF; }))
           << "slots past expert_offsets[E] were written";
     }
-    if (path == gpu::SsmmPath::sm90) {  // the stream-K kernel wherever it applies
-      SCOPED_TRACE("path sm90, stream-K");
-      kernels::ssmm_sm90_set_stream_k(1);
-      DeviceBuffer sk_workspace(gpu::ssmm_workspace_bytes(args, path));
-      args.workspace = sk_workspace.get();
-      args.workspace_bytes = sk_workspace.bytes();
-      const bool takes = kernels::ssmm_sm90_takes_stream_k(args);
-      if (gc.stream_k) EXPECT_TRUE(takes) << "the case does not reach the stream-K kernel";
-      if (takes) {
+    if (path == gpu::SsmmPath::sm90) {  // the wgmma kernel the decode kernel replaces, and stream-K, where they apply
+      const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
+      if (gc.stream_k) EXPECT_TRUE(decode_default) << "the case does not reach the decode kernel";
+      for (const bool stream_k : {false, true}) {
+        if (!stream_k && !decode_default) continue;
+        SCOPED_TRACE(stream_k ? "path sm90, stream-K" : "path sm90, wgmma kernel");
+        const Sm90Alternative alternative(stream_k);
+        DeviceBuffer alt_workspace(gpu::ssmm_workspace_bytes(args, path));
+        args.workspace = alt_workspace.get();
+        args.workspace_bytes = alt_workspace.bytes();
+        const bool takes = !stream_k || kernels::ssmm_sm90_takes_stream_k(args);
+        if (stream_k && gc.stream_k) EXPECT_TRUE(takes) << "the case does not reach the stream-K kernel";
+        if (!takes) continue;
         dy.poison();
         gpu::ssmm(args, nullptr, path);
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -836,7 +872,6 @@ TEST_P(SsmmGrouped, EveryExpertMatchesItsOwnProduct) {
                                 [](std::uint8_t b) { return b == 0xFF; }))
             << "slots past expert_offsets[E] were written";
       }
-      kernels::ssmm_sm90_set_stream_k(-1);
     }
   }
 }
@@ -858,7 +893,11 @@ INSTANTIATE_TEST_SUITE_P(
         GroupedCase{gpu::SsmmEpilogue::plain, true, {2048, 4096, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, true, true},
         GroupedCase{gpu::SsmmEpilogue::gate_up, false, {2048, 4096, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, true, true},
         GroupedCase{gpu::SsmmEpilogue::down_weighted, false, {4096, 2048, "1:2:128"}, {1, 0, 2, 0, 0, 1, 3, 0}, false, true},
-        GroupedCase{gpu::SsmmEpilogue::plain, true, {1024, 4096, "2:4"}, {1, 2, 0, 1}, true, true}),
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {1024, 4096, "2:4"}, {1, 2, 0, 1}, true, true},
+        // The decode kernel's tiles (8 and 16 slots, from the experts' mean) with an expert crossing
+        // tiles, an empty one and 1-slot ones.
+        GroupedCase{gpu::SsmmEpilogue::plain, true, {1408, 2048, "1:2:128"}, {20, 1, 0, 3}, true},
+        GroupedCase{gpu::SsmmEpilogue::gate_up, false, {1408, 2048, "1:2:128"}, {9, 16, 0, 12}, true}),
     [](const ::testing::TestParamInfo<GroupedCase>& info) {
       const auto& c = info.param;
       std::string name = std::string(gpu::epilogue_name(c.epilogue)) + "_" + std::to_string(c.prob.M) + "x" +

@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: Apache-2.0
+// SSMM for decode-sized token tiles (at most 16 slots per expert): a stream of the packed weights
+// through warp-level mma.sp.m16n8k32 with fp32 accumulation (sm_80+, taken by the sm90 path on Hopper).
+//
+// Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
+// 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
+// the wide ones leave SMs idle (96 CTAs of 12288x3072 on 132 SMs), and its fixed costs (ring barriers,
+// producer warpgroup, ~200 KB of shared memory per CTA) are a large share of a 10 µs call
+// (docs/kernels/ssmm.md v15-v17).
+//
+// Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 or 16 token slots over a
+// K range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 8 warps share
+// the range k-tile by k-tile: warp w takes k-tiles w, w + 8, ... of 64 columns, so at any time the
+// warps read neighbouring 64-byte pieces of every weight row. Each warp streams its k-tiles through a
+// private cp.async ring (A values, metadata, the segment's select word, the gathered B rows of X), so
+// the k loop has no CTA barrier; the first stages' weights are requested before the token ids arrive.
+// Row selection by running totals as in ssmm_sm80.cu (set 0 the total T, set 1 the odd rows' S),
+// updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
+// any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
+// eight warps' sums meet in shared memory and are added in warp order (deterministic), then the
+// epilogue and 16-bit (or fp32) stores, or fp32 partials for the split-K reduce (ssmm_sm90.cu).
+// Budget: per warp and stage 2.25 KB per matrix (A 2 KB + metadata 256 B) + kBN x 128 B of B + 16 B of
+// select words; one matrix: 3-4 stages, ~107 KB per CTA, two CTAs per SM (16 warps streaming 96-128 KB
+// of weights); two or three matrices: ~215 KB, one CTA per SM. Registers: 32 fp32 accumulators per
+// matrix and 8-token tile pair (two sets x two m16 tiles x kNT n8 tiles x 4).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda_check.h"
+#include "kernels/ptx.cuh"
+#include "kernels/ssmm_common.cuh"
+#include "samoyeds/ssmm.h"
+
+namespace samoyeds::kernels {
+
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kRows = 32;  // compressed rows per CTA: one row-select word
+constexpr int kBK = 64;    // logical columns per k-tile (32 stored values per row)
+static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of this width");
+
+template <int kNumMats, int kNT>
+struct DecodeConfig {
+  static constexpr int kBN = 8 * kNT;                              // token slots per CTA
+  static constexpr int kATileBytes = kRows * (kBK / 2) * 2;        // per matrix: 32 rows x 32 values
+  static constexpr int kMetaTileBytes = (kRows / 16) * 2 * 16 * 4;  // per matrix: 2 row tiles x 2 k-steps x 16 words
+  static constexpr int kBTileBytes = kBN * kBK * 2;                // kBN token rows x 128 B
+  static constexpr int kSelectBytes = 16;                          // a select word per matrix, 16-byte padded
+  static constexpr int kBOffset = kNumMats * (kATileBytes + kMetaTileBytes);
+  static constexpr int kSelectOffset = kBOffset + kBTileBytes;
+  static constexpr int kStageBytes = kSelectOffset + kSelectBytes;  // a multiple of 16
+  // One matrix: two CTAs per SM; two or three: one.
+  static constexpr int kRingBudget = (kNumMats == 1 ? 108 : 212) * 1024;
+  static constexpr int kStages = std::min(4, kRingBudget / (kWarps * kStageBytes));
+  static_assert(kStages >= 2, "a ring of at least two stages per warp");
+  static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+  // The warps' logical-row sums, [warp][matrix][slot][64 logical rows + 4 of padding] fp32, reuse the ring.
+  static constexpr int kSumRow = 2 * kRows + 4;
+  static constexpr int kSumBytes = kWarps * kNumMats * kBN * kSumRow * 4;
+  static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
+  static constexpr int kSmemBytes = kRegionBytes + kBN * 4;  // + token ids
+  static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
+};
+
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
+__global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlocks) ssmm_decode_kernel(const Params p) {
+  using Config = DecodeConfig<kNumMats, kNT>;
+  constexpr int kBN = Config::kBN, kStages = Config::kStages, kStageBytes = Config::kStageBytes;
+  constexpr int kATileBytes = Config::kATileBytes, kMetaTileBytes = Config::kMetaTileBytes;
+  extern __shared__ __align__(128) std::uint8_t smem[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, t = lane % 4;
+  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + Config::kRegionBytes);  // [kBN]
+  TileSlots tile;
+  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
+  const std::int64_t tok0 = tile.begin;
+  const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
+  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kRows;  // first compressed row
+  const std::int64_t values_per_row = p.K_padded / 2, ksteps_per_row = p.K_padded / 32;
+  const std::int64_t num_kt = p.K_padded / kBK;  // K_padded is a whole number of 64-column k-tiles
+  const std::int64_t kt_begin = static_cast<std::int64_t>(blockIdx.z) * p.k_tiles_per_split;
+  const std::int64_t kt_end = std::min(num_kt, kt_begin + p.k_tiles_per_split);
+  const std::int64_t first_kt = kt_begin + warp;  // this warp's k-tiles: first_kt + kWarps i
+  const int my_tiles = kt_end > first_kt ? static_cast<int>((kt_end - first_kt + kWarps - 1) / kWarps) : 0;
+  std::uint8_t* ring = smem + warp * kStages * kStageBytes;
+
+  // Each lane copies the same chunk positions every k-tile; only the k offset changes.
+  // A: chunk lane % 4 of rows lane / 4 + 8 j (j < 4), all four in one swizzle phase (row / 2) % 4.
+  const int a_row = lane / 4, a_chunk = lane % 4;
+  const int a_dst = a_row * 64 + ((a_chunk ^ ((a_row >> 1) & 3)) * 16);  // [32 rows][4 chunks of 8 values]
+  const std::uint16_t* a_src[kNumMats];
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) a_src[m] = mats.values[m] + (row0 + a_row) * values_per_row + a_chunk * 8;
+  // Metadata: matrix m's 2 row tiles x 128 contiguous bytes (their two k-steps of this k-tile,
+  // docs/format.md §3.2), chunk q % 8 of row tile q / 8 by lane q of the half-warp m % 2.
+  const int meta_q = lane % 16;
+  const std::uint32_t* meta_src[kNumMats];
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) meta_src[m] = mats.metadata[m] + ((row0 / 16 + meta_q / 8) * ksteps_per_row) * 16 + (meta_q % 8) * 4;
+  const std::uint32_t* select_src = nullptr;  // lane m < kNumMats: matrix m's select words of the CTA's rows
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+    if (lane == m && p.row_select_on) select_src = mats.row_select[m] + (row0 / 32) * p.num_segments;
+
+  auto load_weights = [&](int stage, std::int64_t kt) {
+    std::uint8_t* base = ring + stage * kStageBytes;
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        ptx::cp_async_16(base + m * kATileBytes + a_dst + j * 8 * 64, a_src[m] + j * 8 * values_per_row + kt * (kBK / 2), 16);
+      if (lane / 16 == m % 2)
+        ptx::cp_async_16(base + kNumMats * kATileBytes + m * kMetaTileBytes + (meta_q / 8) * 128 + (meta_q % 8) * 16,
+                         meta_src[m] + kt * 2 * 16, 16);
+    }
+    if (select_src) ptx::cp_async_4(base + Config::kSelectOffset + lane * 4, select_src + kt * kBK / p.v, 4);
+  };
+
+  // First stages' weights before the token ids (which may come from DRAM): one cp.async group.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s)
+    if (s < my_tiles) load_weights(s, first_kt + kWarps * s);
+  ptx::cp_async_commit();
+
+  // Token ids of the CTA's slots (kNoToken / kBadToken: ssmm_common.cuh); find_tile's result was read.
+  __syncthreads();
+  if (threadIdx.x < kBN) s_tok[threadIdx.x] = token_of_slot(p, tok0 + threadIdx.x, tile.end);
+  __syncthreads();
+
+  // B: chunk lane % 8 of token rows lane / 8 + 4 j (j < 2 kNT); null source: no token (zero-filled).
+  constexpr int kBCopies = kBN * 8 / 32;
+  const int b_tok = lane / 8, b_chunk = lane % 8;
+  const std::uint16_t* b_src[kBCopies];
+#pragma unroll
+  for (int j = 0; j < kBCopies; ++j) {
+    const std::int32_t tok = s_tok[b_tok + 4 * j];
+    b_src[j] = tok >= 0 ? p.x + static_cast<std::int64_t>(tok) * p.K + b_chunk * 8 : nullptr;
+  }
+  auto load_tokens = [&](int stage, std::int64_t kt) {
+    std::uint8_t* b_tile = ring + stage * kStageBytes + Config::kBOffset;
+    const bool col_in = kt * kBK + b_chunk * 8 < p.K;  // K % 8 == 0: a chunk is all in or all out
+#pragma unroll
+    for (int j = 0; j < kBCopies; ++j) {
+      const int row = b_tok + 4 * j;
+      const bool valid = col_in && b_src[j] != nullptr;
+      ptx::cp_async_16(b_tile + row * 128 + ((b_chunk ^ (row & 7)) * 16), valid ? b_src[j] + kt * kBK : p.x, valid ? 16 : 0);
+    }
+  };
+  // One group per stage from here: group i holds k-tile i's B (and, past the prologue, its weights).
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < my_tiles) load_tokens(s, first_kt + kWarps * s);
+    ptx::cp_async_commit();
+  }
+
+  float acc[kNumMats][2][2][kNT][4];  // [matrix][set T / S][m16 tile][n8 tile][fragment]
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int f = 0; f < 4; ++f) acc[m][s][mt][nt][f] = 0.0f;
+  std::uint32_t sel[kNumMats];  // bit (mt * 2 + h): selection of this thread's row (mt, g + 8 h) in the current segment
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
+  std::int64_t segment = -1;  // of the warp's previous k-tile
+
+  for (int i = 0; i < my_tiles; ++i) {
+    ptx::cp_async_wait<kStages - 2>();
+    __syncwarp();  // k-tile i's stage is visible to the warp; the previous k-tile's stage is free
+    const int ahead = i + kStages - 1;
+    if (ahead < my_tiles) {
+      load_weights(ahead % kStages, first_kt + kWarps * ahead);
+      load_tokens(ahead % kStages, first_kt + kWarps * ahead);
+    }
+    ptx::cp_async_commit();
+
+    const std::int64_t kt = first_kt + kWarps * i;
+    const std::uint8_t* base = ring + (i % kStages) * kStageBytes;
+    if (p.row_select_on && kt * kBK / p.v != segment) {
+      segment = kt * kBK / p.v;
+      const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kSelectOffset);
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) {
+        const std::uint32_t word = words[m];
+        std::uint32_t next = 0;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int bit = mt * 2 + h;
+            const float c = static_cast<float>(static_cast<int>((sel[m] >> bit) & 1u) - static_cast<int>((next >> bit) & 1u));
+#pragma unroll
+            for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+              for (int f = 2 * h; f < 2 * h + 2; ++f) acc[m][1][mt][nt][f] = fmaf(acc[m][0][mt][nt][f], c, acc[m][1][mt][nt][f]);
+          }
+        sel[m] = next;
+      }
+    }
+
+    std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
+    const auto* meta_words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes);
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) meta[m][mt][ks] = meta_words[m * (kMetaTileBytes / 4) + (mt * 2 + ks) * 16 + g * 2 + (lane & 1)];
+
+    const std::uint8_t* b_tile = base + Config::kBOffset;
+#pragma unroll
+    for (int ks = 0; ks < 2; ++ks) {
+      std::uint32_t b[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        const int tok = nt * 8 + (lane % 8);
+        const int chunk = ks * 4 + lane / 8;
+        ptx::ldmatrix_x4(b[nt], b_tile + tok * 128 + ((chunk ^ (tok & 7)) * 16));
+      }
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          std::uint32_t a[4];
+          const int r = mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
+          const int chunk = ks * 2 + lane / 16;
+          ptx::ldmatrix_x4(a, base + m * kATileBytes + r * 64 + ((chunk ^ ((r >> 1) & 3)) * 16));
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) ptx::mma_sp_16832<kBf16>(acc[m][0][mt][nt], a, b[nt], meta[m][mt][ks]);
+        }
+    }
+  }
+  ptx::cp_async_wait<0>();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // A split-K reduce launched as this grid's programmatic dependent may be scheduled from here on (it
+  // waits for the whole grid before reading).
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+
+  // Sets 0 and 1 become logical rows 2r and 2r + 1 (without row selection S stays zero).
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const float selected = static_cast<float>((sel[m] >> (mt * 2 + h)) & 1u);
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int f = 2 * h; f < 2 * h + 2; ++f) {
+            const float odd = fmaf(acc[m][0][mt][nt][f], selected, acc[m][1][mt][nt][f]);
+            acc[m][0][mt][nt][f] -= odd;
+            acc[m][1][mt][nt][f] = odd;
+          }
+      }
+
+  // The warps' sums meet in shared memory (the rings are free once every warp is past its loop).
+  __syncthreads();
+  auto* sums = reinterpret_cast<float*>(smem);  // [kWarps][kNumMats][kBN][kSumRow]
+  const int rows_per_crow = p.row_select_on ? 2 : 1;
+#pragma unroll
+  for (int m = 0; m < kNumMats; ++m)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int o = 0; o < 2; ++o) {
+          if (o >= rows_per_crow) break;
+          const int lr = (mt * 16 + g + 8 * h) * rows_per_crow + o;  // logical row in the CTA
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              const int slot = nt * 8 + 2 * t + i;
+              sums[((warp * kNumMats + m) * kBN + slot) * Config::kSumRow + lr] = acc[m][o][mt][nt][2 * h + i];
+            }
+        }
+  __syncthreads();
+
+  // Thread e % 64 of each pass takes logical row e % 64 of slot e / 64: a warp stores 32 neighbouring
+  // rows of one slot. The warps' sums are added in warp order, so the result does not depend on timing.
+  const int logical_rows = kRows * rows_per_crow;
+  const std::int64_t row_base = row0 * rows_per_crow;
+  const std::int64_t outputs = p.L * p.rows;
+  for (int e = threadIdx.x; e < kBN * 2 * kRows; e += kThreads) {
+    const int slot = e / (2 * kRows), lr = e % (2 * kRows);
+    const std::int64_t R = row_base + lr;
+    const std::int32_t tok = s_tok[slot];
+    if (lr >= logical_rows || R >= p.rows || tok == kNoToken) continue;
+    float v[kNumMats];
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) sum += sums[((w * kNumMats + m) * kBN + slot) * Config::kSumRow + lr];
+      v[m] = sum;
+    }
+    const std::int64_t at = (tok0 + slot) * p.rows + R;
+    if (gridDim.z == 1) {
+      store<kBf16>(p.y, at, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
+    } else {
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) p.workspace[(static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * outputs + at] = v[m];
+    }
+  }
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
+void launch(const Params& p, cudaStream_t stream) {
+  using Config = DecodeConfig<kNumMats, kNT>;
+  auto* kernel = ssmm_decode_kernel<kBf16, kNumMats, kEpi, kNT>;
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
+                 "; the grid allows 65535: split the call");
+  const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles),
+                  static_cast<unsigned>(p.splits));
+  kernel<<<grid, kThreads, Config::kSmemBytes, stream>>>(p);
+  SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
+  if (p.splits > 1) launch_split_k_reduce(p, kBf16, kNumMats, kEpi, stream);
+}
+
+template <bool kBf16, int kNT>
+void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
+  switch (a.epilogue) {
+    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain, kNT>(p, stream);
+    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted, kNT>(p, stream);
+    case gpu::SsmmEpilogue::gate_up:
+      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up, kNT>(p, stream);
+      return launch<kBf16, 2, Epi::gate_up, kNT>(p, stream);
+  }
+}
+
+}  // namespace
+
+void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
+  SAMOYEDS_CHECK(tile_tokens == 8 || tile_tokens == 16, "ssmm_decode: tiles of ", tile_tokens, " tokens (8 or 16)");
+  SAMOYEDS_CHECK(p.K_padded % kBK == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ",
+                 p.v, " must be multiples of ", kBK, " (internal planning error)");
+  SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");
+  const bool bf16 = args.x_dtype == DType::bf16;
+  if (tile_tokens == 8) {
+    bf16 ? dispatch<true, 1>(args, p, stream) : dispatch<false, 1>(args, p, stream);
+  } else {
+    bf16 ? dispatch<true, 2>(args, p, stream) : dispatch<false, 2>(args, p, stream);
+  }
+}
+
+}  // namespace samoyeds::kernels
