@@ -105,13 +105,13 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
 // The decode kernel's split of K across CTAs (kernels/ssmm_decode.cu, taken by the sm90 path when an
-// expert's tokens fit in 16 slots): CTAs of 32 compressed rows, whose 8 warps share the K range in
+// expert's tokens fit in 16 slots): CTAs of 32 compressed rows, whose 4 warps share the K range in
 // k-tiles of kDecodeKTileColumns columns. The range splits over CTAs only until the grid holds two CTAs
-// per SM (a whole SM's worth of weight streams at two CTAs each), each split keeping at least
-// kDecodeMinSplitKTiles k-tiles (two per warp), and at most max_splits (the caller's partial-traffic
-// bound). row_tiles: compressed rows / 32; token_tiles: tiles of 8 or 16 slots.
-constexpr int kDecodeKTileColumns = 64;
-constexpr std::int64_t kDecodeMinSplitKTiles = 16;
+// per SM (as many as are resident for one matrix), each split keeping at least kDecodeMinSplitKTiles
+// k-tiles (two per warp), and at most max_splits (the caller's partial-traffic bound).
+// row_tiles: compressed rows / 32; token_tiles: tiles of 8 or 16 slots; num_k_tiles: ceil(K_padded / 128).
+constexpr int kDecodeKTileColumns = 128;
+constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
                             std::int64_t max_splits);
 

@@ -37,26 +37,26 @@ namespace samoyeds::kernels {
 
 namespace {
 
-constexpr int kWarps = 8;
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRows = 32;  // compressed rows per CTA: one row-select word
-constexpr int kBK = 64;    // logical columns per k-tile (32 stored values per row)
+constexpr int kRows = 32;   // compressed rows per CTA: one row-select word
+constexpr int kBK = 128;    // logical columns per k-tile: 64 stored values, one 128-byte line per row
 static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of this width");
 
 template <int kNumMats, int kNT>
 struct DecodeConfig {
   static constexpr int kBN = 8 * kNT;                              // token slots per CTA
-  static constexpr int kATileBytes = kRows * (kBK / 2) * 2;        // per matrix: 32 rows x 32 values
-  static constexpr int kMetaTileBytes = (kRows / 16) * 2 * 16 * 4;  // per matrix: 2 row tiles x 2 k-steps x 16 words
-  static constexpr int kBTileBytes = kBN * kBK * 2;                // kBN token rows x 128 B
+  static constexpr int kATileBytes = kRows * (kBK / 2) * 2;        // per matrix: 32 rows x 64 values
+  static constexpr int kMetaTileBytes = (kRows / 16) * 4 * 16 * 4;  // per matrix: 2 row tiles x 4 k-steps x 16 words
+  static constexpr int kBTileBytes = kBN * kBK * 2;                // kBN token rows x 256 B
   static constexpr int kSelectBytes = 16;                          // a select word per matrix, 16-byte padded
   static constexpr int kBOffset = kNumMats * (kATileBytes + kMetaTileBytes);
   static constexpr int kSelectOffset = kBOffset + kBTileBytes;
   static constexpr int kStageBytes = kSelectOffset + kSelectBytes;  // a multiple of 16
   // One matrix: two CTAs per SM; two or three: one.
-  static constexpr int kRingBudget = (kNumMats == 1 ? 108 : 212) * 1024;
+  static constexpr int kRingBudget = (kNumMats == 1 ? 108 : 214) * 1024;
   static constexpr int kStages = std::min(4, kRingBudget / (kWarps * kStageBytes));
-  static_assert(kStages >= 2, "a ring of at least two stages per warp");
+  static_assert(kStages >= 3, "at least two k-tiles in flight per warp");
   static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
   // The warps' logical-row sums, [warp][matrix][slot][64 logical rows + 4 of padding] fp32, reuse the ring.
   static constexpr int kSumRow = 2 * kRows + 4;
@@ -64,6 +64,23 @@ struct DecodeConfig {
   static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
   static constexpr int kSmemBytes = kRegionBytes + kBN * 4;  // + token ids
   static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
+};
+
+// The row-selection segment of k-tiles first, first + step, ... (advanced with next()): no division per
+// k-tile (a 64-bit division by the runtime segment length was ~100 instructions per k-tile and warp).
+struct StridedSegment {
+  int per_segment, offset, index, index_step, offset_step;
+  __device__ __forceinline__ StridedSegment(int kt_per_segment, int first, int step)
+      : per_segment(kt_per_segment), offset(first % kt_per_segment), index(first / kt_per_segment),
+        index_step(step / kt_per_segment), offset_step(step % kt_per_segment) {}
+  __device__ __forceinline__ void next() {
+    index += index_step;
+    offset += offset_step;
+    if (offset >= per_segment) {
+      offset -= per_segment;
+      ++index;
+    }
+  }
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
@@ -80,44 +97,52 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kRows;  // first compressed row
-  const std::int64_t values_per_row = p.K_padded / 2, ksteps_per_row = p.K_padded / 32;
-  const std::int64_t num_kt = p.K_padded / kBK;  // K_padded is a whole number of 64-column k-tiles
-  const std::int64_t kt_begin = static_cast<std::int64_t>(blockIdx.z) * p.k_tiles_per_split;
-  const std::int64_t kt_end = std::min(num_kt, kt_begin + p.k_tiles_per_split);
-  const std::int64_t first_kt = kt_begin + warp;  // this warp's k-tiles: first_kt + kWarps i
-  const int my_tiles = kt_end > first_kt ? static_cast<int>((kt_end - first_kt + kWarps - 1) / kWarps) : 0;
+  const std::int64_t values_per_row = p.K_padded / 2;
+  const int ksteps_per_row = static_cast<int>(p.K_padded / 32);
+  // K_padded is a multiple of 64: the last k-tile may hold only two of its four k-steps.
+  const int num_kt = (ksteps_per_row + 3) / 4;
+  const int kt_begin = static_cast<int>(blockIdx.z * p.k_tiles_per_split);
+  const int kt_end = min(num_kt, kt_begin + static_cast<int>(p.k_tiles_per_split));
+  const int first_kt = kt_begin + warp;  // this warp's k-tiles: first_kt + kWarps i
+  const int my_tiles = kt_end > first_kt ? (kt_end - first_kt + kWarps - 1) / kWarps : 0;
   std::uint8_t* ring = smem + warp * kStages * kStageBytes;
+  const int kt_per_segment = p.row_select_on ? p.v / kBK : 1;  // V is a multiple of 128 (the sm90 path's rule)
 
   // Each lane copies the same chunk positions every k-tile; only the k offset changes.
-  // A: chunk lane % 4 of rows lane / 4 + 8 j (j < 4), all four in one swizzle phase (row / 2) % 4.
-  const int a_row = lane / 4, a_chunk = lane % 4;
-  const int a_dst = a_row * 64 + ((a_chunk ^ ((a_row >> 1) & 3)) * 16);  // [32 rows][4 chunks of 8 values]
+  // A: chunk lane % 8 of rows lane / 8 + 4 j (j < 8), swizzled chunk ^ (row % 8) for ldmatrix.
+  const int a_row = lane / 8, a_chunk = lane % 8;
   const std::uint16_t* a_src[kNumMats];
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) a_src[m] = mats.values[m] + (row0 + a_row) * values_per_row + a_chunk * 8;
-  // Metadata: matrix m's 2 row tiles x 128 contiguous bytes (their two k-steps of this k-tile,
-  // docs/format.md §3.2), chunk q % 8 of row tile q / 8 by lane q of the half-warp m % 2.
-  const int meta_q = lane % 16;
+  // Metadata: matrix m's 2 row tiles x 256 contiguous bytes (their four k-steps of this k-tile,
+  // docs/format.md §3.2), chunk lane % 16 of row tile lane / 16.
   const std::uint32_t* meta_src[kNumMats];
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m) meta_src[m] = mats.metadata[m] + ((row0 / 16 + meta_q / 8) * ksteps_per_row) * 16 + (meta_q % 8) * 4;
+  for (int m = 0; m < kNumMats; ++m)
+    meta_src[m] = mats.metadata[m] + ((row0 / 16 + lane / 16) * ksteps_per_row) * 16 + (lane % 16) * 4;
   const std::uint32_t* select_src = nullptr;  // lane m < kNumMats: matrix m's select words of the CTA's rows
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
     if (lane == m && p.row_select_on) select_src = mats.row_select[m] + (row0 / 32) * p.num_segments;
 
-  auto load_weights = [&](int stage, std::int64_t kt) {
+  StridedSegment load_segment(kt_per_segment, first_kt, kWarps);  // of the next k-tile load_weights copies
+  auto load_weights = [&](int stage, int kt) {
     std::uint8_t* base = ring + stage * kStageBytes;
+    const bool a_in = kt * (kBK / 2) + a_chunk * 8 < values_per_row;  // the last k-tile's second half is padding
+    const bool meta_in = kt * 4 + (lane % 16) / 4 < ksteps_per_row;
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        ptx::cp_async_16(base + m * kATileBytes + a_dst + j * 8 * 64, a_src[m] + j * 8 * values_per_row + kt * (kBK / 2), 16);
-      if (lane / 16 == m % 2)
-        ptx::cp_async_16(base + kNumMats * kATileBytes + m * kMetaTileBytes + (meta_q / 8) * 128 + (meta_q % 8) * 16,
-                         meta_src[m] + kt * 2 * 16, 16);
+      for (int j = 0; j < 8; ++j) {
+        const int row = a_row + 4 * j;
+        ptx::cp_async_16(base + m * kATileBytes + row * 128 + ((a_chunk ^ (row & 7)) * 16),
+                         a_in ? a_src[m] + 4 * j * values_per_row + kt * (kBK / 2) : a_src[m], a_in ? 16 : 0);
+      }
+      ptx::cp_async_16(base + kNumMats * kATileBytes + m * kMetaTileBytes + lane * 16, meta_in ? meta_src[m] + kt * 4 * 16 : meta_src[m],
+                       meta_in ? 16 : 0);
     }
-    if (select_src) ptx::cp_async_4(base + Config::kSelectOffset + lane * 4, select_src + kt * kBK / p.v, 4);
+    if (select_src) ptx::cp_async_4(base + Config::kSelectOffset + lane * 4, select_src + load_segment.index, 4);
+    load_segment.next();
   };
 
   // First stages' weights before the token ids (which may come from DRAM): one cp.async group.
@@ -131,23 +156,23 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   if (threadIdx.x < kBN) s_tok[threadIdx.x] = token_of_slot(p, tok0 + threadIdx.x, tile.end);
   __syncthreads();
 
-  // B: chunk lane % 8 of token rows lane / 8 + 4 j (j < 2 kNT); null source: no token (zero-filled).
-  constexpr int kBCopies = kBN * 8 / 32;
-  const int b_tok = lane / 8, b_chunk = lane % 8;
+  // B: chunk lane % 16 of token rows lane / 16 + 2 j (j < kBN / 2); null source: no token (zero-filled).
+  constexpr int kBCopies = kBN / 2;
+  const int b_tok = lane / 16, b_chunk = lane % 16;
   const std::uint16_t* b_src[kBCopies];
 #pragma unroll
   for (int j = 0; j < kBCopies; ++j) {
-    const std::int32_t tok = s_tok[b_tok + 4 * j];
+    const std::int32_t tok = s_tok[b_tok + 2 * j];
     b_src[j] = tok >= 0 ? p.x + static_cast<std::int64_t>(tok) * p.K + b_chunk * 8 : nullptr;
   }
-  auto load_tokens = [&](int stage, std::int64_t kt) {
+  auto load_tokens = [&](int stage, int kt) {
     std::uint8_t* b_tile = ring + stage * kStageBytes + Config::kBOffset;
-    const bool col_in = kt * kBK + b_chunk * 8 < p.K;  // K % 8 == 0: a chunk is all in or all out
+    const bool col_in = static_cast<std::int64_t>(kt) * kBK + b_chunk * 8 < p.K;  // K % 8 == 0: a chunk is all in or all out
 #pragma unroll
     for (int j = 0; j < kBCopies; ++j) {
-      const int row = b_tok + 4 * j;
+      const int row = b_tok + 2 * j;
       const bool valid = col_in && b_src[j] != nullptr;
-      ptx::cp_async_16(b_tile + row * 128 + ((b_chunk ^ (row & 7)) * 16), valid ? b_src[j] + kt * kBK : p.x, valid ? 16 : 0);
+      ptx::cp_async_16(b_tile + row * 256 + ((b_chunk ^ (row & 7)) * 16), valid ? b_src[j] + kt * kBK : p.x, valid ? 16 : 0);
     }
   };
   // One group per stage from here: group i holds k-tile i's B (and, past the prologue, its weights).
@@ -171,9 +196,10 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   std::uint32_t sel[kNumMats];  // bit (mt * 2 + h): selection of this thread's row (mt, g + 8 h) in the current segment
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
-  std::int64_t segment = -1;  // of the warp's previous k-tile
+  StridedSegment segment(kt_per_segment, first_kt, kWarps);  // of k-tile i
+  int previous_segment = -1;
 
-  for (int i = 0; i < my_tiles; ++i) {
+  for (int i = 0; i < my_tiles; ++i, segment.next()) {
     ptx::cp_async_wait<kStages - 2>();
     __syncwarp();  // k-tile i's stage is visible to the warp; the previous k-tile's stage is free
     const int ahead = i + kStages - 1;
@@ -183,10 +209,10 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     }
     ptx::cp_async_commit();
 
-    const std::int64_t kt = first_kt + kWarps * i;
+    const int kt = first_kt + kWarps * i;
     const std::uint8_t* base = ring + (i % kStages) * kStageBytes;
-    if (p.row_select_on && kt * kBK / p.v != segment) {
-      segment = kt * kBK / p.v;
+    if (p.row_select_on && segment.index != previous_segment) {
+      previous_segment = segment.index;
       const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kSelectOffset);
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) {
@@ -211,24 +237,18 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
       }
     }
 
-    std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
     const auto* meta_words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes);
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int ks = 0; ks < 2; ++ks) meta[m][mt][ks] = meta_words[m * (kMetaTileBytes / 4) + (mt * 2 + ks) * 16 + g * 2 + (lane & 1)];
-
     const std::uint8_t* b_tile = base + Config::kBOffset;
+    const int ksteps = min(4, ksteps_per_row - kt * 4);  // 2 in a last, half k-tile
 #pragma unroll
-    for (int ks = 0; ks < 2; ++ks) {
+    for (int ks = 0; ks < 4; ++ks) {
+      if (ks >= ksteps) break;
       std::uint32_t b[kNT][4];
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
         const int tok = nt * 8 + (lane % 8);
         const int chunk = ks * 4 + lane / 8;
-        ptx::ldmatrix_x4(b[nt], b_tile + tok * 128 + ((chunk ^ (tok & 7)) * 16));
+        ptx::ldmatrix_x4(b[nt], b_tile + tok * 256 + ((chunk ^ (tok & 7)) * 16));
       }
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m)
@@ -237,9 +257,10 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
           std::uint32_t a[4];
           const int r = mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
           const int chunk = ks * 2 + lane / 16;
-          ptx::ldmatrix_x4(a, base + m * kATileBytes + r * 64 + ((chunk ^ ((r >> 1) & 3)) * 16));
+          ptx::ldmatrix_x4(a, base + m * kATileBytes + r * 128 + ((chunk ^ (r & 7)) * 16));
+          const std::uint32_t meta = meta_words[m * (kMetaTileBytes / 4) + (mt * 4 + ks) * 16 + g * 2 + (lane & 1)];
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) ptx::mma_sp_16832<kBf16>(acc[m][0][mt][nt], a, b[nt], meta[m][mt][ks]);
+          for (int nt = 0; nt < kNT; ++nt) ptx::mma_sp_16832<kBf16>(acc[m][0][mt][nt], a, b[nt], meta);
         }
     }
   }
@@ -325,6 +346,8 @@ void launch(const Params& p, cudaStream_t stream) {
   using Config = DecodeConfig<kNumMats, kNT>;
   auto* kernel = ssmm_decode_kernel<kBf16, kNumMats, kEpi, kNT>;
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  // Two CTAs per SM for one matrix need the largest shared-memory carveout.
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
   SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
                  "; the grid allows 65535: split the call");
@@ -350,8 +373,8 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
   SAMOYEDS_CHECK(tile_tokens == 8 || tile_tokens == 16, "ssmm_decode: tiles of ", tile_tokens, " tokens (8 or 16)");
-  SAMOYEDS_CHECK(p.K_padded % kBK == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ",
-                 p.v, " must be multiples of ", kBK, " (internal planning error)");
+  SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
+                 " must be multiples of 64 and ", kBK, " (internal planning error)");
   SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");
   const bool bf16 = args.x_dtype == DType::bf16;
   if (tile_tokens == 8) {

@@ -1521,8 +1521,8 @@ int decode_tile_tokens(const gpu::SsmmArgs& a) {
 gpu::SplitPlan decode_split_plan(const gpu::SsmmArgs& a, int tile_tokens) {
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens - 1) / tile_tokens, busy_experts_of(a));
-  return gpu::plan_decode_split(g.compressed_rows_padded / 32, token_tiles, g.cols_padded / gpu::kDecodeKTileColumns, num_sms(),
-                                max_splits_of(a, g));
+  const std::int64_t num_kt = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
+  return gpu::plan_decode_split(g.compressed_rows_padded / 32, token_tiles, num_kt, num_sms(), max_splits_of(a, g));
 }
 
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
@@ -1954,7 +1954,7 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   }
   if (c.decode_tokens) {
     // Without the workspace it wants, a call still runs unsplit.
-    p.k_tiles_per_split = p.K_padded / gpu::kDecodeKTileColumns;
+    p.k_tiles_per_split = (p.K_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
     if (c.plan.splits > 1 && has_workspace) {
       p.splits = c.plan.splits;
       p.k_tiles_per_split = c.plan.k_tiles_per_split;

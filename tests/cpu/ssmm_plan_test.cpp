@@ -247,20 +247,20 @@ TEST(SsmmPlan, SplitKFillsWholeWaves) {
 }
 
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
-  // 12288x3072 (192 CTAs of 32 compressed rows, 48 k-tiles of 64 columns): the CTAs alone fill the SMs.
-  EXPECT_EQ(gpu::plan_decode_split(192, 1, 48, 132, 64).splits, 1);
-  // 3072x12288: 48 CTAs; 5 splits give 240 CTAs (two per SM would be 264) of 39 k-tiles each.
-  const auto tall = gpu::plan_decode_split(48, 1, 192, 132, 64);
+  // 12288x3072 (192 CTAs of 32 compressed rows, 24 k-tiles of 128 columns): the CTAs alone fill the SMs.
+  EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, 132, 64).splits, 1);
+  // 3072x12288: 48 CTAs; 5 splits give 240 CTAs (two per SM would be 264) of 20 k-tiles each.
+  const auto tall = gpu::plan_decode_split(48, 1, 96, 132, 64);
   EXPECT_EQ(tall.splits, 5);
-  EXPECT_EQ(tall.k_tiles_per_split, 39);
+  EXPECT_EQ(tall.k_tiles_per_split, 20);
   // Short K: every split keeps kDecodeMinSplitKTiles k-tiles (two per warp); 1408x2048 splits in two.
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 32, 132, 64).splits, 2);
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 31, 132, 64).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, 132, 64).splits, 2);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, 132, 64).splits, 1);
   // The caller's traffic bound, and grids with more tiles than two per SM.
-  EXPECT_EQ(gpu::plan_decode_split(48, 1, 192, 132, 3).splits, 3);
-  EXPECT_EQ(gpu::plan_decode_split(448, 2, 64, 132, 64).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(48, 1, 96, 132, 3).splits, 3);
+  EXPECT_EQ(gpu::plan_decode_split(448, 2, 32, 132, 64).splits, 1);
   EXPECT_EQ(gpu::plan_decode_split(0, 1, 64, 132, 64).splits, 1);
-  for (std::int64_t kt : {1, 16, 17, 45, 192, 224, 256}) {
+  for (std::int64_t kt : {1, 8, 9, 45, 96, 112, 128}) {
     const auto plan = gpu::plan_decode_split(8, 1, kt, 132, 64);
     EXPECT_GE(plan.splits * plan.k_tiles_per_split, kt) << kt;
     EXPECT_LT((plan.splits - 1) * plan.k_tiles_per_split, kt) << "no empty split for " << kt;
