@@ -112,6 +112,14 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 // row_tiles: compressed rows / 32; token_tiles: tiles of 8 or 16 slots; num_k_tiles: ceil(K_padded / 128).
 constexpr int kDecodeKTileColumns = 128;
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
+// Slots per tile of the decode kernel for a call, or 0 when the wgmma kernels take it: one matrix
+// (plain or down_weighted), at most 8 slots per expert (the mean over the busy experts of a grouped
+// call) and K at most kDecodeMaxK. Against the wgmma kernel on the same calls (H200, L = 1, time ratio,
+// docs/kernels/ssmm.md v17): 0.70-0.92 at K <= 3072 and 3072x12288, 0.99-1.00 at 14336x4096,
+// 16384x6144, 5760x2304; 1.015 at 4096x14336 and 1.10 at 6144x16384 (K >= 14336). At 16 slots it took
+// 1.05-1.24x, and for gate/up (one CTA per SM) Mixtral's decode layer 1.06x.
+constexpr std::int64_t kDecodeMaxK = 12288;
+int plan_decode_tile_tokens(int num_mats, std::int64_t tokens_per_expert, std::int64_t K);
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
                             std::int64_t max_splits);
 

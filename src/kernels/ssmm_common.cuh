@@ -223,8 +223,8 @@ __device__ __forceinline__ void store_pair(void* y, std::int64_t at, float first
 }
 
 void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
-// Decode-sized calls (tiles of tile_tokens = 8 or 16 slots; ssmm_decode.cu). p.splits and
-// p.k_tiles_per_split (in 64-column k-tiles) are the caller's plan (gpu::plan_decode_split).
+// Decode-sized calls of one matrix (tiles of tile_tokens = 8 slots; ssmm_decode.cu). p.splits and
+// p.k_tiles_per_split (in 128-column k-tiles) are the caller's plan (gpu::plan_decode_split).
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream);
 // Sums the split-K partials in p.workspace in split order, applies the epilogue and stores Y: a
 // programmatic dependent launch after the product kernel just launched on `stream` (ssmm_sm90.cu).

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// SSMM for decode-sized token tiles (at most 16 slots per expert): a stream of the packed weights
-// through warp-level mma.sp.m16n8k32 with fp32 accumulation (sm_80+, taken by the sm90 path on Hopper).
+// SSMM for decode-sized token tiles: a stream of one packed weight matrix through warp-level
+// mma.sp.m16n8k32 with fp32 accumulation (sm_80+, taken by the sm90 path on Hopper where
+// gpu::plan_decode_tile_tokens says: one matrix, at most 8 slots per expert, K <= 12288).
 //
 // Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
 // 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
@@ -8,21 +9,23 @@
 // producer warpgroup, ~200 KB of shared memory per CTA) are a large share of a 10 µs call
 // (docs/kernels/ssmm.md v15-v17).
 //
-// Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 or 16 token slots over a
-// K range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 8 warps share
-// the range k-tile by k-tile: warp w takes k-tiles w, w + 8, ... of 64 columns, so at any time the
-// warps read neighbouring 64-byte pieces of every weight row. Each warp streams its k-tiles through a
+// Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 token slots over a K
+// range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 4 warps share
+// the range k-tile by k-tile: warp w takes k-tiles w, w + 4, ... of 128 columns, so every request is a
+// whole 128-byte line of a weight row (64-column k-tiles, half lines, measured 1.1-1.3x slower: v17) and
+// the warps read neighbouring lines at any time. Each warp streams its k-tiles through a
 // private cp.async ring (A values, metadata, the segment's select word, the gathered B rows of X), so
 // the k loop has no CTA barrier; the first stages' weights are requested before the token ids arrive.
 // Row selection by running totals as in ssmm_sm80.cu (set 0 the total T, set 1 the odd rows' S),
 // updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
 // any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
-// eight warps' sums meet in shared memory and are added in warp order (deterministic), then the
+// four warps' sums meet in shared memory and are added in warp order (deterministic), then the
 // epilogue and 16-bit (or fp32) stores, or fp32 partials for the split-K reduce (ssmm_sm90.cu).
-// Budget: per warp and stage 2.25 KB per matrix (A 2 KB + metadata 256 B) + kBN x 128 B of B + 16 B of
-// select words; one matrix: 3-4 stages, ~107 KB per CTA, two CTAs per SM (16 warps streaming 96-128 KB
-// of weights); two or three matrices: ~215 KB, one CTA per SM. Registers: 32 fp32 accumulators per
-// matrix and 8-token tile pair (two sets x two m16 tiles x kNT n8 tiles x 4).
+// Budget (one matrix, 8 slots): per warp and stage 4.5 KB of weights (A 4 KB + metadata 512 B) + 2 KB of
+// B + 16 B of select words; 4 stages, 107 KB per CTA, two CTAs per SM (8 warps keeping ~108 KB of
+// weights in flight). Registers: 120 (16 fp32 accumulators: two sets x two m16 tiles x 4). The kernel
+// is written for kNumMats matrices and kNT n8 tiles; only one matrix and kNT = 1 are launched (the
+// others measured slower than the wgmma kernels: v17).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -358,30 +361,21 @@ void launch(const Params& p, cudaStream_t stream) {
   if (p.splits > 1) launch_split_k_reduce(p, kBf16, kNumMats, kEpi, stream);
 }
 
-template <bool kBf16, int kNT>
+template <bool kBf16>
 void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
-  switch (a.epilogue) {
-    case gpu::SsmmEpilogue::plain: return launch<kBf16, 1, Epi::plain, kNT>(p, stream);
-    case gpu::SsmmEpilogue::down_weighted: return launch<kBf16, 1, Epi::down_weighted, kNT>(p, stream);
-    case gpu::SsmmEpilogue::gate_up:
-      if (a.gate_linear.values) return launch<kBf16, 3, Epi::gate_up, kNT>(p, stream);
-      return launch<kBf16, 2, Epi::gate_up, kNT>(p, stream);
-  }
+  if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return launch<kBf16, 1, Epi::down_weighted, 1>(p, stream);
+  launch<kBf16, 1, Epi::plain, 1>(p, stream);
 }
 
 }  // namespace
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
-  SAMOYEDS_CHECK(tile_tokens == 8 || tile_tokens == 16, "ssmm_decode: tiles of ", tile_tokens, " tokens (8 or 16)");
+  SAMOYEDS_CHECK(tile_tokens == 8 && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
+                 " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");
   SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");
-  const bool bf16 = args.x_dtype == DType::bf16;
-  if (tile_tokens == 8) {
-    bf16 ? dispatch<true, 1>(args, p, stream) : dispatch<false, 1>(args, p, stream);
-  } else {
-    bf16 ? dispatch<true, 2>(args, p, stream) : dispatch<false, 2>(args, p, stream);
-  }
+  args.x_dtype == DType::bf16 ? dispatch<true>(args, p, stream) : dispatch<false>(args, p, stream);
 }
 
 }  // namespace samoyeds::kernels

@@ -135,6 +135,10 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
+int plan_decode_tile_tokens(int num_mats, std::int64_t tokens_per_expert, std::int64_t K) {
+  return num_mats == 1 && tokens_per_expert >= 1 && tokens_per_expert <= 8 && K <= kDecodeMaxK ? 8 : 0;
+}
+
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
                             std::int64_t max_splits) {
   SplitPlan plan;

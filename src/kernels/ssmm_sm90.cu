@@ -1509,13 +1509,11 @@ std::int64_t max_splits_of(const gpu::SsmmArgs& a, const PackedGeometry& g) {
   return static_cast<std::int64_t>(allowed_bytes / partial_bytes);
 }
 
-// Slots per tile of the decode kernel (ssmm_decode.cu) for a call it takes, else 0: every call whose
-// experts hold at most 16 slots on average (the mean over the busy experts for a grouped call).
+// Slots per tile of the decode kernel (ssmm_decode.cu) for a call it takes, else 0 (gpu::plan_decode_tile_tokens).
 int decode_tile_tokens(const gpu::SsmmArgs& a) {
   const int mode = decode_override.load();
   if (!(mode >= 0 ? mode == 1 : tuning().decode) || a.num_tokens <= 0) return 0;
-  const std::int64_t per_expert = tokens_per_expert(a);
-  return per_expert <= 8 ? 8 : (per_expert <= 16 ? 16 : 0);
+  return gpu::plan_decode_tile_tokens(num_mats_of(a), tokens_per_expert(a), a.weight.cols);
 }
 
 gpu::SplitPlan decode_split_plan(const gpu::SsmmArgs& a, int tile_tokens) {

@@ -17,7 +17,7 @@ void ssmm_sm90_set_stream_k(int mode);
 // Whether the sm90 path runs `args` (as given, workspace included) through the stream-K kernel.
 bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_DECODE knob: -1 the knob decides again, 0 / 1 the decode kernel
-// (ssmm_decode.cu) off / on wherever it applies (at most 16 slots per expert).
+// (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode_tile_tokens).
 void ssmm_sm90_set_decode(int mode);
 // Whether the sm90 path runs `args` through the decode kernel.
 bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args);

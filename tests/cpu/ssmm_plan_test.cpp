@@ -246,6 +246,15 @@ TEST(SsmmPlan, SplitKFillsWholeWaves) {
   }
 }
 
+TEST(SsmmPlan, DecodeKernelTakesOneMatrixOfFewSlotsAndShortK) {
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 1, 4096), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 8, gpu::kDecodeMaxK), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 9, 4096), 0);       // 16-slot tiles measured slower
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 1, 14336), 0);      // long K: the wgmma kernel streams faster
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(2, 1, 4096), 0);       // gate/up: one CTA per SM
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 0, 4096), 0);
+}
+
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
   // 12288x3072 (192 CTAs of 32 compressed rows, 24 k-tiles of 128 columns): the CTAs alone fill the SMs.
   EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, 132, 64).splits, 1);
