@@ -1385,13 +1385,16 @@ __global__ void ssmm_sm90_reduce(const Params p) {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
   const std::int64_t n = p.L * p.rows;
-  // Grouped: slots past the last expert's were never computed (their partials are not written).
-  std::int64_t slot_end = p.L;
+  // Grouped: slots before the first expert's and past the last expert's were never computed (their
+  // partials are not written) and stay untouched in Y.
+  std::int64_t slot_begin = 0, slot_end = p.L;
   if (p.expert_offsets) {
     const std::int64_t used = p.expert_offsets[p.num_experts];
     slot_end = used < 0 ? 0 : (used < p.L ? used : p.L);
+    const std::int64_t first = p.expert_offsets[0];
+    slot_begin = first < 0 ? 0 : (first < slot_end ? first : slot_end);
   }
-  for (std::int64_t e = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
+  for (std::int64_t e = slot_begin * p.rows + blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; e < n;
        e += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t slot = e / p.rows;
     if (slot >= slot_end) break;  // e only grows

@@ -315,7 +315,8 @@ TEST_P(SsmmEpilogues, MatchesReferenceWithinTolerance) {
       EXPECT_GT(c.max_ref, 0.0);
       if (path == gpu::SsmmPath::sm90) {  // and the wgmma kernel the decode kernel replaces, and stream-K, where they apply
         const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
-        if (L <= 7 && ec.epilogue != gpu::SsmmEpilogue::gate_up) EXPECT_TRUE(decode_default) << "the decode kernel is not tested here";
+        if (L <= 7 && ec.epilogue != gpu::SsmmEpilogue::gate_up && ec.prob.K <= gpu::kDecodeMaxK)
+          EXPECT_TRUE(decode_default) << "the decode kernel is not tested here";
         for (const bool stream_k : {false, true}) {
           if (!stream_k && !decode_default) continue;
           const Sm90Alternative alternative(stream_k);
@@ -906,6 +907,66 @@ INSTANTIATE_TEST_SUITE_P(
       for (char& ch : name) ch = std::isalnum(static_cast<unsigned char>(ch)) ? ch : '_';
       return name;
     });
+
+// Grouped offsets need not start at slot 0: the slots before expert 0's, like those past the last
+// expert's, belong to no expert and must stay untouched, also where K is split (the reduce walks the
+// slots, not the tiles) and through every sm90 kernel.
+TEST(SsmmGpu, GroupedLeavesSlotsOutsideTheExpertsUntouched) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  const Problem prob{1024, 4096, "1:2:128"};
+  const std::uint64_t seed = 91;
+  SCOPED_TRACE(seed_trace(seed));
+  std::vector<const PackedMatrix*> experts;
+  for (int e = 0; e < 4; ++e) experts.push_back(&cached_weight(prob, DType::bf16, true, seed + e));
+  const gpu::DevicePackedMatrix stack(experts);
+  const std::vector<std::int32_t> offsets = {3, 4, 4, 5, 7};  // slots 0-2 and 7-9 belong to no expert
+  const std::int64_t S = 10, T = 16;
+  const Matrix x = random_int_matrix(DType::bf16, T, prob.K, seed + 10);
+  const auto idx = random_token_list(S, T, seed + 11);
+  DeviceBuffer dx(x.data(), x.bytes()), didx(idx), doffsets(offsets);
+  DeviceBuffer dy(static_cast<std::size_t>(S * prob.M) * sizeof(float));
+  gpu::SsmmArgs args;
+  args.weight = stack.view();
+  args.x = dx.get();
+  args.num_x_rows = T;
+  args.token_idx = didx.as<std::int32_t>();
+  args.num_tokens = S;
+  args.y = dy.get();
+  args.y_dtype = DType::f32;
+  args.expert_offsets = doffsets.as<std::int32_t>();
+  std::vector<std::int64_t> slots;
+  Matrix ref(DType::f32, offsets.back() - offsets.front(), prob.M);
+  for (int e = 0; e < 4; ++e)
+    for (std::int32_t j = offsets[e]; j < offsets[e + 1]; ++j) {
+      const std::vector<std::int32_t> token = {idx[static_cast<std::size_t>(j)]};
+      const Matrix row = reference::ssmm(*experts[e], x, Tokens::list(token), DType::f32);
+      for (std::int64_t r = 0; r < prob.M; ++r) ref.set(static_cast<std::int64_t>(slots.size()), r, row.get(0, r));
+      slots.push_back(j);
+    }
+  for (gpu::SsmmPath path : paths_for(args))
+    for (const int variant : {0, 1, 2, 3}) {  // bit 0: with workspace (split-K); bit 1: sm90 with the decode kernel off
+      const bool split = variant & 1, wgmma = variant & 2;
+      if (wgmma && path != gpu::SsmmPath::sm90) continue;
+      const DecodeOverride decode(wgmma ? 0 : -1);
+      SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (wgmma ? " (wgmma kernel)" : "") + (split ? ", split-K" : ""));
+      const std::size_t workspace_bytes = split ? gpu::ssmm_workspace_bytes(args, path) : 0;
+      if (split && path == gpu::SsmmPath::sm90) EXPECT_GT(workspace_bytes, 0u) << "the call no longer splits K";
+      DeviceBuffer workspace(std::max<std::size_t>(workspace_bytes, 16));
+      args.workspace = split ? workspace.get() : nullptr;
+      args.workspace_bytes = workspace_bytes;
+      dy.poison();
+      gpu::ssmm(args, nullptr, path);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Check c = compare(dy, DType::f32, prob.M, slots, ref, true);
+      EXPECT_EQ(c.bad + c.non_finite, 0);
+      const auto bytes = dy.to_host<std::uint8_t>();
+      const std::size_t row_bytes = static_cast<std::size_t>(prob.M) * sizeof(float);
+      EXPECT_TRUE(std::all_of(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(3 * row_bytes), [](std::uint8_t b) { return b == 0xFF; }))
+          << "slots before expert_offsets[0] were written";
+      EXPECT_TRUE(std::all_of(bytes.begin() + static_cast<std::ptrdiff_t>(7 * row_bytes), bytes.end(), [](std::uint8_t b) { return b == 0xFF; }))
+          << "slots past expert_offsets[E] were written";
+    }
+}
 
 TEST(SsmmGpu, GroupedRejectsStackWithoutOffsets) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
