@@ -104,12 +104,12 @@ struct SplitPlan {
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
-// The decode kernel's split of K across CTAs (kernels/ssmm_decode.cu, taken by the sm90 path when an
-// expert's tokens fit in 16 slots): CTAs of 32 compressed rows, whose 4 warps share the K range in
+// The decode kernel's split of K across CTAs (kernels/ssmm_decode.cu, taken by the sm90 path where
+// plan_decode_tile_tokens says): CTAs of 32 compressed rows, whose 4 warps share the K range in
 // k-tiles of kDecodeKTileColumns columns. The range splits over CTAs only until the grid holds two CTAs
 // per SM (as many as are resident for one matrix), each split keeping at least kDecodeMinSplitKTiles
 // k-tiles (two per warp), and at most max_splits (the caller's partial-traffic bound).
-// row_tiles: compressed rows / 32; token_tiles: tiles of 8 or 16 slots; num_k_tiles: ceil(K_padded / 128).
+// row_tiles: compressed rows / 32; token_tiles: tiles of 8 slots; num_k_tiles: ceil(K_padded / 128).
 constexpr int kDecodeKTileColumns = 128;
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 // Slots per tile of the decode kernel for a call, or 0 when the wgmma kernels take it: one matrix

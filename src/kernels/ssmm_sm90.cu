@@ -1448,8 +1448,8 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // it applies; off by default: it measured slower, docs/kernels/ssmm.md v14), SAMOYEDS_SSMM_EARLY_STAGES =
 // N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
 // ids load; default 1, v15), SAMOYEDS_SSMM_STREAM_K = on (decode-sized calls through the stream-K
-// kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (calls of
-// at most 16 slots per expert through the wgmma kernels instead of ssmm_decode.cu, v17). Read once per
+// kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (the calls
+// gpu::plan_decode_tile_tokens gives ssmm_decode.cu through the wgmma kernels instead, v17). Read once per
 // process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
 // three choices for tests.
 struct Tuning {
@@ -1587,8 +1587,8 @@ struct Sm90Choice {
   bool stream_k = false;
   StreamK sk;
   int row_tiles = 0;
-  // The decode kernel (ssmm_decode.cu): slots per tile (8 or 16), 0 when it does not take the call;
-  // `plan` is then its split (in 64-column k-tiles).
+  // The decode kernel (ssmm_decode.cu): slots per tile (8), 0 when it does not take the call; `plan`
+  // is then its split (in 128-column k-tiles).
   int decode_tokens = 0;
 };
 
