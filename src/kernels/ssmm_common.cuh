@@ -171,6 +171,65 @@ __device__ __forceinline__ MatrixArrays<kNumMats> matrix_arrays(const Params& p,
   return a;
 }
 
+// Row selection by running totals on warp-level mma.sp fragments (ssmm_sm80.cu, ssmm_decode.cu). Per
+// matrix a thread holds acc[set][mt][nt][f]: set 0 the running total T, set 1 the odd rows' S, for its
+// rows g and g + 8 (h = 0, 1: fragments 2h, 2h + 1) of the m16 tiles mt = 0, 1 and kNT n8 tiles. Bit
+// (mt * 2 + h) of `sel` is the row's selection in the current segment (0 before the first).
+template <int kNT>
+__device__ __forceinline__ void zero_fragments(float (&acc)[2][2][kNT][4]) {
+#pragma unroll
+  for (int s = 0; s < 2; ++s)
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int f = 0; f < 4; ++f) acc[s][mt][nt][f] = 0.0f;
+}
+
+// Enters the segment whose select word is `word` (bit i: compressed row i of the 32 rows the two m16
+// tiles cover): S += (p - n) T for each row whose selection goes from p to n, one FFMA per accumulator.
+template <int kNT>
+__device__ __forceinline__ void enter_select_segment(float (&acc)[2][2][kNT][4], std::uint32_t& sel, std::uint32_t word, int g) {
+  std::uint32_t next = 0;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int bit = mt * 2 + h;
+      const float c = static_cast<float>(static_cast<int>((sel >> bit) & 1u) - static_cast<int>((next >> bit) & 1u));
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int f = 2 * h; f < 2 * h + 2; ++f) acc[1][mt][nt][f] = fmaf(acc[0][mt][nt][f], c, acc[1][mt][nt][f]);
+    }
+  sel = next;
+}
+
+// After the last segment: sets 0 and 1 become logical rows 2r and 2r + 1 (odd = S + sel T, even =
+// T - odd; without row selection S stays zero and set 0 keeps the rows).
+template <int kNT>
+__device__ __forceinline__ void select_sets_to_rows(float (&acc)[2][2][kNT][4], std::uint32_t sel) {
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float selected = static_cast<float>((sel >> (mt * 2 + h)) & 1u);
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int f = 2 * h; f < 2 * h + 2; ++f) {
+          const float odd = fmaf(acc[0][mt][nt][f], selected, acc[1][mt][nt][f]);
+          acc[0][mt][nt][f] -= odd;
+          acc[1][mt][nt][f] = odd;
+        }
+    }
+}
+
 Params make_params(const gpu::SsmmArgs& args);
 
 // Token slot values: a row of X, kNoToken past L (nothing stored), kBadToken for an index outside X

@@ -187,15 +187,7 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
 
   float acc[kNumMats][2][2][kNT][4];  // [matrix][set T / S][m16 tile][n8 tile][fragment]
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int s = 0; s < 2; ++s)
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int f = 0; f < 4; ++f) acc[m][s][mt][nt][f] = 0.0f;
+  for (int m = 0; m < kNumMats; ++m) zero_fragments(acc[m]);
   std::uint32_t sel[kNumMats];  // bit (mt * 2 + h): selection of this thread's row (mt, g + 8 h) in the current segment
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
@@ -218,26 +210,7 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
       previous_segment = segment.index;
       const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kSelectOffset);
 #pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        const std::uint32_t word = words[m];
-        std::uint32_t next = 0;
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int bit = mt * 2 + h;
-            const float c = static_cast<float>(static_cast<int>((sel[m] >> bit) & 1u) - static_cast<int>((next >> bit) & 1u));
-#pragma unroll
-            for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-              for (int f = 2 * h; f < 2 * h + 2; ++f) acc[m][1][mt][nt][f] = fmaf(acc[m][0][mt][nt][f], c, acc[m][1][mt][nt][f]);
-          }
-        sel[m] = next;
-      }
+      for (int m = 0; m < kNumMats; ++m) enter_select_segment(acc[m], sel[m], words[m], g);
     }
 
     const auto* meta_words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes);
@@ -274,23 +247,8 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 
-  // Sets 0 and 1 become logical rows 2r and 2r + 1 (without row selection S stays zero).
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float selected = static_cast<float>((sel[m] >> (mt * 2 + h)) & 1u);
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int f = 2 * h; f < 2 * h + 2; ++f) {
-            const float odd = fmaf(acc[m][0][mt][nt][f], selected, acc[m][1][mt][nt][f]);
-            acc[m][0][mt][nt][f] -= odd;
-            acc[m][1][mt][nt][f] = odd;
-          }
-      }
+  for (int m = 0; m < kNumMats; ++m) select_sets_to_rows(acc[m], sel[m]);
 
   // The warps' sums meet in shared memory (the rings are free once every warp is past its loop).
   __syncthreads();

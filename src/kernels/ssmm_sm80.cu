@@ -135,15 +135,7 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
 
   float acc[kNumMats][2][2][kNT][4];  // [matrix][set][m16 tile][n8 tile][fragment]
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int s = 0; s < 2; ++s)
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int f = 0; f < 4; ++f) acc[m][s][mt][nt][f] = 0.0f;
+  for (int m = 0; m < kNumMats; ++m) zero_fragments(acc[m]);
   std::uint32_t sel[kNumMats];  // bit (mt*2 + h): selection of this thread's row (mt, g + 8h) in the current segment
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
@@ -166,28 +158,9 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     const std::uint8_t* base = smem + (kt % kStages) * stage_bytes(kNumMats);
     if (segment.starts()) {
       const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes);
+      // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
 #pragma unroll
-      for (int m = 0; m < kNumMats; ++m) {
-        // The thread's four rows lie in one 32-row select word (warp_row0 is a multiple of 32).
-        const std::uint32_t word = words[m * 2 + warp_m];
-        std::uint32_t next = 0;
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) next |= ((word >> (mt * 16 + g + 8 * h)) & 1u) << (mt * 2 + h);
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int bit = mt * 2 + h;
-            const float c = static_cast<float>(static_cast<int>((sel[m] >> bit) & 1u) - static_cast<int>((next >> bit) & 1u));
-#pragma unroll
-            for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-              for (int f = 2 * h; f < 2 * h + 2; ++f) acc[m][1][mt][nt][f] = fmaf(acc[m][0][mt][nt][f], c, acc[m][1][mt][nt][f]);
-          }
-        sel[m] = next;
-      }
+      for (int m = 0; m < kNumMats; ++m) enter_select_segment(acc[m], sel[m], words[m * 2 + warp_m], g);
     }
 
     std::uint32_t meta[kNumMats][2][2];  // [matrix][m16 tile][k32 step]
@@ -225,23 +198,8 @@ __global__ void __launch_bounds__(WarpLayout<kNumMats>::kThreads) ssmm_sm80_kern
     }
   }
   ptx::cp_async_wait<0>();
-  // Sets 0 and 1 become logical rows 2r and 2r + 1 (without row selection S stays zero).
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const float selected = static_cast<float>((sel[m] >> (mt * 2 + h)) & 1u);
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int f = 2 * h; f < 2 * h + 2; ++f) {
-            const float odd = fmaf(acc[m][0][mt][nt][f], selected, acc[m][1][mt][nt][f]);
-            acc[m][0][mt][nt][f] -= odd;
-            acc[m][1][mt][nt][f] = odd;
-          }
-      }
+  for (int m = 0; m < kNumMats; ++m) select_sets_to_rows(acc[m], sel[m]);
 
   // Epilogue: each thread owns, per (m16 tile, half h), compressed row r and tokens 2t, 2t+1 of each n8 tile.
   const int rows_per_crow = p.row_select_on ? 2 : 1;
