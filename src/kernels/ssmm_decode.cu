@@ -34,6 +34,7 @@
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
+#include "kernels/strided_segment.h"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds::kernels {
@@ -67,23 +68,6 @@ struct DecodeConfig {
   static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
   static constexpr int kSmemBytes = kRegionBytes + kBN * 4;  // + token ids
   static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
-};
-
-// The row-selection segment of k-tiles first, first + step, ... (advanced with next()): no division per
-// k-tile (a 64-bit division by the runtime segment length was ~100 instructions per k-tile and warp).
-struct StridedSegment {
-  int per_segment, offset, index, index_step, offset_step;
-  __device__ __forceinline__ StridedSegment(int kt_per_segment, int first, int step)
-      : per_segment(kt_per_segment), offset(first % kt_per_segment), index(first / kt_per_segment),
-        index_step(step / kt_per_segment), offset_step(step % kt_per_segment) {}
-  __device__ __forceinline__ void next() {
-    index += index_step;
-    offset += offset_step;
-    if (offset >= per_segment) {
-      offset -= per_segment;
-      ++index;
-    }
-  }
 };
 
 template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
