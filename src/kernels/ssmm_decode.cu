@@ -13,9 +13,10 @@
 // range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 4 warps share
 // the range k-tile by k-tile: warp w takes k-tiles w, w + 4, ... of 128 columns, so every request is a
 // whole 128-byte line of a weight row and the warps read neighbouring lines at any time (the first
-// version's 64-column k-tiles, with a division per k-tile, measured 1.1-1.2x slower: v17). Each warp streams its k-tiles through a
-// private cp.async ring (A values, metadata, the segment's select word, the gathered B rows of X), so
-// the k loop has no CTA barrier; the first stages' weights are requested before the token ids arrive.
+// version's 64-column k-tiles, with a division per k-tile, measured 1.1-1.2x slower: v17). Each warp
+// streams its k-tiles through a private cp.async ring (A values, metadata, the segment's select word,
+// the gathered B rows of X), so the k loop has no CTA barrier; the first stages' weights are requested
+// before the token ids arrive.
 // Row selection by running totals as in ssmm_sm80.cu (set 0 the total T, set 1 the odd rows' S),
 // updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
 // any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
