@@ -37,6 +37,31 @@ __global__ void fill_normal_kernel(std::uint16_t* out, std::int64_t n, std::uint
     out[i] = bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v)) : __half_as_ushort(__float2half_rn(v));
   }
 }
+
+// Reads the whole flush buffer, so L2 ends up holding clean lines of it. The store never happens (the
+// buffer holds zeros) but keeps the loads from being dropped.
+__global__ void read_flush_kernel(const uint4* buffer, std::size_t n, unsigned* sink) {
+  unsigned x = 0;
+  for (std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<std::size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = __ldcg(buffer + i);
+    x |= v.x & v.y & v.z & v.w;
+  }
+  if (x == 0xFFFFFFFFu) *sink = x;
+}
+
+// How L2 is flushed before each timed run. By default by reading a buffer twice its size, which leaves
+// it holding clean lines, as an inference step finds it (the previous layer's weights). Writing the
+// buffer instead (SAMOYEDS_BENCH_FLUSH=write, the protocol until 2026-12-02) leaves L2 full of dirty
+// lines that the timed work's misses must first write back: ~8 MB of extra DRAM writes during a 21 MB
+// product, which slowed cuBLAS more than the packed kernels (docs/kernels/ssmm.md v18).
+bool read_flush() {
+  static const bool on = [] {
+    const char* v = std::getenv("SAMOYEDS_BENCH_FLUSH");
+    return !(v && std::strcmp(v, "write") == 0);
+  }();
+  return on;
+}
 }  // namespace
 
 void fill_normal(void* out, std::int64_t n, std::uint64_t seed, float scale, bool bf16, cudaStream_t stream) {
@@ -55,6 +80,7 @@ Timer::Timer() {
   SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
   flush_bytes_ = static_cast<std::size_t>(std::max(l2_bytes, 1 << 20)) * 2;  // twice the L2: nothing survives
   SAMOYEDS_CUDA_CHECK(cudaMalloc(&flush_, flush_bytes_));
+  SAMOYEDS_CUDA_CHECK(cudaMemset(flush_, 0, flush_bytes_));
 }
 
 Timer::~Timer() {
@@ -68,7 +94,13 @@ Timing Timer::time(const std::function<void()>& work, int reps, int warmup, cuda
   SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<double> us;
   for (int i = 0; i < reps; ++i) {
-    SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_, stream));
+    if (read_flush()) {
+      read_flush_kernel<<<1024, 512, 0, stream>>>(static_cast<const uint4*>(flush_), flush_bytes_ / 16,
+                                                  static_cast<unsigned*>(flush_));
+      SAMOYEDS_CHECK_LAUNCH("read_flush_kernel");
+    } else {
+      SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xFF, flush_bytes_, stream));
+    }
     SAMOYEDS_CUDA_CHECK(cudaEventRecord(start_, stream));
     work();
     SAMOYEDS_CUDA_CHECK(cudaEventRecord(stop_, stream));
@@ -131,6 +163,7 @@ Record& Record::add(const std::string& key, std::int64_t value) {
 Record run_record(const std::string& bench, const std::string& device, const std::string& commit, const std::string& date) {
   Record r;
   r.add("bench", bench).add("device", device).add("commit", commit).add("date", date);
+  r.add("l2_flush", read_flush() ? "read" : "write");
   std::vector<std::string> knobs;
   for (char** e = environ; e && *e; ++e)
     if (std::strncmp(*e, "SAMOYEDS_SSMM_", 14) == 0) knobs.emplace_back(*e);

@@ -20,7 +20,8 @@ class Timer {
  public:
   Timer();
   ~Timer();
-  // Runs `work` `warmup` times, then `reps` times each after an L2 flush (not timed), timing the
+  // Runs `work` `warmup` times, then `reps` times each after an L2 flush (not timed; by reading, or by
+  // writing with SAMOYEDS_BENCH_FLUSH=write: bench_util.cu), timing the
   // work alone with events on `stream` (where `work` must queue); returns the median and the
   // 10th/90th percentiles.
   Timing time(const std::function<void()>& work, int reps, int warmup = 3, cudaStream_t stream = nullptr);

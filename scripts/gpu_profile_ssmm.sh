@@ -16,10 +16,10 @@ n=0
 for e in "$@"; do
   n=$((n + 1))
   if [[ $shape == moe:* ]]; then
-    env $e $ncu --set full --import-source no -k regex:'ssmm_sm90_(kernel|persistent)' --launch-count 2 -o "$OUT/profile/p$n" \
+    env $e $ncu --clock-control none --set full --import-source no -k regex:'ssmm_(sm90_kernel|sm90_persistent|decode_kernel)' --launch-count 2 -o "$OUT/profile/p$n" \
       build-gpu/samoyeds bench moe --model "${shape#moe:}" --tokens "$tokens" --graph off --reps 1 > "$OUT/profile/p$n.log" 2>&1
   else
-    env $e $ncu --set full --import-source no -k regex:'ssmm_sm90_(kernel|persistent)' --launch-skip 2 --launch-count 1 \
+    env $e $ncu --clock-control none --set full --import-source no -k regex:'ssmm_(sm90_kernel|sm90_persistent|decode_kernel)' --launch-skip 2 --launch-count 1 \
       -o "$OUT/profile/p$n" build-gpu/samoyeds bench kernel --shapes "$shape" --tokens "$tokens" --reps 3 \
       > "$OUT/profile/p$n.log" 2>&1
   fi

@@ -109,17 +109,35 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 // k-tiles of kDecodeKTileColumns columns. The range splits over CTAs only until the grid holds two CTAs
 // per SM (as many as are resident for one matrix), each split keeping at least kDecodeMinSplitKTiles
 // k-tiles (two per warp), and at most max_splits (the caller's partial-traffic bound).
-// row_tiles: compressed rows / 32; token_tiles: tiles of 8 slots; num_k_tiles: ceil(K_padded / 128).
+// row_tiles: compressed rows / 32; token_tiles: the grid's token tiles; num_k_tiles: ceil(K_padded / 128).
 constexpr int kDecodeKTileColumns = 128;
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
-// Slots per tile of the decode kernel for a call, or 0 when the wgmma kernels take it: one matrix
-// (plain or down_weighted), at most 8 slots per expert (the mean over the busy experts of a grouped
-// call) and K at most kDecodeMaxK. Against the wgmma kernel on the same calls (H200, L = 1, time ratio,
-// docs/kernels/ssmm.md v17): 0.70-0.92 at K <= 3072 and 3072x12288, 0.99-1.00 at 14336x4096,
-// 16384x6144, 5760x2304; 1.015 at 4096x14336 and 1.10 at 6144x16384 (K >= 14336). At 16 slots it took
-// 1.05-1.24x, and for gate/up (one CTA per SM) Mixtral's decode layer 1.06x.
+// Slots per tile of the decode kernel (8 or 16) for a call, or 0 when the wgmma kernels take it.
+// It takes one matrix (plain or down_weighted) of K <= kDecodeMaxK with at most kDecodeMaxSlots slots
+// per expert (the mean over the busy experts of a grouped call):
+// - at most 8 slots: 8-slot tiles;
+// - 9-16 slots: only where 16-slot tiles make at most one wave of two CTAs per SM (a grouped call of many
+//   small experts, DeepSeek-MoE at T = 128, ran 1.11x slower than on the wgmma kernel); then 16-slot
+//   tiles where they fill the SMs unsplit, else 8-slot tiles where those do, else 16 where they fill the
+//   SMs at all, else whichever makes more CTAs. Two 8-slot tiles read the weights twice but double the
+//   CTAs; a split costs the reduce launch (docs/kernels/ssmm.md v18).
+// Against the wgmma kernel (H200, kernel benchmark, time ratios, v17-v18): 0.70-0.92 at L = 1 and
+// K <= 3072; at L = 16, 16-slot tiles 0.85-0.89 on the large shapes, two 8-slot tiles 0.66-0.85 on the
+// small ones. K >= 14336 stays on the wgmma kernel (its deeper ring streams faster there: 1.015-1.10x).
 constexpr std::int64_t kDecodeMaxK = 12288;
-int plan_decode_tile_tokens(int num_mats, std::int64_t tokens_per_expert, std::int64_t K);
+constexpr std::int64_t kDecodeMaxSlots = 16;
+struct DecodeCall {
+  int num_mats = 1;
+  std::int64_t tokens_per_expert = 0;  // mean over the busy experts
+  std::int64_t K = 0;
+  std::int64_t row_tiles = 0;          // compressed rows / 32
+  std::int64_t num_tokens = 0;         // slots of the call
+  std::int64_t busy_experts = 1;       // experts with at least one slot (1 for a single matrix)
+  std::int64_t num_k_tiles = 0;        // ceil(K_padded / kDecodeKTileColumns)
+  int num_sms = 0;
+  std::int64_t max_splits = 1;         // the caller's partial-traffic bound
+};
+int plan_decode_tile_tokens(const DecodeCall& call);
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
                             std::int64_t max_splits);
 

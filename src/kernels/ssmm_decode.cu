@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM for decode-sized token tiles: a stream of one packed weight matrix through warp-level
-// mma.sp.m16n8k32 with fp32 accumulation (sm_80+, taken by the sm90 path on Hopper where
-// gpu::plan_decode_tile_tokens says: one matrix, at most 8 slots per expert, K <= 12288).
+// mma.sp.m16n8k32 with fp32 accumulation, its weights by bulk tensor copies (sm_90a; taken by the sm90
+// path where gpu::plan_decode_tile_tokens says: one matrix, at most 16 slots per expert, K <= 12288).
 //
 // Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
 // 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
@@ -9,24 +9,25 @@
 // producer warpgroup, ~200 KB of shared memory per CTA) are a large share of a 10 µs call
 // (docs/kernels/ssmm.md v15-v17).
 //
-// Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 token slots over a K
-// range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 4 warps share
-// the range k-tile by k-tile: warp w takes k-tiles w, w + 4, ... of 128 columns, so every request is a
-// whole 128-byte line of a weight row and the warps read neighbouring lines at any time (the first
-// version's 64-column k-tiles, with a division per k-tile, measured 1.1-1.2x slower: v17). Each warp
-// streams its k-tiles through a private cp.async ring (A values, metadata, the segment's select word,
-// the gathered B rows of X), so the k loop has no CTA barrier; the first stages' weights are requested
-// before the token ids arrive.
+// Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 or 16 token slots over
+// a K range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 4 warps
+// share the range k-tile by k-tile: warp w takes k-tiles w, w + 4, ... of 128 columns, so the warps
+// read neighbouring 128-byte lines of every weight row at any time (64-column k-tiles with a division
+// per k-tile measured 1.1-1.2x slower: v17). Each warp streams its k-tiles through a ring of its own,
+// so the k loop has no CTA barrier: lane 0 requests a k-tile's A values (32 rows x 64, the 128-byte
+// swizzle ldmatrix reads) and metadata as two tensor copies onto the stage's mbarrier, and the lanes
+// gather the B rows of X and the segment's select word by cp.async (v18: the per-lane cp.async of A
+// was ~180 instructions per k-tile on a chain that bound the kernel: ncu, 1.5 warps per scheduler at
+// 6.4 cycles per instruction). The first stages' weights are requested before the token ids arrive.
 // Row selection by running totals as in ssmm_sm80.cu (set 0 the total T, set 1 the odd rows' S),
 // updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
 // any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
 // four warps' sums meet in shared memory and are added in warp order (deterministic), then the
 // epilogue and 16-bit (or fp32) stores, or fp32 partials for the split-K reduce (ssmm_sm90.cu).
-// Budget (one matrix, 8 slots): per warp and stage 4.5 KB of weights (A 4 KB + metadata 512 B) + 2 KB of
-// B + 16 B of select words; 4 stages, 107 KB per CTA, two CTAs per SM (8 warps keeping ~108 KB of
-// weights in flight). Registers: 120 (16 fp32 accumulators: two sets x two m16 tiles x 4). The kernel
-// is written for kNumMats matrices and kNT n8 tiles; only one matrix and kNT = 1 are launched (the
-// others measured slower than the wgmma kernels: v17).
+// Budget (one matrix): per warp and stage 4.5 KB of weights (A 4 KB + metadata 512 B) + 256 B per slot
+// of B + 16 B of select words; 4 stages with 8 slots, 3 with 16; 105-107 KB per CTA, two CTAs per SM.
+// Registers: 96 (8 slots) / 102 (16). The kernel is written for kNumMats matrices; only one is
+// launched (gate/up at one CTA per SM measured slower than the wgmma kernel: v17).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -36,6 +37,8 @@
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
 #include "kernels/strided_segment.h"
+#include "kernels/tensor_map.h"
+#include "kernels/tma.cuh"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds::kernels {
@@ -48,6 +51,13 @@ constexpr int kRows = 32;   // compressed rows per CTA: one row-select word
 constexpr int kBK = 128;    // logical columns per k-tile: 64 stored values, one 128-byte line per row
 static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of this width");
 
+// Shared memory, one ring per warp, each array of the stages in a region of its own so that every A
+// tile starts on a 1024-byte boundary (where the tensor copies' 128-byte swizzle repeats):
+//   A     [kWarps][kStages][kNumMats][32 rows][128 B]    the 128-byte swizzle (chunk c of row r at c ^ (r % 8))
+//   meta  [kWarps][kStages][kNumMats][2 row tiles][4 k-steps][16 words]
+//   B     [kWarps][kStages][kBN tokens][256 B]           chunk c of token t at c ^ (t % 8)
+//   select[kWarps][kStages][16 B]                        a word per matrix
+// then the stages' barriers [kWarps][kStages] and the token ids [kBN].
 template <int kNumMats, int kNT>
 struct DecodeConfig {
   static constexpr int kBN = 8 * kNT;                              // token slots per CTA
@@ -55,37 +65,61 @@ struct DecodeConfig {
   static constexpr int kMetaTileBytes = (kRows / 16) * 4 * 16 * 4;  // per matrix: 2 row tiles x 4 k-steps x 16 words
   static constexpr int kBTileBytes = kBN * kBK * 2;                // kBN token rows x 256 B
   static constexpr int kSelectBytes = 16;                          // a select word per matrix, 16-byte padded
-  static constexpr int kBOffset = kNumMats * (kATileBytes + kMetaTileBytes);
-  static constexpr int kSelectOffset = kBOffset + kBTileBytes;
-  static constexpr int kStageBytes = kSelectOffset + kSelectBytes;  // a multiple of 16
+  static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes + kSelectBytes;
   // One matrix: two CTAs per SM; two or three: one.
   static constexpr int kRingBudget = (kNumMats == 1 ? 108 : 214) * 1024;
   static constexpr int kStages = std::min(4, kRingBudget / (kWarps * kStageBytes));
   static_assert(kStages >= 3, "at least two k-tiles in flight per warp");
-  static constexpr int kRingBytes = kWarps * kStages * kStageBytes;
+  static constexpr int kRingStages = kWarps * kStages;
+  static constexpr int kMetaOffset = kRingStages * kNumMats * kATileBytes;
+  static constexpr int kBOffset = kMetaOffset + kRingStages * kNumMats * kMetaTileBytes;
+  static constexpr int kSelectOffset = kBOffset + kRingStages * kBTileBytes;
+  static constexpr int kRingBytes = kSelectOffset + kRingStages * kSelectBytes;
+  static_assert(kATileBytes % 1024 == 0 && kRingBytes % 16 == 0, "A tiles on 1024-byte boundaries; barriers 8-byte aligned");
   // The warps' logical-row sums, [warp][matrix][slot][64 logical rows + 4 of padding] fp32, reuse the ring.
   static constexpr int kSumRow = 2 * kRows + 4;
   static constexpr int kSumBytes = kWarps * kNumMats * kBN * kSumRow * 4;
   static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
-  static constexpr int kSmemBytes = kRegionBytes + kBN * 4;  // + token ids
+  static constexpr int kBarrierOffset = kRegionBytes;
+  static constexpr int kTokenOffset = kBarrierOffset + kRingStages * 8;
+  static constexpr int kSmemBytes = kTokenOffset + kBN * 4;
   static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
 };
 
+// Tensor maps of the weights the kernel streams, per matrix: values [E][compressed rows][K_padded / 2]
+// (box 64 values x 32 rows, 128-byte swizzle) and metadata [E][row tiles][k-steps x 16 words] (box 64
+// words x 2 row tiles: a k-tile's four k-steps of the CTA's two row tiles).
+template <int kNumMats>
+struct DecodeMaps {
+  CUtensorMap values[kNumMats];
+  CUtensorMap metadata[kNumMats];
+};
+
 template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
-__global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlocks) ssmm_decode_kernel(const Params p) {
+__global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlocks)
+    ssmm_decode_kernel(const Params p, const __grid_constant__ DecodeMaps<kNumMats> maps) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using Config = DecodeConfig<kNumMats, kNT>;
-  constexpr int kBN = Config::kBN, kStages = Config::kStages, kStageBytes = Config::kStageBytes;
+  constexpr int kBN = Config::kBN, kStages = Config::kStages;
   constexpr int kATileBytes = Config::kATileBytes, kMetaTileBytes = Config::kMetaTileBytes;
-  extern __shared__ __align__(128) std::uint8_t smem[];
+  // Transaction bytes of a stage's tensor copies: boxes count whole, their out-of-range parts zero-filled.
+  constexpr unsigned kTmaBytes = kNumMats * (kATileBytes + kMetaTileBytes);
+  extern __shared__ __align__(1024) std::uint8_t smem[];
+  if (threadIdx.x == 0) {  // the maps' descriptors, fetched while the tile is found and the barriers set up
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) {
+      tma::prefetch_map(&maps.values[m]);
+      tma::prefetch_map(&maps.metadata[m]);
+    }
+  }
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, t = lane % 4;
-  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + Config::kRegionBytes);  // [kBN]
+  auto* s_tok = reinterpret_cast<std::int32_t*>(smem + Config::kTokenOffset);  // [kBN]
   TileSlots tile;
   if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
-  const std::int64_t row0 = static_cast<std::int64_t>(blockIdx.x) * kRows;  // first compressed row
-  const std::int64_t values_per_row = p.K_padded / 2;
+  const int row0 = static_cast<int>(blockIdx.x) * kRows;  // first compressed row (a tensor-map coordinate)
   const int ksteps_per_row = static_cast<int>(p.K_padded / 32);
   // K_padded is a multiple of 64: the last k-tile may hold only two of its four k-steps.
   const int num_kt = (ksteps_per_row + 3) / 4;
@@ -93,43 +127,39 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   const int kt_end = min(num_kt, kt_begin + static_cast<int>(p.k_tiles_per_split));
   const int first_kt = kt_begin + warp;  // this warp's k-tiles: first_kt + kWarps i
   const int my_tiles = kt_end > first_kt ? (kt_end - first_kt + kWarps - 1) / kWarps : 0;
-  std::uint8_t* ring = smem + warp * kStages * kStageBytes;
+  // This warp's stage s: A of matrix m at a_ring + (s * kNumMats + m) * kATileBytes, and so on.
+  std::uint8_t* const a_ring = smem + warp * kStages * kNumMats * kATileBytes;
+  std::uint8_t* const meta_ring = smem + Config::kMetaOffset + warp * kStages * kNumMats * kMetaTileBytes;
+  std::uint8_t* const b_ring = smem + Config::kBOffset + warp * kStages * Config::kBTileBytes;
+  std::uint8_t* const select_ring = smem + Config::kSelectOffset + warp * kStages * Config::kSelectBytes;
+  auto* const full = reinterpret_cast<std::uint64_t*>(smem + Config::kBarrierOffset) + warp * kStages;  // [kStages]
+  if (lane == 0) {
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) tma::mbarrier_init(&full[s], 1);
+    tma::fence_mbarrier_init();
+  }
+  __syncwarp();
   const int kt_per_segment = p.row_select_on ? p.v / kBK : 1;  // V is a multiple of 128 (the sm90 path's rule)
 
-  // Each lane copies the same chunk positions every k-tile; only the k offset changes.
-  // A: chunk lane % 8 of rows lane / 8 + 4 j (j < 8), swizzled chunk ^ (row % 8) for ldmatrix.
-  const int a_row = lane / 8, a_chunk = lane % 8;
-  const std::uint16_t* a_src[kNumMats];
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m) a_src[m] = mats.values[m] + (row0 + a_row) * values_per_row + a_chunk * 8;
-  // Metadata: matrix m's 2 row tiles x 256 contiguous bytes (their four k-steps of this k-tile,
-  // docs/format.md §3.2), chunk lane % 16 of row tile lane / 16.
-  const std::uint32_t* meta_src[kNumMats];
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-    meta_src[m] = mats.metadata[m] + ((row0 / 16 + lane / 16) * ksteps_per_row) * 16 + (lane % 16) * 4;
   const std::uint32_t* select_src = nullptr;  // lane m < kNumMats: matrix m's select words of the CTA's rows
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
     if (lane == m && p.row_select_on) select_src = mats.row_select[m] + (row0 / 32) * p.num_segments;
 
+  // A values and metadata by tensor copies from lane 0, onto the stage's barrier (the last k-tile's
+  // second half, past K_padded, is zero-filled); the select words by cp.async with B's group.
   StridedSegment load_segment(kt_per_segment, first_kt, kWarps);  // of the next k-tile load_weights copies
   auto load_weights = [&](int stage, int kt) {
-    std::uint8_t* base = ring + stage * kStageBytes;
-    const bool a_in = kt * (kBK / 2) + a_chunk * 8 < values_per_row;  // the last k-tile's second half is padding
-    const bool meta_in = kt * 4 + (lane % 16) / 4 < ksteps_per_row;
+    if (lane == 0) {
+      tma::mbarrier_arrive_expect_tx(&full[stage], kTmaBytes);
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int row = a_row + 4 * j;
-        ptx::cp_async_16(base + m * kATileBytes + row * 128 + ((a_chunk ^ (row & 7)) * 16),
-                         a_in ? a_src[m] + 4 * j * values_per_row + kt * (kBK / 2) : a_src[m], a_in ? 16 : 0);
+      for (int m = 0; m < kNumMats; ++m) {
+        tma::load_3d(a_ring + (stage * kNumMats + m) * kATileBytes, &maps.values[m], &full[stage], kt * (kBK / 2), row0, tile.expert);
+        tma::load_3d(meta_ring + (stage * kNumMats + m) * kMetaTileBytes, &maps.metadata[m], &full[stage], kt * 4 * 16, row0 / 16,
+                     tile.expert);
       }
-      ptx::cp_async_16(base + kNumMats * kATileBytes + m * kMetaTileBytes + lane * 16, meta_in ? meta_src[m] + kt * 4 * 16 : meta_src[m],
-                       meta_in ? 16 : 0);
     }
-    if (select_src) ptx::cp_async_4(base + Config::kSelectOffset + lane * 4, select_src + load_segment.index, 4);
+    if (select_src) ptx::cp_async_4(select_ring + stage * Config::kSelectBytes + lane * 4, select_src + load_segment.index, 4);
     load_segment.next();
   };
 
@@ -154,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     b_src[j] = tok >= 0 ? p.x + static_cast<std::int64_t>(tok) * p.K + b_chunk * 8 : nullptr;
   }
   auto load_tokens = [&](int stage, int kt) {
-    std::uint8_t* b_tile = ring + stage * kStageBytes + Config::kBOffset;
+    std::uint8_t* b_tile = b_ring + stage * Config::kBTileBytes;
     const bool col_in = static_cast<std::int64_t>(kt) * kBK + b_chunk * 8 < p.K;  // K % 8 == 0: a chunk is all in or all out
 #pragma unroll
     for (int j = 0; j < kBCopies; ++j) {
@@ -179,9 +209,14 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   StridedSegment segment(kt_per_segment, first_kt, kWarps);  // of k-tile i
   int previous_segment = -1;
 
+  int stage = 0;
+  unsigned phase = 0;
   for (int i = 0; i < my_tiles; ++i, segment.next()) {
     ptx::cp_async_wait<kStages - 2>();
-    __syncwarp();  // k-tile i's stage is visible to the warp; the previous k-tile's stage is free
+    tma::mbarrier_wait(&full[stage], phase);
+    // k-tile i's stage is visible to the warp, and the previous k-tile's stage is free: its ldmatrix
+    // results fed MMAs already issued.
+    __syncwarp();
     const int ahead = i + kStages - 1;
     if (ahead < my_tiles) {
       load_weights(ahead % kStages, first_kt + kWarps * ahead);
@@ -190,16 +225,16 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     ptx::cp_async_commit();
 
     const int kt = first_kt + kWarps * i;
-    const std::uint8_t* base = ring + (i % kStages) * kStageBytes;
     if (p.row_select_on && segment.index != previous_segment) {
       previous_segment = segment.index;
-      const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kSelectOffset);
+      const auto* words = reinterpret_cast<const std::uint32_t*>(select_ring + stage * Config::kSelectBytes);
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) enter_select_segment(acc[m], sel[m], words[m], g);
     }
 
-    const auto* meta_words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * kATileBytes);
-    const std::uint8_t* b_tile = base + Config::kBOffset;
+    const std::uint8_t* a_tiles = a_ring + stage * kNumMats * kATileBytes;
+    const auto* meta_words = reinterpret_cast<const std::uint32_t*>(meta_ring + stage * kNumMats * kMetaTileBytes);
+    const std::uint8_t* b_tile = b_ring + stage * Config::kBTileBytes;
     const int ksteps = min(4, ksteps_per_row - kt * 4);  // 2 in a last, half k-tile
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -218,19 +253,21 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
           std::uint32_t a[4];
           const int r = mt * 16 + (lane % 8) + 8 * ((lane / 8) % 2);
           const int chunk = ks * 2 + lane / 16;
-          ptx::ldmatrix_x4(a, base + m * kATileBytes + r * 128 + ((chunk ^ (r & 7)) * 16));
+          ptx::ldmatrix_x4(a, a_tiles + m * kATileBytes + r * 128 + ((chunk ^ (r & 7)) * 16));
           const std::uint32_t meta = meta_words[m * (kMetaTileBytes / 4) + (mt * 4 + ks) * 16 + g * 2 + (lane & 1)];
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) ptx::mma_sp_16832<kBf16>(acc[m][0][mt][nt], a, b[nt], meta);
         }
     }
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
   }
   ptx::cp_async_wait<0>();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // A split-K reduce launched as this grid's programmatic dependent may be scheduled from here on (it
   // waits for the whole grid before reading).
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
 
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) select_sets_to_rows(acc[m], sel[m]);
@@ -285,6 +322,24 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
       for (int m = 0; m < kNumMats; ++m) p.workspace[(static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * outputs + at] = v[m];
     }
   }
+#endif
+}
+
+template <int kNumMats>
+DecodeMaps<kNumMats> decode_maps(const Params& p) {
+  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
+  DecodeMaps<kNumMats> maps;
+  for (int m = 0; m < kNumMats; ++m) {
+    maps.values[m] = tensor_map<3>("decode values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
+                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
+                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {kBK / 2, kRows, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
+    maps.metadata[m] = tensor_map<3>("decode metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
+                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
+                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {4 * 16, kRows / 16, 1},
+                                     CU_TENSOR_MAP_SWIZZLE_NONE);
+  }
+  return maps;
 }
 
 template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
@@ -299,13 +354,17 @@ void launch(const Params& p, cudaStream_t stream) {
                  "; the grid allows 65535: split the call");
   const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles),
                   static_cast<unsigned>(p.splits));
-  kernel<<<grid, kThreads, Config::kSmemBytes, stream>>>(p);
+  kernel<<<grid, kThreads, Config::kSmemBytes, stream>>>(p, decode_maps<kNumMats>(p));
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
   if (p.splits > 1) launch_split_k_reduce(p, kBf16, kNumMats, kEpi, stream);
 }
 
 template <bool kBf16>
-void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
+void dispatch(const gpu::SsmmArgs& a, const Params& p, int tile_tokens, cudaStream_t stream) {
+  if (tile_tokens == 16) {
+    if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return launch<kBf16, 1, Epi::down_weighted, 2>(p, stream);
+    return launch<kBf16, 1, Epi::plain, 2>(p, stream);
+  }
   if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return launch<kBf16, 1, Epi::down_weighted, 1>(p, stream);
   launch<kBf16, 1, Epi::plain, 1>(p, stream);
 }
@@ -313,12 +372,12 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, cudaStream_t stream) {
 }  // namespace
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
-  SAMOYEDS_CHECK(tile_tokens == 8 && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
+  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
                  " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");
   SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");
-  args.x_dtype == DType::bf16 ? dispatch<true>(args, p, stream) : dispatch<false>(args, p, stream);
+  args.x_dtype == DType::bf16 ? dispatch<true>(args, p, tile_tokens, stream) : dispatch<false>(args, p, tile_tokens, stream);
 }
 
 }  // namespace samoyeds::kernels

@@ -135,8 +135,25 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
-int plan_decode_tile_tokens(int num_mats, std::int64_t tokens_per_expert, std::int64_t K) {
-  return num_mats == 1 && tokens_per_expert >= 1 && tokens_per_expert <= 8 && K <= kDecodeMaxK ? 8 : 0;
+int plan_decode_tile_tokens(const DecodeCall& c) {
+  if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return 0;
+  if (c.tokens_per_expert <= 8) return 8;
+  struct Grid {
+    std::int64_t ctas;
+    bool split;
+  };
+  const auto grid = [&](int tile) {
+    const std::int64_t token_tiles = std::max((c.num_tokens + tile - 1) / tile, c.busy_experts);
+    const SplitPlan plan = plan_decode_split(c.row_tiles, token_tiles, c.num_k_tiles, c.num_sms, c.max_splits);
+    return Grid{c.row_tiles * token_tiles * plan.splits, plan.splits > 1};
+  };
+  const std::int64_t unsplit_ctas = c.row_tiles * std::max((c.num_tokens + 15) / 16, c.busy_experts);
+  if (unsplit_ctas > 2 * static_cast<std::int64_t>(c.num_sms)) return 0;
+  const Grid wide = grid(16), narrow = grid(8);
+  if (wide.ctas >= c.num_sms && !wide.split) return 16;
+  if (narrow.ctas >= c.num_sms && !narrow.split) return 8;
+  if (wide.ctas >= c.num_sms) return 16;
+  return narrow.ctas > wide.ctas ? 8 : 16;
 }
 
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,

@@ -43,9 +43,6 @@
 // (then free) ring, kBN x 528 B, and written as 16-byte chunks of whole slot rows (v13).
 // Stream-K variant (ssmm_sm90_stream_k, SAMOYEDS_SSMM_STREAM_K=on; measured slower, off by default,
 // v16): decode-sized calls as one CTA per SM over granule ranges that cross tiles; see its comment.
-#include <cuda.h>  // CUtensorMap (the encode function comes through the runtime: no libcuda link)
-#include <cudaTypedefs.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -57,6 +54,8 @@
 #include "kernels/ssmm_common.cuh"
 #include "kernels/ssmm_sm90.h"
 #include "kernels/stream_k.h"
+#include "kernels/tensor_map.h"
+#include "kernels/tma.cuh"
 #include "kernels/wgmma_common.cuh"
 #include "kernels/wgmma_sp.cuh"
 
@@ -66,6 +65,11 @@ namespace samoyeds::kernels {
 // and would otherwise warn that internal helpers are unused.
 namespace sm90 {
 
+using tma::fence_mbarrier_init;
+using tma::load_3d;
+using tma::mbarrier_arrive_expect_tx;
+using tma::mbarrier_init;
+using tma::mbarrier_wait;
 using wgmma::advance_descriptor;
 using wgmma::fence_async_proxy;
 using wgmma::sw128_descriptor;
@@ -84,25 +88,8 @@ struct RingPosition {
   }
 };
 
-__device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(ptx::smem_address(bar)), "r"(count) : "memory");
-}
 __device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
-}
-// Returns once the barrier's phase with this parity has completed. Each try_wait may suspend the
-// thread until the phase completes, for at most a system-dependent time. (A suspend-time hint per
-// try measured 0.98x on the kernel grid: docs/kernels/ssmm.md v9.)
-__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "retry:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra retry;\n"
-      "}\n" ::"r"(ptx::smem_address(bar)),
-      "r"(parity)
-      : "memory");
 }
 // Arrives on the barrier once every cp.async this thread issued before has landed.
 __device__ __forceinline__ void mbarrier_arrive_on_copies(std::uint64_t* bar) {
@@ -138,11 +125,6 @@ __device__ __forceinline__ unsigned cluster_nctarank() {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(ptx::smem_address(bar)), "r"(bytes)
-               : "memory");
-}
 // Arrives on the barrier at the same shared-memory offset in CTA `cta` of this cluster.
 __device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, unsigned cta) {
   asm volatile(
@@ -152,14 +134,6 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, unsi
       "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
       "}\n" ::"r"(ptx::smem_address(bar)),
       "r"(cta)
-      : "memory");
-}
-// One box of a 3-D tensor map into this CTA's shared memory; completes `bar`'s transaction bytes.
-__device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1, int c2) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];\n" ::"r"(
-          ptx::smem_address(dst)),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1) {
@@ -547,8 +521,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
         for (int m = 0; m < kNumMats; ++m) {
-          tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
-          tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage],
+          load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
+          load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage],
                       kt * 64, crow0 / 16, tile.expert);
         }
         std::uint8_t* b_slice = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128;
@@ -588,8 +562,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 #pragma unroll
           for (int m = 0; m < kNumMats; ++m) {
             const int map = m < 2 ? m : 1;  // the maps hold two matrices; three never take this path
-            tma_load_3d(base + m * kATileBytes, &maps.values[map], &full_bar[stage], kt * 64, static_cast<int>(row0), tile.expert);
-            tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[map], &full_bar[stage],
+            load_3d(base + m * kATileBytes, &maps.values[map], &full_bar[stage], kt * 64, static_cast<int>(row0), tile.expert);
+            load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[map], &full_bar[stage],
                         kt * 64, static_cast<int>(row0 / 16), tile.expert);
           }
         }
@@ -1184,8 +1158,8 @@ __global__ void __launch_bounds__(384, 1)
             mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m) {
-              tma_load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, expert);
-              tma_load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
+              load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, expert);
+              load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
                           crow0 / 16, expert);
             }
             std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
@@ -1516,7 +1490,18 @@ std::int64_t max_splits_of(const gpu::SsmmArgs& a, const PackedGeometry& g) {
 int decode_tile_tokens(const gpu::SsmmArgs& a) {
   const int mode = decode_override.load();
   if (!(mode >= 0 ? mode == 1 : tuning().decode) || a.num_tokens <= 0) return 0;
-  return gpu::plan_decode_tile_tokens(num_mats_of(a), tokens_per_expert(a), a.weight.cols);
+  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
+  gpu::DecodeCall call;
+  call.num_mats = num_mats_of(a);
+  call.tokens_per_expert = tokens_per_expert(a);
+  call.K = a.weight.cols;
+  call.row_tiles = g.compressed_rows_padded / 32;
+  call.num_tokens = a.num_tokens;
+  call.busy_experts = busy_experts_of(a);
+  call.num_k_tiles = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
+  call.num_sms = num_sms();
+  call.max_splits = max_splits_of(a, g);
+  return gpu::plan_decode_tile_tokens(call);
 }
 
 gpu::SplitPlan decode_split_plan(const gpu::SsmmArgs& a, int tile_tokens) {
@@ -1654,36 +1639,6 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   c.persistent = persistent_wanted && a.weight.pattern.has_row_selection() && a.y_dtype != DType::f32 && a.weight.rows % 8 == 0 &&
                  aligned16(a.y);
   return c;
-}
-
-using EncodeTiled = PFN_cuTensorMapEncodeTiled_v12000;
-EncodeTiled encode_tiled() {
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    SAMOYEDS_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &found));
-    SAMOYEDS_CHECK(found == cudaDriverEntryPointSuccess && f != nullptr,
-                   "ssmm: the CUDA driver has no cuTensorMapEncodeTiled (needs a CUDA 12 driver); set SAMOYEDS_SSMM_TMA=off");
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
-// A tensor map over a row-major array of 16-bit or 32-bit elements: dims innermost first, strides in
-// bytes for dims 1.., box in elements.
-template <int kRank>
-CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const void* base, const std::uint64_t (&dims)[kRank],
-                       const std::uint64_t (&strides)[kRank - 1], const std::uint32_t (&box)[kRank], CUtensorMapSwizzle swizzle) {
-  CUtensorMap map;
-  std::memset(&map, 0, sizeof(map));
-  std::uint32_t element_strides[kRank];
-  for (int d = 0; d < kRank; ++d) element_strides[d] = 1;
-  const CUresult r = encode_tiled()(&map, type, kRank, const_cast<void*>(base), dims, strides, box, element_strides,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  SAMOYEDS_CHECK(r == CUDA_SUCCESS, "ssmm: cuTensorMapEncodeTiled failed (CUresult ", static_cast<int>(r), ") for the ", what,
-                 " map; set SAMOYEDS_SSMM_TMA=off (and SAMOYEDS_SSMM_A_TMA=off) to use plain cp.async copies");
-  return map;
 }
 
 // Tensor maps of the A values and metadata of kNumMats (<= 2) matrices, [experts][rows][K] each, in
@@ -1933,7 +1888,7 @@ void ssmm_sm90_set_stream_k(int mode) { stream_k_override.store(mode < 0 ? -1 : 
 
 void ssmm_sm90_set_decode(int mode) { decode_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
-bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return choose(args).decode_tokens != 0; }
+int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args) { return choose(args).decode_tokens; }
 
 bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args) {
   const Sm90Choice c = choice_with_workspace(args);

@@ -19,7 +19,8 @@ bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_DECODE knob: -1 the knob decides again, 0 / 1 the decode kernel
 // (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode_tile_tokens).
 void ssmm_sm90_set_decode(int mode);
-// Whether the sm90 path runs `args` through the decode kernel.
-bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args);
+// Slots per tile of the decode kernel where the sm90 path runs `args` through it (8 or 16), else 0.
+int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args);
+inline bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return ssmm_sm90_decode_tile_tokens(args) != 0; }
 
 }  // namespace samoyeds::kernels

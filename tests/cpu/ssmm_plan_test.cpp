@@ -246,13 +246,51 @@ TEST(SsmmPlan, SplitKFillsWholeWaves) {
   }
 }
 
+// A single-matrix call of `L` slots on an H200 (132 SMs) with the split bound of the kernel benchmark's shapes.
+gpu::DecodeCall decode_call(std::int64_t M, std::int64_t K, std::int64_t L, int num_mats = 1) {
+  gpu::DecodeCall c;
+  c.num_mats = num_mats;
+  c.tokens_per_expert = L;
+  c.K = K;
+  c.row_tiles = M / 2 / 32;  // 1:2 row selection
+  c.num_tokens = L;
+  c.busy_experts = 1;
+  c.num_k_tiles = (K + 127) / 128;
+  c.num_sms = 132;
+  c.max_splits = 64;
+  return c;
+}
+
 TEST(SsmmPlan, DecodeKernelTakesOneMatrixOfFewSlotsAndShortK) {
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 1, 4096), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 8, gpu::kDecodeMaxK), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 9, 4096), 0);       // 16-slot tiles measured slower
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 1, 14336), 0);      // long K: the wgmma kernel streams faster
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(2, 1, 4096), 0);       // gate/up: one CTA per SM
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(1, 0, 4096), 0);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1)), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, gpu::kDecodeMaxK, 8)), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 1)), 0);  // long K: the wgmma kernel streams faster
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1, 2)), 0);  // gate/up: one CTA per SM
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 0)), 0);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, gpu::kDecodeMaxSlots + 1)), 0);
+}
+
+TEST(SsmmPlan, DecodeTileOfNineToSixteenSlots) {
+  // 16-slot tiles where they fill the SMs unsplit (the shapes of 192 row tiles and more)...
+  for (auto [M, K] : {std::pair<std::int64_t, std::int64_t>{12288, 3072}, {14336, 4096}, {16384, 6144}})
+    EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(M, K, 16)), 16) << M << "x" << K;
+  // ... or where they fill them split and two 8-slot tiles would have to split too.
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(3072, 12288, 16)), 16);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(2304, 5760, 13)), 16);
+  // Two 8-slot tiles where they fill the SMs without a split (5760x2304: 180 CTAs) or make more CTAs
+  // (1408x2048, 2048x1408: too few row tiles and k-tiles to fill the SMs either way).
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(5760, 2304, 16)), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(1408, 2048, 16)), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(2048, 1408, 9)), 8);
+  // More than one wave at two CTAs per SM: the wgmma kernel's larger tiles (DeepSeek-MoE's grouped down
+  // projection at T = 128: 64 busy experts, 12 slots each).
+  gpu::DecodeCall grouped = decode_call(2048, 1408, 12);
+  grouped.num_tokens = 768;
+  grouped.busy_experts = 64;
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(grouped), 0);
+  grouped.tokens_per_expert = 1;  // at T = 1 the 8-slot tiles still take it
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(grouped), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(65536, 4096, 16)), 0);
 }
 
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {

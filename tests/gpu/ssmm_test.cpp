@@ -194,6 +194,9 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
         // stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of 2304
         // rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
         if ((L == 1 || L == 7) && prob.K <= gpu::kDecodeMaxK) EXPECT_TRUE(kernels::ssmm_sm90_takes_decode(args)) << "the decode kernel is not tested here";
+        // L = 13: both tile widths of the decode kernel (gpu::plan_decode_tile_tokens).
+        if (L == 13 && prob.pattern == std::string("1:2:128") && (prob.M == 12288 || prob.M == 1408))
+          EXPECT_EQ(kernels::ssmm_sm90_decode_tile_tokens(args), prob.M == 12288 ? 16 : 8) << "a decode tile width is not tested here";
         const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
         for (const bool stream_k : {false, true}) {
           if (!stream_k && !decode_default) continue;
