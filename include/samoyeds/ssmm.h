@@ -122,9 +122,10 @@ constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 //   SMs at all, else whichever makes more CTAs. Two 8-slot tiles read the weights twice but double the
 //   CTAs; a split costs the reduce launch (docs/kernels/ssmm.md v18).
 // Against the wgmma kernel (H200, kernel benchmark, time ratios, v17-v18): 0.70-0.92 at L = 1 and
-// K <= 3072; at L = 16, 16-slot tiles 0.85-0.89 on the large shapes, two 8-slot tiles 0.66-0.85 on the
-// small ones. K >= 14336 stays on the wgmma kernel (its deeper ring streams faster there: 1.015-1.10x).
-constexpr std::int64_t kDecodeMaxK = 12288;
+// K <= 3072; at L = 16, 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles
+// 0.66-0.85 on the small ones. K = 14336 and 16384: docs/kernels/ssmm.md v18 (the cp.async version
+// lost there to the wgmma kernel's deeper ring, 1.015-1.10x).
+constexpr std::int64_t kDecodeMaxK = 16384;
 constexpr std::int64_t kDecodeMaxSlots = 16;
 struct DecodeCall {
   int num_mats = 1;

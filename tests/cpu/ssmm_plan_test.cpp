@@ -264,7 +264,8 @@ gpu::DecodeCall decode_call(std::int64_t M, std::int64_t K, std::int64_t L, int 
 TEST(SsmmPlan, DecodeKernelTakesOneMatrixOfFewSlotsAndShortK) {
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1)), 8);
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, gpu::kDecodeMaxK, 8)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 1)), 0);  // long K: the wgmma kernel streams faster
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, 16384, 1)), 8);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, gpu::kDecodeMaxK + 128, 1)), 0);  // unmeasured K: the wgmma kernel
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1, 2)), 0);  // gate/up: one CTA per SM
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 0)), 0);
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, gpu::kDecodeMaxSlots + 1)), 0);
