@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM for decode-sized token tiles: a stream of one packed weight matrix through warp-level
 // mma.sp.m16n8k32 with fp32 accumulation, its weights by bulk tensor copies (sm_90a; taken by the sm90
-// path where gpu::plan_decode_tile_tokens says: one matrix, at most 16 slots per expert, K <= 12288).
+// path where gpu::plan_decode_tile_tokens says: one matrix, at most 16 slots per expert, K <= 16384).
 //
 // Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
 // 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
@@ -39,6 +39,7 @@
 #include "kernels/strided_segment.h"
 #include "kernels/tensor_map.h"
 #include "kernels/tma.cuh"
+#include "kernels/wgmma_common.cuh"
 #include "samoyeds/ssmm.h"
 
 namespace samoyeds::kernels {
@@ -84,6 +85,7 @@ struct DecodeConfig {
   static constexpr int kTokenOffset = kBarrierOffset + kRingStages * 8;
   static constexpr int kSmemBytes = kTokenOffset + kBN * 4;
   static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
+  static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "the CTAs per SM fit its shared memory (1 KB reserved each)");
 };
 
 // Tensor maps of the weights the kernel streams, per matrix: values [E][compressed rows][K_padded / 2]
@@ -215,7 +217,9 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     ptx::cp_async_wait<kStages - 2>();
     tma::mbarrier_wait(&full[stage], phase);
     // k-tile i's stage is visible to the warp, and the previous k-tile's stage is free: its ldmatrix
-    // results fed MMAs already issued.
+    // results fed MMAs already issued, and the fence orders those reads before the tensor copies that
+    // refill it (async proxy).
+    wgmma::fence_async_proxy();
     __syncwarp();
     const int ahead = i + kStages - 1;
     if (ahead < my_tiles) {
@@ -322,6 +326,8 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
       for (int m = 0; m < kNumMats; ++m) p.workspace[(static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * outputs + at] = v[m];
     }
   }
+#else
+  __trap();  // sm_90a only: the sm90 path never launches it elsewhere
 #endif
 }
 
@@ -373,7 +379,7 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, int tile_tokens, cudaStre
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
   SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
-                 " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 slots: internal planning error)");
+                 " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 or 16 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");
   SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");

@@ -1572,7 +1572,7 @@ struct Sm90Choice {
   bool stream_k = false;
   StreamK sk;
   int row_tiles = 0;
-  // The decode kernel (ssmm_decode.cu): slots per tile (8), 0 when it does not take the call; `plan`
+  // The decode kernel (ssmm_decode.cu): slots per tile (8 or 16), 0 when it does not take the call; `plan`
   // is then its split (in 128-column k-tiles).
   int decode_tokens = 0;
 };
