@@ -116,16 +116,17 @@ constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 // It takes one matrix (plain or down_weighted) of K <= kDecodeMaxK with at most kDecodeMaxSlots slots
 // per expert (the mean over the busy experts of a grouped call):
 // - at most 8 slots: 8-slot tiles;
-// - 9-16 slots: only where 16-slot tiles make at most one wave of two CTAs per SM (a grouped call of many
-//   small experts, DeepSeek-MoE at T = 128, ran 1.11x slower than on the wgmma kernel); then 16-slot
-//   tiles where they fill the SMs unsplit, else 8-slot tiles where those do, else 16 where they fill the
-//   SMs at all, else whichever makes more CTAs. Two 8-slot tiles read the weights twice but double the
-//   CTAs; a split costs the reduce launch (docs/kernels/ssmm.md v18).
-// Against the wgmma kernel (H200, kernel benchmark, time ratios, v17-v18): 0.70-0.92 at L = 1 and
-// K <= 3072; at L = 16, 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles
-// 0.66-0.85 on the small ones. K = 14336 and 16384: docs/kernels/ssmm.md v18 (the cp.async version
-// lost there to the wgmma kernel's deeper ring, 1.015-1.10x).
+// - 9-16 slots: only at K <= kDecodeMaxKOver8Slots, and where 16-slot tiles make at most one wave of
+//   two CTAs per SM (a grouped call of many small experts, DeepSeek-MoE at T = 128, ran 1.11x slower
+//   than on the wgmma kernel); then 16-slot tiles where they fill the SMs unsplit, else 8-slot tiles
+//   where those do, else 16 where they fill the SMs at all, else whichever makes more CTAs. Two 8-slot
+//   tiles read the weights twice but double the CTAs; a split costs the reduce launch.
+// Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v18):
+// - L = 1: 0.70-0.92 at K <= 3072, 0.92 at 4096x14336, 1.00 at 6144x16384;
+// - L = 16: 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles 0.66-0.85 on the
+//   small ones; at K = 16384 the rule's two 8-slot tiles took 1.19x (6144x16384), hence the K bound.
 constexpr std::int64_t kDecodeMaxK = 16384;
+constexpr std::int64_t kDecodeMaxKOver8Slots = 12288;
 constexpr std::int64_t kDecodeMaxSlots = 16;
 struct DecodeCall {
   int num_mats = 1;

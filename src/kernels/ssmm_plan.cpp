@@ -138,6 +138,7 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 int plan_decode_tile_tokens(const DecodeCall& c) {
   if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return 0;
   if (c.tokens_per_expert <= 8) return 8;
+  if (c.K > kDecodeMaxKOver8Slots) return 0;
   struct Grid {
     std::int64_t ctas;
     bool split;

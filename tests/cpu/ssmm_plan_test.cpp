@@ -292,6 +292,10 @@ TEST(SsmmPlan, DecodeTileOfNineToSixteenSlots) {
   grouped.tokens_per_expert = 1;  // at T = 1 the 8-slot tiles still take it
   EXPECT_EQ(gpu::plan_decode_tile_tokens(grouped), 8);
   EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(65536, 4096, 16)), 0);
+  // Long K at more than 8 slots: the wgmma kernel (6144x16384 @ 16 in two 8-slot tiles took 1.19x its time).
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, 16384, 16)), 0);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 9)), 0);
+  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 8)), 8);
 }
 
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
