@@ -139,17 +139,16 @@ int plan_decode_tile_tokens(const DecodeCall& c) {
   if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return 0;
   if (c.tokens_per_expert <= 8) return 8;
   if (c.K > kDecodeMaxKOver8Slots) return 0;
+  const auto token_tiles = [&](int tile) { return std::max((c.num_tokens + tile - 1) / tile, c.busy_experts); };
+  if (c.row_tiles * token_tiles(16) > 2 * static_cast<std::int64_t>(c.num_sms)) return 0;
   struct Grid {
     std::int64_t ctas;
     bool split;
   };
   const auto grid = [&](int tile) {
-    const std::int64_t token_tiles = std::max((c.num_tokens + tile - 1) / tile, c.busy_experts);
-    const SplitPlan plan = plan_decode_split(c.row_tiles, token_tiles, c.num_k_tiles, c.num_sms, c.max_splits);
-    return Grid{c.row_tiles * token_tiles * plan.splits, plan.splits > 1};
+    const SplitPlan plan = plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, c.num_sms, c.max_splits);
+    return Grid{c.row_tiles * token_tiles(tile) * plan.splits, plan.splits > 1};
   };
-  const std::int64_t unsplit_ctas = c.row_tiles * std::max((c.num_tokens + 15) / 16, c.busy_experts);
-  if (unsplit_ctas > 2 * static_cast<std::int64_t>(c.num_sms)) return 0;
   const Grid wide = grid(16), narrow = grid(8);
   if (wide.ctas >= c.num_sms && !wide.split) return 16;
   if (narrow.ctas >= c.num_sms && !narrow.split) return 8;
