@@ -78,7 +78,8 @@ struct SsmmArgs {
   const float* slot_weight = nullptr;  // [L] fp32, down_weighted only
   void* y = nullptr;              // [L, M] row-major
   DType y_dtype = DType::bf16;    // x_dtype, or fp32 for the plain epilogue
-  // Scratch: split-K partials (small L or few output rows), or on Hopper at large L the routed rows of
+  // Scratch: split-K partials (small L or few output rows; Hopper's decode kernel splits without any),
+  // or on Hopper at large L the routed rows of
   // X gathered into slot order for the TMA kernel. ssmm_workspace_bytes() tells how much helps (it
   // depends on whether token_idx is set, not on its value). With less, the call still runs, unsplit,
   // through the cp.async kernel. Device memory, 16-byte aligned; not read across calls.
@@ -104,23 +105,27 @@ struct SplitPlan {
 SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles,
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
-// The decode kernel's split of K across CTAs (kernels/ssmm_decode.cu, taken by the sm90 path where
-// plan_decode_tile_tokens says): CTAs of 32 compressed rows, whose 4 warps share the K range in
-// k-tiles of kDecodeKTileColumns columns. The range splits over CTAs only until the grid holds two CTAs
-// per SM (as many as are resident for one matrix), each split keeping at least kDecodeMinSplitKTiles
-// k-tiles (two per warp), and at most max_splits (the caller's partial-traffic bound).
-// row_tiles: compressed rows / 32; token_tiles: the grid's token tiles; num_k_tiles: ceil(K_padded / 128).
+// The decode kernel (kernels/ssmm_decode.cu, taken by the sm90 path where plan_decode says): CTAs of
+// 32 compressed rows x 8 or 16 token slots, whose 4 warps share the K range in k-tiles of
+// kDecodeKTileColumns columns.
 constexpr int kDecodeKTileColumns = 128;
+// Its split of K across CTAs: only until the grid holds two CTAs per SM (as many as are resident for
+// one matrix), each split keeping at least kDecodeMinSplitKTiles k-tiles (two per warp), and at most
+// kDecodeMaxSplits: a tile's split CTAs are one cluster (at most 8 CTAs: the portable cluster size)
+// and add their partial sums in distributed shared memory, with no workspace and no reduce launch.
+// row_tiles: compressed rows / 32; token_tiles: the grid's token tiles; num_k_tiles: ceil(K_padded / 128).
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
+constexpr int kDecodeMaxSplits = 8;
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms);
 // Slots per tile of the decode kernel (8 or 16) for a call, or 0 when the wgmma kernels take it.
 // It takes one matrix (plain or down_weighted) of K <= kDecodeMaxK with at most kDecodeMaxSlots slots
 // per expert (the mean over the busy experts of a grouped call):
 // - at most 8 slots: 8-slot tiles;
-// - 9-16 slots: only at K <= kDecodeMaxKOver8Slots, and where 16-slot tiles make at most one wave of
-//   two CTAs per SM (a grouped call of many small experts, DeepSeek-MoE at T = 128, ran 1.11x slower
-//   than on the wgmma kernel); then 16-slot tiles where they fill the SMs unsplit, else 8-slot tiles
-//   where those do, else 16 where they fill the SMs at all, else whichever makes more CTAs. Two 8-slot
-//   tiles read the weights twice but double the CTAs; a split costs the reduce launch.
+// - 9-16 slots: only at K <= max_k_over_8_slots (kDecodeMaxKOver8Slots unless tuned), and where 16-slot
+//   tiles make at most one wave of two CTAs per SM (a grouped call of many small experts, DeepSeek-MoE
+//   at T = 128, ran 1.11x slower than on the wgmma kernel); then 16-slot tiles where they fill the SMs
+//   unsplit, else 8-slot tiles where those do, else 16 where they fill the SMs at all, else whichever
+//   makes more CTAs. Two 8-slot tiles read the weights twice but double the CTAs.
 // Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v18):
 // - L = 1: 0.70-0.92 at K <= 3072, 0.92 at 4096x14336, 1.00 at 6144x16384;
 // - L = 16: 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles 0.66-0.85 on the
@@ -137,11 +142,13 @@ struct DecodeCall {
   std::int64_t busy_experts = 1;       // experts with at least one slot (1 for a single matrix)
   std::int64_t num_k_tiles = 0;        // ceil(K_padded / kDecodeKTileColumns)
   int num_sms = 0;
-  std::int64_t max_splits = 1;         // the caller's partial-traffic bound
+  std::int64_t max_k_over_8_slots = kDecodeMaxKOver8Slots;  // SAMOYEDS_SSMM_DECODE_WIDE_K
 };
-int plan_decode_tile_tokens(const DecodeCall& call);
-SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
-                            std::int64_t max_splits);
+struct DecodePlan {
+  int tile_tokens = 0;  // 0: the wgmma kernels take the call
+  SplitPlan split;      // of the chosen tiles' grid
+};
+DecodePlan plan_decode(const DecodeCall& call);
 
 // How many CTAs along the output rows share one token tile through TMA multicast (the sm90 kernel's
 // large-L variant): the largest power of two <= max_cluster whose padding of the row-tile count (the

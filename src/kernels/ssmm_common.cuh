@@ -35,8 +35,9 @@ struct Params {
   const float* slot_weight;            // [L], down_weighted
   void* y;                             // [L, rows]
   bool y_f32;
-  // split-K: CTA z covers k-tiles [z * k_tiles_per_split, ...) and writes fp32 partial products to
-  // workspace [splits][num_mats][L][rows]; a reduce kernel sums them in split order, then the epilogue.
+  // split-K: CTA z covers k-tiles [z * k_tiles_per_split, ...). The wgmma kernels write fp32 partial
+  // products to workspace [splits][num_mats][L][rows] and a reduce kernel sums them in split order,
+  // then the epilogue; the decode kernel's split CTAs add theirs within a cluster (no workspace).
   int splits;
   std::int64_t k_tiles_per_split;
   float* workspace;
@@ -282,12 +283,10 @@ __device__ __forceinline__ void store_pair(void* y, std::int64_t at, float first
 }
 
 void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
-// Decode-sized calls of one matrix (tiles of tile_tokens = 8 slots; ssmm_decode.cu). p.splits and
-// p.k_tiles_per_split (in 128-column k-tiles) are the caller's plan (gpu::plan_decode_split).
+// Decode-sized calls of one matrix (tiles of tile_tokens = 8 or 16 slots; ssmm_decode.cu). p.splits
+// (at most gpu::kDecodeMaxSplits, one cluster per tile) and p.k_tiles_per_split (in 128-column k-tiles)
+// are the caller's plan (gpu::plan_decode); p.workspace is not used.
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream);
-// Sums the split-K partials in p.workspace in split order, applies the epilogue and stores Y: a
-// programmatic dependent launch after the product kernel just launched on `stream` (ssmm_sm90.cu).
-void launch_split_k_reduce(const Params& p, bool bf16, int num_mats, Epi epi, cudaStream_t stream);
 
 // Fills the split fields of `p` (splits = 1 when the workspace is too small) and launches.
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream);

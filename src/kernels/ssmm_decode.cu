@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM for decode-sized token tiles: a stream of one packed weight matrix through warp-level
 // mma.sp.m16n8k32 with fp32 accumulation, its weights by bulk tensor copies (sm_90a; taken by the sm90
-// path where gpu::plan_decode_tile_tokens says: one matrix, at most 16 slots per expert, K <= 16384).
+// path where gpu::plan_decode says: one matrix, at most 16 slots per expert, K <= 16384).
 //
 // Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
 // 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
@@ -23,9 +23,12 @@
 // updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
 // any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
 // four warps' sums meet in shared memory and are added in warp order (deterministic), then the
-// epilogue and 16-bit (or fp32) stores, or fp32 partials for the split-K reduce (ssmm_sm90.cu).
+// epilogue and 16-bit (or fp32) stores. A split tile's CTAs are one cluster along z: each keeps its
+// K range's sums in shared memory, and the cluster adds them in rank order through distributed shared
+// memory (no workspace, no reduce launch: that launch cost 3.3-4.4 µs per call, v18).
 // Budget (one matrix): per warp and stage 4.5 KB of weights (A 4 KB + metadata 512 B) + 256 B per slot
-// of B + 16 B of select words; 4 stages with 8 slots, 3 with 16; 105-107 KB per CTA, two CTAs per SM.
+// of B + 16 B of select words; 4 stages with 8 slots, 3 with 16; 105-107 KB per CTA, two CTAs per SM
+// (the sums of the epilogue and of the split reduce reuse the rings).
 // Registers: 96 (8 slots) / 102 (16). The kernel is written for kNumMats matrices; only one is
 // launched (gate/up at one CTA per SM measured slower than the wgmma kernel: v17).
 #include <cuda_bf16.h>
@@ -33,9 +36,11 @@
 
 #include <algorithm>
 
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
+#include "kernels/ssmm_sm90.h"
 #include "kernels/strided_segment.h"
 #include "kernels/tensor_map.h"
 #include "kernels/tma.cuh"
@@ -80,7 +85,11 @@ struct DecodeConfig {
   // The warps' logical-row sums, [warp][matrix][slot][64 logical rows + 4 of padding] fp32, reuse the ring.
   static constexpr int kSumRow = 2 * kRows + 4;
   static constexpr int kSumBytes = kWarps * kNumMats * kBN * kSumRow * 4;
-  static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
+  // Split K: the CTA's own K-range sums, [kNumMats][kOutputs] fp32, after the warps' sums, for the
+  // cluster's reduce through distributed shared memory.
+  static constexpr int kOutputs = kBN * 2 * kRows;  // (slot, logical row) pairs
+  static constexpr int kPartOffset = (kSumBytes + 15) / 16 * 16;
+  static constexpr int kRegionBytes = std::max(kRingBytes, kPartOffset + kNumMats * kOutputs * 4);
   static constexpr int kBarrierOffset = kRegionBytes;
   static constexpr int kTokenOffset = kBarrierOffset + kRingStages * 8;
   static constexpr int kSmemBytes = kTokenOffset + kBN * 4;
@@ -269,10 +278,6 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     }
   }
   ptx::cp_async_wait<0>();
-  // A split-K reduce launched as this grid's programmatic dependent may be scheduled from here on (it
-  // waits for the whole grid before reading).
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) select_sets_to_rows(acc[m], sel[m]);
 
@@ -300,32 +305,57 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
         }
   __syncthreads();
 
-  // Thread e % 64 of each pass takes logical row e % 64 of slot e / 64: a warp stores 32 neighbouring
-  // rows of one slot. The warps' sums are added in warp order, so the result does not depend on timing.
+  // Output e of the tile is logical row e % 64 of slot e / 64: a warp stores 32 neighbouring rows of
+  // one slot. The warps' sums are added in warp order, so the result does not depend on timing.
+  constexpr int kOutputs = Config::kOutputs;
   const int logical_rows = kRows * rows_per_crow;
   const std::int64_t row_base = row0 * rows_per_crow;
-  const std::int64_t outputs = p.L * p.rows;
-  for (int e = threadIdx.x; e < kBN * 2 * kRows; e += kThreads) {
-    const int slot = e / (2 * kRows), lr = e % (2 * kRows);
-    const std::int64_t R = row_base + lr;
-    const std::int32_t tok = s_tok[slot];
-    if (lr >= logical_rows || R >= p.rows || tok == kNoToken) continue;
+  const auto warp_sum = [&](int m, int e) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += sums[((w * kNumMats + m) * kBN + e / (2 * kRows)) * Config::kSumRow + e % (2 * kRows)];
+    return sum;
+  };
+  const auto stored = [&](int e) {  // rows past the CTA's logical ones or past M, empty slots: nothing to store
+    return e % (2 * kRows) < logical_rows && row_base + e % (2 * kRows) < p.rows && s_tok[e / (2 * kRows)] != kNoToken;
+  };
+  const auto store_output = [&](int e, const float (&v)[kNumMats]) {
+    const int slot = e / (2 * kRows);
+    store<kBf16>(p.y, (tok0 + slot) * p.rows + row_base + e % (2 * kRows), epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, s_tok[slot]),
+                 p.y_f32);
+  };
+  if (gridDim.z == 1) {
+    for (int e = threadIdx.x; e < kOutputs; e += kThreads) {
+      if (!stored(e)) continue;
+      float v[kNumMats];
+#pragma unroll
+      for (int m = 0; m < kNumMats; ++m) v[m] = warp_sum(m, e);
+      store_output(e, v);
+    }
+    return;
+  }
+  // Split K: the tile's gridDim.z CTAs are one cluster along z (the launch below), so CTA z is cluster
+  // rank z. Each keeps the sums of its K range in its own shared memory; then rank r adds outputs
+  // [r kThreads, (r + 1) kThreads), and every gridDim.z kThreads-th after, over the cluster's CTAs in
+  // rank order (deterministic: the order the split-K reduce kernel adds workspace partials in) through
+  // distributed shared memory, and stores them. No workspace, no second launch.
+  auto* part = reinterpret_cast<float*>(smem + Config::kPartOffset);  // [kNumMats][kOutputs]
+  for (int e = threadIdx.x; e < kOutputs; e += kThreads)
+#pragma unroll
+    for (int m = 0; m < kNumMats; ++m) part[m * kOutputs + e] = warp_sum(m, e);
+  cluster_sync();  // every CTA's sums are written and visible to the cluster
+  for (int e = static_cast<int>(blockIdx.z) * kThreads + threadIdx.x; e < kOutputs; e += static_cast<int>(gridDim.z) * kThreads) {
+    if (!stored(e)) continue;
     float v[kNumMats];
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
       float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) sum += sums[((w * kNumMats + m) * kBN + slot) * Config::kSumRow + lr];
+      for (unsigned z = 0; z < gridDim.z; ++z) sum += ld_shared_cluster(&part[m * kOutputs + e], z);
       v[m] = sum;
     }
-    const std::int64_t at = (tok0 + slot) * p.rows + R;
-    if (gridDim.z == 1) {
-      store<kBf16>(p.y, at, epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), p.y_f32);
-    } else {
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) p.workspace[(static_cast<std::int64_t>(blockIdx.z) * kNumMats + m) * outputs + at] = v[m];
-    }
+    store_output(e, v);
   }
+  cluster_sync();  // no CTA exits while another may still read its sums
 #else
   __trap();  // sm_90a only: the sm90 path never launches it elsewhere
 #endif
@@ -348,21 +378,49 @@ DecodeMaps<kNumMats> decode_maps(const Params& p) {
   return maps;
 }
 
+// The launch of a (row tiles, token tiles, splits) grid: a split tile's CTAs are one cluster along z,
+// which adds their partial sums on chip (the kernel's end). `attribute` must outlive the config.
+template <int kNumMats, int kNT>
+cudaLaunchConfig_t launch_config(dim3 grid, cudaLaunchAttribute& attribute, cudaStream_t stream) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = DecodeConfig<kNumMats, kNT>::kSmemBytes;
+  config.stream = stream;
+  attribute = cudaLaunchAttribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = 1;
+  attribute.val.clusterDim.y = 1;
+  attribute.val.clusterDim.z = grid.z;
+  config.attrs = &attribute;
+  config.numAttrs = grid.z > 1 ? 1 : 0;
+  return config;
+}
+
 template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
-void launch(const Params& p, cudaStream_t stream) {
-  using Config = DecodeConfig<kNumMats, kNT>;
+auto* prepared_kernel() {
   auto* kernel = ssmm_decode_kernel<kBf16, kNumMats, kEpi, kNT>;
-  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes));
+  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeConfig<kNumMats, kNT>::kSmemBytes));
   // Two CTAs per SM for one matrix need the largest shared-memory carveout.
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-  const std::int64_t token_tiles = grid_token_tiles(p, Config::kBN);
-  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", Config::kBN,
+  return kernel;
+}
+
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
+void launch(const Params& p, cudaStream_t stream) {
+  auto* kernel = prepared_kernel<kBf16, kNumMats, kEpi, kNT>();
+  constexpr int kBN = DecodeConfig<kNumMats, kNT>::kBN;
+  const std::int64_t token_tiles = grid_token_tiles(p, kBN);
+  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", kBN,
                  "; the grid allows 65535: split the call");
-  const dim3 grid(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles),
-                  static_cast<unsigned>(p.splits));
-  kernel<<<grid, kThreads, Config::kSmemBytes, stream>>>(p, decode_maps<kNumMats>(p));
+  SAMOYEDS_CHECK(p.splits >= 1 && p.splits <= gpu::kDecodeMaxSplits, "ssmm_decode: ", p.splits, " splits do not form one cluster of at most ",
+                 gpu::kDecodeMaxSplits, " CTAs (internal planning error)");
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config<kNumMats, kNT>(
+      dim3(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits)),
+      attribute, stream);
+  SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, decode_maps<kNumMats>(p)));
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
-  if (p.splits > 1) launch_split_k_reduce(p, kBf16, kNumMats, kEpi, stream);
 }
 
 template <bool kBf16>
@@ -377,12 +435,28 @@ void dispatch(const gpu::SsmmArgs& a, const Params& p, int tile_tokens, cudaStre
 
 }  // namespace
 
+int ssmm_decode_max_active_clusters(int tile_tokens, int splits) {
+  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && splits >= 1 && splits <= gpu::kDecodeMaxSplits,
+                 "ssmm_decode_max_active_clusters: tiles of 8 or 16 slots and 1-", gpu::kDecodeMaxSplits, " splits");
+  int clusters = 0;
+  cudaLaunchAttribute attribute;
+  const dim3 grid(1, 1, static_cast<unsigned>(splits));
+  // The plain bf16 kernels: the epilogue and the type change neither the registers nor the shared memory.
+  if (tile_tokens == 16) {
+    const cudaLaunchConfig_t config = launch_config<1, 2>(grid, attribute, nullptr);
+    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, prepared_kernel<true, 1, Epi::plain, 2>(), &config));
+  } else {
+    const cudaLaunchConfig_t config = launch_config<1, 1>(grid, attribute, nullptr);
+    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, prepared_kernel<true, 1, Epi::plain, 1>(), &config));
+  }
+  return clusters;
+}
+
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
   SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
                  " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 or 16 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");
-  SAMOYEDS_CHECK(p.splits == 1 || p.workspace, "ssmm_decode: a split call needs its workspace (internal planning error)");
   args.x_dtype == DType::bf16 ? dispatch<true>(args, p, tile_tokens, stream) : dispatch<false>(args, p, tile_tokens, stream);
 }
 

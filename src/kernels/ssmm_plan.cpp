@@ -135,34 +135,28 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
   return plan;
 }
 
-int plan_decode_tile_tokens(const DecodeCall& c) {
-  if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return 0;
-  if (c.tokens_per_expert <= 8) return 8;
-  if (c.K > kDecodeMaxKOver8Slots) return 0;
+DecodePlan plan_decode(const DecodeCall& c) {
+  DecodePlan none;
+  if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return none;
   const auto token_tiles = [&](int tile) { return std::max((c.num_tokens + tile - 1) / tile, c.busy_experts); };
-  if (c.row_tiles * token_tiles(16) > 2 * static_cast<std::int64_t>(c.num_sms)) return 0;
-  struct Grid {
-    std::int64_t ctas;
-    bool split;
-  };
-  const auto grid = [&](int tile) {
-    const SplitPlan plan = plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, c.num_sms, c.max_splits);
-    return Grid{c.row_tiles * token_tiles(tile) * plan.splits, plan.splits > 1};
-  };
-  const Grid wide = grid(16), narrow = grid(8);
-  if (wide.ctas >= c.num_sms && !wide.split) return 16;
-  if (narrow.ctas >= c.num_sms && !narrow.split) return 8;
-  if (wide.ctas >= c.num_sms) return 16;
-  return narrow.ctas > wide.ctas ? 8 : 16;
+  const auto plan = [&](int tile) { return DecodePlan{tile, plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, c.num_sms)}; };
+  if (c.tokens_per_expert <= 8) return plan(8);
+  if (c.K > c.max_k_over_8_slots) return none;
+  if (c.row_tiles * token_tiles(16) > 2 * static_cast<std::int64_t>(c.num_sms)) return none;
+  const DecodePlan wide = plan(16), narrow = plan(8);
+  const auto ctas = [&](const DecodePlan& d) { return c.row_tiles * token_tiles(d.tile_tokens) * d.split.splits; };
+  if (ctas(wide) >= c.num_sms && wide.split.splits == 1) return wide;
+  if (ctas(narrow) >= c.num_sms && narrow.split.splits == 1) return narrow;
+  if (ctas(wide) >= c.num_sms) return wide;
+  return ctas(narrow) > ctas(wide) ? narrow : wide;
 }
 
-SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms,
-                            std::int64_t max_splits) {
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms) {
   SplitPlan plan;
   plan.k_tiles_per_split = num_k_tiles;
   const std::int64_t ctas = row_tiles * token_tiles;
   if (ctas <= 0 || num_k_tiles <= 0) return plan;
-  const std::int64_t wanted = std::min({2 * static_cast<std::int64_t>(num_sms) / ctas, num_k_tiles / kDecodeMinSplitKTiles, max_splits});
+  const std::int64_t wanted = std::min<std::int64_t>({2 * static_cast<std::int64_t>(num_sms) / ctas, num_k_tiles / kDecodeMinSplitKTiles, kDecodeMaxSplits});
   if (wanted < 2) return plan;
   plan.k_tiles_per_split = (num_k_tiles + wanted - 1) / wanted;
   plan.splits = static_cast<int>((num_k_tiles + plan.k_tiles_per_split - 1) / plan.k_tiles_per_split);

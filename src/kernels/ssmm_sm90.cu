@@ -48,6 +48,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/half_math.cuh"
 #include "kernels/ptx.cuh"
@@ -110,32 +111,7 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 }
 
-// ---- Clusters and the tensor memory accelerator (the large-L variant, kTma) ----
-__device__ __forceinline__ unsigned cluster_ctarank() {
-  unsigned rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-}
-__device__ __forceinline__ unsigned cluster_nctarank() {
-  unsigned count;
-  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(count));
-  return count;
-}
-// Every thread of every CTA in the cluster; also orders the barrier inits before remote use.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// Arrives on the barrier at the same shared-memory offset in CTA `cta` of this cluster.
-__device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, unsigned cta) {
-  asm volatile(
-      "{\n"
-      ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n"
-      "}\n" ::"r"(ptx::smem_address(bar)),
-      "r"(cta)
-      : "memory");
-}
+// ---- The tensor memory accelerator (the large-L variant, kTma; clusters: kernels/cluster.cuh) ----
 __device__ __forceinline__ void tma_load_2d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];\n" ::"r"(
@@ -1423,7 +1399,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // N (the cp.async variant's consumers copy the first N stages' A values and metadata while the token
 // ids load; default 1, v15), SAMOYEDS_SSMM_STREAM_K = on (decode-sized calls through the stream-K
 // kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (the calls
-// gpu::plan_decode_tile_tokens gives ssmm_decode.cu through the wgmma kernels instead, v17). Read once per
+// gpu::plan_decode gives ssmm_decode.cu through the wgmma kernels instead, v17), SAMOYEDS_SSMM_DECODE_WIDE_K
+// = the largest K the decode kernel takes at 9-16 slots per expert (default gpu::kDecodeMaxKOver8Slots,
+// at most gpu::kDecodeMaxK; v19). Read once per
 // process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
 // three choices for tests.
 struct Tuning {
@@ -1437,6 +1415,7 @@ struct Tuning {
   int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
   bool stream_k = false;  // the stream-K kernel where it applies
   bool decode = true;     // the decode kernel where it applies
+  std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1452,6 +1431,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
     if (const char* v = std::getenv("SAMOYEDS_SSMM_STREAM_K")) r.stream_k = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE")) r.decode = std::strcmp(v, "off") != 0;
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1486,10 +1466,10 @@ std::int64_t max_splits_of(const gpu::SsmmArgs& a, const PackedGeometry& g) {
   return static_cast<std::int64_t>(allowed_bytes / partial_bytes);
 }
 
-// Slots per tile of the decode kernel (ssmm_decode.cu) for a call it takes, else 0 (gpu::plan_decode_tile_tokens).
-int decode_tile_tokens(const gpu::SsmmArgs& a) {
+// The decode kernel's tiles and split for a call (gpu::plan_decode); tile_tokens 0 when it does not take it.
+gpu::DecodePlan decode_plan(const gpu::SsmmArgs& a) {
   const int mode = decode_override.load();
-  if (!(mode >= 0 ? mode == 1 : tuning().decode) || a.num_tokens <= 0) return 0;
+  if (!(mode >= 0 ? mode == 1 : tuning().decode) || a.num_tokens <= 0) return {};
   const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
   gpu::DecodeCall call;
   call.num_mats = num_mats_of(a);
@@ -1500,15 +1480,8 @@ int decode_tile_tokens(const gpu::SsmmArgs& a) {
   call.busy_experts = busy_experts_of(a);
   call.num_k_tiles = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
   call.num_sms = num_sms();
-  call.max_splits = max_splits_of(a, g);
-  return gpu::plan_decode_tile_tokens(call);
-}
-
-gpu::SplitPlan decode_split_plan(const gpu::SsmmArgs& a, int tile_tokens) {
-  const PackedGeometry g = packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols);
-  const std::int64_t token_tiles = std::max((a.num_tokens + tile_tokens - 1) / tile_tokens, busy_experts_of(a));
-  const std::int64_t num_kt = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
-  return gpu::plan_decode_split(g.compressed_rows_padded / 32, token_tiles, num_kt, num_sms(), max_splits_of(a, g));
+  call.max_k_over_8_slots = tuning().decode_wide_k;
+  return gpu::plan_decode(call);
 }
 
 gpu::SplitPlan split_plan(const gpu::SsmmArgs& a) {
@@ -1573,7 +1546,7 @@ struct Sm90Choice {
   StreamK sk;
   int row_tiles = 0;
   // The decode kernel (ssmm_decode.cu): slots per tile (8 or 16), 0 when it does not take the call; `plan`
-  // is then its split (in 128-column k-tiles).
+  // is then its split (in 128-column k-tiles, reduced on chip: no workspace).
   int decode_tokens = 0;
 };
 
@@ -1606,9 +1579,10 @@ void choose_stream_k(const gpu::SsmmArgs& a, Sm90Choice& c) {
 
 Sm90Choice choose(const gpu::SsmmArgs& a) {
   Sm90Choice c;
-  c.decode_tokens = decode_tile_tokens(a);
-  if (c.decode_tokens) {
-    c.plan = decode_split_plan(a, c.decode_tokens);
+  const gpu::DecodePlan decode = decode_plan(a);
+  if (decode.tile_tokens) {
+    c.decode_tokens = decode.tile_tokens;
+    c.plan = decode.split;
     return c;
   }
   c.plan = split_plan(a);
@@ -1696,14 +1670,6 @@ void launch_reduce(const Params& p, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((n + 255) / 256, 32 * num_sms()));
   launch_dependent(ssmm_sm90_reduce<kBf16, kNumMats, kEpi>, blocks, stream, p);
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_reduce");
-}
-
-template <bool kBf16>
-void launch_reduce_of(const Params& p, int num_mats, Epi epi, cudaStream_t stream) {
-  if (epi == Epi::plain) return launch_reduce<kBf16, 1, Epi::plain>(p, stream);
-  if (epi == Epi::down_weighted) return launch_reduce<kBf16, 1, Epi::down_weighted>(p, stream);
-  if (num_mats == 3) return launch_reduce<kBf16, 3, Epi::gate_up>(p, stream);
-  return launch_reduce<kBf16, 2, Epi::gate_up>(p, stream);
 }
 
 template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN>
@@ -1856,7 +1822,7 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
   if (c.tma) return c.gather_bytes + (c.persistent ? 256 : 0);  // + the persistent kernel's unit counter
   // Two partial tiles per CTA, [matrices][32 slots][256 logical rows] fp32 each.
   if (c.stream_k) return static_cast<std::size_t>(2 * c.sk.num_ctas) * static_cast<std::size_t>(num_mats_of(args)) * 32 * 256 * sizeof(float);
-  if (c.plan.splits <= 1) return 0;
+  if (c.decode_tokens || c.plan.splits <= 1) return 0;  // the decode kernel's splits add up in a cluster
   return static_cast<std::size_t>(c.plan.splits) * static_cast<std::size_t>(num_mats_of(args)) *
          static_cast<std::size_t>(args.num_tokens) * static_cast<std::size_t>(args.weight.rows) * sizeof(float);
 }
@@ -1864,10 +1830,6 @@ std::size_t workspace_bytes_of(const gpu::SsmmArgs& args, const Sm90Choice& c) {
 }  // namespace
 
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args) { return workspace_bytes_of(args, choose(args)); }
-
-void launch_split_k_reduce(const Params& p, bool bf16, int num_mats, Epi epi, cudaStream_t stream) {
-  bf16 ? launch_reduce_of<true>(p, num_mats, epi, stream) : launch_reduce_of<false>(p, num_mats, epi, stream);
-}
 
 // The choice as it runs with the workspace the call brings: the TMA variant needs X in slot order
 // (token lists) and the persistent kernel its unit counter on top; without them a call still runs,
@@ -1890,6 +1852,11 @@ void ssmm_sm90_set_decode(int mode) { decode_override.store(mode < 0 ? -1 : (mod
 
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args) { return choose(args).decode_tokens; }
 
+int ssmm_sm90_decode_splits(const gpu::SsmmArgs& args) {
+  const Sm90Choice c = choose(args);
+  return c.decode_tokens ? c.plan.splits : 0;
+}
+
 bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args) {
   const Sm90Choice c = choice_with_workspace(args);
   return c.stream_k && args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
@@ -1909,13 +1876,8 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   if (c.decode_tokens) {
-    // Without the workspace it wants, a call still runs unsplit.
-    p.k_tiles_per_split = (p.K_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
-    if (c.plan.splits > 1 && has_workspace) {
-      p.splits = c.plan.splits;
-      p.k_tiles_per_split = c.plan.k_tiles_per_split;
-      p.workspace = static_cast<float*>(args.workspace);
-    }
+    p.splits = c.plan.splits;
+    p.k_tiles_per_split = c.plan.k_tiles_per_split;
     ssmm_decode(args, p, c.decode_tokens, stream);
     return;
   }

@@ -17,10 +17,15 @@ void ssmm_sm90_set_stream_k(int mode);
 // Whether the sm90 path runs `args` (as given, workspace included) through the stream-K kernel.
 bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_DECODE knob: -1 the knob decides again, 0 / 1 the decode kernel
-// (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode_tile_tokens).
+// (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode).
 void ssmm_sm90_set_decode(int mode);
 // Slots per tile of the decode kernel where the sm90 path runs `args` through it (8 or 16), else 0.
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args);
 inline bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return ssmm_sm90_decode_tile_tokens(args) != 0; }
+// The CTAs (one cluster) that share each of the decode kernel's tiles for `args`, 0 where it does not take it.
+int ssmm_sm90_decode_splits(const gpu::SsmmArgs& args);
+// How many clusters of `splits` decode-kernel CTAs (tiles of tile_tokens = 8 or 16 slots) the current
+// device holds at once (cudaOccupancyMaxActiveClusters); the plan counts on two CTAs per SM.
+int ssmm_decode_max_active_clusters(int tile_tokens, int splits);
 
 }  // namespace samoyeds::kernels

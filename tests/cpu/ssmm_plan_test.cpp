@@ -246,7 +246,7 @@ TEST(SsmmPlan, SplitKFillsWholeWaves) {
   }
 }
 
-// A single-matrix call of `L` slots on an H200 (132 SMs) with the split bound of the kernel benchmark's shapes.
+// A single-matrix call of `L` slots on an H200 (132 SMs).
 gpu::DecodeCall decode_call(std::int64_t M, std::int64_t K, std::int64_t L, int num_mats = 1) {
   gpu::DecodeCall c;
   c.num_mats = num_mats;
@@ -257,67 +257,95 @@ gpu::DecodeCall decode_call(std::int64_t M, std::int64_t K, std::int64_t L, int 
   c.busy_experts = 1;
   c.num_k_tiles = (K + 127) / 128;
   c.num_sms = 132;
-  c.max_splits = 64;
   return c;
 }
 
+int tile_tokens(const gpu::DecodeCall& c) { return gpu::plan_decode(c).tile_tokens; }
+
 TEST(SsmmPlan, DecodeKernelTakesOneMatrixOfFewSlotsAndShortK) {
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, gpu::kDecodeMaxK, 8)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, 16384, 1)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, gpu::kDecodeMaxK + 128, 1)), 0);  // unmeasured K: the wgmma kernel
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 1, 2)), 0);  // gate/up: one CTA per SM
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, 0)), 0);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(14336, 4096, gpu::kDecodeMaxSlots + 1)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(14336, 4096, 1)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(4096, gpu::kDecodeMaxK, 8)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(6144, 16384, 1)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(6144, gpu::kDecodeMaxK + 128, 1)), 0);  // unmeasured K: the wgmma kernel
+  EXPECT_EQ(tile_tokens(decode_call(14336, 4096, 1, 2)), 0);  // gate/up: one CTA per SM
+  EXPECT_EQ(tile_tokens(decode_call(14336, 4096, 0)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(14336, 4096, gpu::kDecodeMaxSlots + 1)), 0);
 }
 
 TEST(SsmmPlan, DecodeTileOfNineToSixteenSlots) {
   // 16-slot tiles where they fill the SMs unsplit (the shapes of 192 row tiles and more)...
   for (auto [M, K] : {std::pair<std::int64_t, std::int64_t>{12288, 3072}, {14336, 4096}, {16384, 6144}})
-    EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(M, K, 16)), 16) << M << "x" << K;
+    EXPECT_EQ(tile_tokens(decode_call(M, K, 16)), 16) << M << "x" << K;
   // ... or where they fill them split and two 8-slot tiles would have to split too.
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(3072, 12288, 16)), 16);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(2304, 5760, 13)), 16);
+  EXPECT_EQ(tile_tokens(decode_call(3072, 12288, 16)), 16);
+  EXPECT_EQ(tile_tokens(decode_call(2304, 5760, 13)), 16);
   // Two 8-slot tiles where they fill the SMs without a split (5760x2304: 180 CTAs) or make more CTAs
   // (1408x2048, 2048x1408: too few row tiles and k-tiles to fill the SMs either way).
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(5760, 2304, 16)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(1408, 2048, 16)), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(2048, 1408, 9)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(5760, 2304, 16)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(1408, 2048, 16)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(2048, 1408, 9)), 8);
   // More than one wave at two CTAs per SM: the wgmma kernel's larger tiles (DeepSeek-MoE's grouped down
   // projection at T = 128: 64 busy experts, 12 slots each).
   gpu::DecodeCall grouped = decode_call(2048, 1408, 12);
   grouped.num_tokens = 768;
   grouped.busy_experts = 64;
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(grouped), 0);
+  EXPECT_EQ(tile_tokens(grouped), 0);
   grouped.tokens_per_expert = 1;  // at T = 1 the 8-slot tiles still take it
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(grouped), 8);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(65536, 4096, 16)), 0);
+  EXPECT_EQ(tile_tokens(grouped), 8);
+  EXPECT_EQ(tile_tokens(decode_call(65536, 4096, 16)), 0);
   // Long K at more than 8 slots: the wgmma kernel (6144x16384 @ 16 in two 8-slot tiles took 1.19x its time).
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(6144, 16384, 16)), 0);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 9)), 0);
-  EXPECT_EQ(gpu::plan_decode_tile_tokens(decode_call(4096, 14336, 8)), 8);
+  EXPECT_EQ(tile_tokens(decode_call(6144, 16384, 16)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(4096, 14336, 9)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(4096, 14336, 8)), 8);
 }
 
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
   // 12288x3072 (192 CTAs of 32 compressed rows, 24 k-tiles of 128 columns): the CTAs alone fill the SMs.
-  EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, 132, 64).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, 132).splits, 1);
   // 3072x12288: 48 CTAs; 5 splits give 240 CTAs (two per SM would be 264) of 20 k-tiles each.
-  const auto tall = gpu::plan_decode_split(48, 1, 96, 132, 64);
+  const auto tall = gpu::plan_decode_split(48, 1, 96, 132);
   EXPECT_EQ(tall.splits, 5);
   EXPECT_EQ(tall.k_tiles_per_split, 20);
   // Short K: every split keeps kDecodeMinSplitKTiles k-tiles (two per warp); 1408x2048 splits in two.
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, 132, 64).splits, 2);
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, 132, 64).splits, 1);
-  // The caller's traffic bound, and grids with more tiles than two per SM.
-  EXPECT_EQ(gpu::plan_decode_split(48, 1, 96, 132, 3).splits, 3);
-  EXPECT_EQ(gpu::plan_decode_split(448, 2, 32, 132, 64).splits, 1);
-  EXPECT_EQ(gpu::plan_decode_split(0, 1, 64, 132, 64).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, 132).splits, 2);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, 132).splits, 1);
+  // One cluster per tile: at most kDecodeMaxSplits, however few the tiles; and grids with more tiles
+  // than two per SM.
+  EXPECT_EQ(gpu::plan_decode_split(8, 1, 128, 132).splits, gpu::kDecodeMaxSplits);
+  EXPECT_EQ(gpu::plan_decode_split(448, 2, 32, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(0, 1, 64, 132).splits, 1);
   for (std::int64_t kt : {1, 8, 9, 45, 96, 112, 128}) {
-    const auto plan = gpu::plan_decode_split(8, 1, kt, 132, 64);
+    const auto plan = gpu::plan_decode_split(8, 1, kt, 132);
     EXPECT_GE(plan.splits * plan.k_tiles_per_split, kt) << kt;
     EXPECT_LT((plan.splits - 1) * plan.k_tiles_per_split, kt) << "no empty split for " << kt;
+    EXPECT_LE(plan.splits, gpu::kDecodeMaxSplits) << kt;
     if (plan.splits > 1) EXPECT_GE(plan.k_tiles_per_split, gpu::kDecodeMinSplitKTiles) << kt;
   }
+}
+
+TEST(SsmmPlan, DecodePlanCarriesTheSplitOfItsTiles) {
+  // 4096x14336 @ 1: 64 row tiles of one 8-slot tile, 112 k-tiles: 4 splits of 28.
+  const gpu::DecodePlan tall = gpu::plan_decode(decode_call(4096, 14336, 1));
+  EXPECT_EQ(tall.tile_tokens, 8);
+  EXPECT_EQ(tall.split.splits, 4);
+  EXPECT_EQ(tall.split.k_tiles_per_split, 28);
+  // 3072x12288 @ 16 in 16-slot tiles: 48 CTAs split 5 ways.
+  const gpu::DecodePlan wide = gpu::plan_decode(decode_call(3072, 12288, 16));
+  EXPECT_EQ(wide.tile_tokens, 16);
+  EXPECT_EQ(wide.split.splits, 5);
+  // 1408x2048 @ 16 in two 8-slot tiles: 44 CTAs split 2 ways (16 k-tiles).
+  const gpu::DecodePlan narrow = gpu::plan_decode(decode_call(1408, 2048, 16));
+  EXPECT_EQ(narrow.tile_tokens, 8);
+  EXPECT_EQ(narrow.split.splits, 2);
+  // Not taken: no plan.
+  const gpu::DecodePlan none = gpu::plan_decode(decode_call(14336, 4096, 1, 2));
+  EXPECT_EQ(none.tile_tokens, 0);
+  EXPECT_EQ(none.split.splits, 1);
+  // The K bound at 9-16 slots is the caller's (a tuning knob): raised, 4096x14336 @ 16 takes 16-slot tiles.
+  gpu::DecodeCall long_k = decode_call(4096, 14336, 16);
+  EXPECT_EQ(tile_tokens(long_k), 0);
+  long_k.max_k_over_8_slots = gpu::kDecodeMaxK;
+  EXPECT_EQ(tile_tokens(long_k), 16);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -194,9 +195,12 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
         // stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of 2304
         // rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
         if ((L == 1 || L == 7) && prob.K <= gpu::kDecodeMaxK) EXPECT_TRUE(kernels::ssmm_sm90_takes_decode(args)) << "the decode kernel is not tested here";
-        // L = 13: both tile widths of the decode kernel (gpu::plan_decode_tile_tokens).
+        // L = 13: both tile widths of the decode kernel (gpu::plan_decode).
         if (L == 13 && prob.pattern == std::string("1:2:128") && (prob.M == 12288 || prob.M == 1408))
           EXPECT_EQ(kernels::ssmm_sm90_decode_tile_tokens(args), prob.M == 12288 ? 16 : 8) << "a decode tile width is not tested here";
+        // The decode kernel's split tiles (one cluster each) and its unsplit ones.
+        if ((L == 1 || L == 13) && prob.pattern == std::string("1:2:128") && (prob.M == 3072 || prob.M == 12288))
+          EXPECT_EQ(kernels::ssmm_sm90_decode_splits(args), prob.M == 3072 ? 5 : 1) << "a decode split is not tested here";
         const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
         for (const bool stream_k : {false, true}) {
           if (!stream_k && !decode_default) continue;
@@ -719,6 +723,24 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
     }
 }
 
+// The decode plan counts on two CTAs per SM whether or not a tile's CTAs form a cluster: each split
+// grid it may plan (at most two CTAs per SM) must fit the device at once, or part of it would run as a
+// second wave.
+TEST(SsmmGpu, DecodeClustersFitTwoCtasPerSm) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the decode kernel runs on sm_90a only";
+  int device = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
+  for (const int tile_tokens : {8, 16})
+    for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
+      const int clusters = kernels::ssmm_decode_max_active_clusters(tile_tokens, splits);
+      std::printf("decode kernel, %d-slot tiles, clusters of %d: %d at once (%d CTAs; the plan may use %d)\n", tile_tokens, splits,
+                  clusters, clusters * splits, 2 * sms / splits * splits);
+      EXPECT_GE(clusters, 2 * sms / splits) << tile_tokens << "-slot tiles, clusters of " << splits;
+    }
+}
+
 TEST(SsmmGpu, RejectsBadArguments) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const gpu::DevicePackedMatrix dw(cached_weight(Problem{128, 128, "1:2:128"}, DType::bf16, false, 8));
@@ -953,7 +975,13 @@ TEST(SsmmGpu, GroupedLeavesSlotsOutsideTheExpertsUntouched) {
       const DecodeOverride decode(wgmma ? 0 : -1);
       SCOPED_TRACE(std::string("path ") + gpu::path_name(path) + (wgmma ? " (wgmma kernel)" : "") + (split ? ", split-K" : ""));
       const std::size_t workspace_bytes = split ? gpu::ssmm_workspace_bytes(args, path) : 0;
-      if (split && path == gpu::SsmmPath::sm90) EXPECT_GT(workspace_bytes, 0u) << "the call no longer splits K";
+      if (split && path == gpu::SsmmPath::sm90) {
+        if (kernels::ssmm_sm90_takes_decode(args)) {
+          EXPECT_GT(kernels::ssmm_sm90_decode_splits(args), 1) << "the decode kernel no longer splits K here";
+        } else {
+          EXPECT_GT(workspace_bytes, 0u) << "the call no longer splits K";
+        }
+      }
       DeviceBuffer workspace(std::max<std::size_t>(workspace_bytes, 16));
       args.workspace = split ? workspace.get() : nullptr;
       args.workspace_bytes = workspace_bytes;
