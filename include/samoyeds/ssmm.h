@@ -9,6 +9,7 @@
 // device pointers are plain pointers and a stream is passed as `void*` (a cudaStream_t).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -109,14 +110,18 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 // 32 compressed rows x 8 or 16 token slots, whose 4 warps share the K range in k-tiles of
 // kDecodeKTileColumns columns.
 constexpr int kDecodeKTileColumns = 128;
-// Its split of K across CTAs: only until the grid holds two CTAs per SM (as many as are resident for
-// one matrix), each split keeping at least kDecodeMinSplitKTiles k-tiles (two per warp), and at most
-// kDecodeMaxSplits: a tile's split CTAs are one cluster (at most 8 CTAs: the portable cluster size)
-// and add their partial sums in distributed shared memory, with no workspace and no reduce launch.
+// Its split of K across CTAs: a tile's split CTAs are one cluster (at most kDecodeMaxSplits = 8 CTAs,
+// the portable cluster size) and add their partial sums in distributed shared memory, with no
+// workspace and no reduce launch. The most splits whose grid the device holds in one wave
+// (resident[s]: clusters of s CTAs resident at once, index 1 single CTAs; two CTAs per SM, fewer
+// where a cluster must sit within one GPC), each split keeping at least kDecodeMinSplitKTiles k-tiles.
 // row_tiles: compressed rows / 32; token_tiles: the grid's token tiles; num_k_tiles: ceil(K_padded / 128).
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 constexpr int kDecodeMaxSplits = 8;
-SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms);
+using ResidentClusters = std::array<int, kDecodeMaxSplits + 1>;
+// Two CTAs per SM and no cluster constraint: 2 num_sms / s clusters of s.
+ResidentClusters ideal_resident_clusters(int num_sms);
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, const ResidentClusters& resident);
 // Slots per tile of the decode kernel (8 or 16) for a call, or 0 when the wgmma kernels take it.
 // It takes one matrix (plain or down_weighted) of K <= kDecodeMaxK with at most kDecodeMaxSlots slots
 // per expert (the mean over the busy experts of a grouped call):
@@ -143,6 +148,7 @@ struct DecodeCall {
   std::int64_t num_k_tiles = 0;        // ceil(K_padded / kDecodeKTileColumns)
   int num_sms = 0;
   std::int64_t max_k_over_8_slots = kDecodeMaxKOver8Slots;  // SAMOYEDS_SSMM_DECODE_WIDE_K
+  ResidentClusters resident{};  // the device's (kernels::ssmm_decode_resident_clusters); zeros: ideal_resident_clusters
 };
 struct DecodePlan {
   int tile_tokens = 0;  // 0: the wgmma kernels take the call

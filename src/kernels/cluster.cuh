@@ -37,19 +37,20 @@ __device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, unsi
       "r"(cta)
       : "memory");
 }
-// The float at the same shared-memory offset as `local` in CTA `cta` of this cluster.
-__device__ __forceinline__ float ld_shared_cluster(const float* local, unsigned cta) {
-  float value;
+// The two halves of cluster_sync, for a barrier whose wait can come long after the arrival. The
+// relaxed arrival orders nothing: it only says that this thread (its CTA) has started.
+__device__ __forceinline__ void cluster_arrive_relaxed() { asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+// Stores `value` at the same shared-memory offset as `local` in CTA `cta` of this cluster.
+__device__ __forceinline__ void st_shared_cluster(float* local, unsigned cta, float value) {
   asm volatile(
       "{\n"
       ".reg .b32 remote;\n"
-      "mapa.shared::cluster.u32 remote, %1, %2;\n"
-      "ld.shared::cluster.f32 %0, [remote];\n"
-      "}\n"
-      : "=f"(value)
-      : "r"(ptx::smem_address(local)), "r"(cta)
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "st.shared::cluster.f32 [remote], %2;\n"
+      "}\n" ::"r"(ptx::smem_address(local)),
+      "r"(cta), "f"(value)
       : "memory");
-  return value;
 }
 
 }  // namespace samoyeds::kernels

@@ -35,6 +35,9 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
 
 #include "kernels/cluster.cuh"
 #include "kernels/cuda_check.h"
@@ -51,8 +54,6 @@ namespace samoyeds::kernels {
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr int kRows = 32;   // compressed rows per CTA: one row-select word
 constexpr int kBK = 128;    // logical columns per k-tile: 64 stored values, one 128-byte line per row
 static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of this width");
@@ -64,8 +65,9 @@ static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of 
 //   B     [kWarps][kStages][kBN tokens][256 B]           chunk c of token t at c ^ (t % 8)
 //   select[kWarps][kStages][16 B]                        a word per matrix
 // then the stages' barriers [kWarps][kStages] and the token ids [kBN].
-template <int kNumMats, int kNT>
+template <int kNumMats, int kNT, int kWarps>
 struct DecodeConfig {
+  static constexpr int kThreads = kWarps * 32;
   static constexpr int kBN = 8 * kNT;                              // token slots per CTA
   static constexpr int kATileBytes = kRows * (kBK / 2) * 2;        // per matrix: 32 rows x 64 values
   static constexpr int kMetaTileBytes = (kRows / 16) * 4 * 16 * 4;  // per matrix: 2 row tiles x 4 k-steps x 16 words
@@ -75,7 +77,7 @@ struct DecodeConfig {
   // One matrix: two CTAs per SM; two or three: one.
   static constexpr int kRingBudget = (kNumMats == 1 ? 108 : 214) * 1024;
   static constexpr int kStages = std::min(4, kRingBudget / (kWarps * kStageBytes));
-  static_assert(kStages >= 3, "at least two k-tiles in flight per warp");
+  static_assert(kStages >= 2, "a k-tile in flight per warp while it computes another");
   static constexpr int kRingStages = kWarps * kStages;
   static constexpr int kMetaOffset = kRingStages * kNumMats * kATileBytes;
   static constexpr int kBOffset = kMetaOffset + kRingStages * kNumMats * kMetaTileBytes;
@@ -85,14 +87,15 @@ struct DecodeConfig {
   // The warps' logical-row sums, [warp][matrix][slot][64 logical rows + 4 of padding] fp32, reuse the ring.
   static constexpr int kSumRow = 2 * kRows + 4;
   static constexpr int kSumBytes = kWarps * kNumMats * kBN * kSumRow * 4;
-  // Split K: the CTA's own K-range sums, [kNumMats][kOutputs] fp32, after the warps' sums, for the
-  // cluster's reduce through distributed shared memory.
-  static constexpr int kOutputs = kBN * 2 * kRows;  // (slot, logical row) pairs
-  static constexpr int kPartOffset = (kSumBytes + 15) / 16 * 16;
-  static constexpr int kRegionBytes = std::max(kRingBytes, kPartOffset + kNumMats * kOutputs * 4);
+  static constexpr int kRegionBytes = std::max(kRingBytes, kSumBytes);
   static constexpr int kBarrierOffset = kRegionBytes;
   static constexpr int kTokenOffset = kBarrierOffset + kRingStages * 8;
-  static constexpr int kSmemBytes = kTokenOffset + kBN * 4;
+  // Split K: what the cluster's CTAs send this one, [rank][kNumMats][share] fp32 (share: this CTA's
+  // ceil(kOutputs / splits) outputs), in a region of its own: a CTA sends while others may still be
+  // in their loops.
+  static constexpr int kOutputs = kBN * 2 * kRows;  // (slot, logical row) pairs
+  static constexpr int kReduceOffset = (kTokenOffset + kBN * 4 + 15) / 16 * 16;
+  static constexpr int kSmemBytes = kReduceOffset + kNumMats * (kOutputs + gpu::kDecodeMaxSplits) * 4;
   static constexpr int kMinBlocks = kNumMats == 1 ? 2 : 1;
   static_assert(kMinBlocks * (kSmemBytes + 1024) <= 228 * 1024, "the CTAs per SM fit its shared memory (1 KB reserved each)");
 };
@@ -106,11 +109,12 @@ struct DecodeMaps {
   CUtensorMap metadata[kNumMats];
 };
 
-template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
-__global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlocks)
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarps>::kMinBlocks)
     ssmm_decode_kernel(const Params p, const __grid_constant__ DecodeMaps<kNumMats> maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using Config = DecodeConfig<kNumMats, kNT>;
+  using Config = DecodeConfig<kNumMats, kNT, kWarps>;
+  constexpr int kThreads = Config::kThreads;
   constexpr int kBN = Config::kBN, kStages = Config::kStages;
   constexpr int kATileBytes = Config::kATileBytes, kMetaTileBytes = Config::kMetaTileBytes;
   // Transaction bytes of a stage's tensor copies: boxes count whole, their out-of-range parts zero-filled.
@@ -127,7 +131,10 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
   const int g = lane / 4, t = lane % 4;
   auto* s_tok = reinterpret_cast<std::int32_t*>(smem + Config::kTokenOffset);  // [kBN]
   TileSlots tile;
-  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
+  if (!find_tile<kBN>(p, blockIdx.y, tile, s_tok)) return;  // past the last expert's tiles (grouped): the whole cluster
+  // A split tile's CTAs send each other their sums at the end; this arrival says the CTA (its shared
+  // memory) exists, and the wait for it comes just before the sends.
+  if (gridDim.z > 1) cluster_arrive_relaxed();
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;  // first compressed row (a tensor-map coordinate)
@@ -335,27 +342,33 @@ __global__ void __launch_bounds__(kThreads, DecodeConfig<kNumMats, kNT>::kMinBlo
     return;
   }
   // Split K: the tile's gridDim.z CTAs are one cluster along z (the launch below), so CTA z is cluster
-  // rank z. Each keeps the sums of its K range in its own shared memory; then rank r adds outputs
-  // [r kThreads, (r + 1) kThreads), and every gridDim.z kThreads-th after, over the cluster's CTAs in
-  // rank order (deterministic: the order the split-K reduce kernel adds workspace partials in) through
-  // distributed shared memory, and stores them. No workspace, no second launch.
-  auto* part = reinterpret_cast<float*>(smem + Config::kPartOffset);  // [kNumMats][kOutputs]
-  for (int e = threadIdx.x; e < kOutputs; e += kThreads)
+  // rank z. Rank r owns outputs [r share, (r + 1) share): every CTA sends its K range's sums of them
+  // into rank r's reduce region (remote stores do not wait for a reply), then, after the cluster
+  // barrier, each rank adds what it received in rank order (deterministic: the order of the former
+  // split-K reduce kernel) and stores. No workspace, no second launch.
+  const unsigned num_ranks = gridDim.z, rank = blockIdx.z;
+  const int share = (kOutputs + static_cast<int>(num_ranks) - 1) / static_cast<int>(num_ranks);
+  auto* received = reinterpret_cast<float*>(smem + Config::kReduceOffset);  // [num_ranks][kNumMats][share]
+  cluster_wait();  // every CTA of the cluster has started: its reduce region is there
+  for (int e = threadIdx.x; e < kOutputs; e += kThreads) {
+    const int owner = e / share, at = e - owner * share;
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m) part[m * kOutputs + e] = warp_sum(m, e);
-  cluster_sync();  // every CTA's sums are written and visible to the cluster
-  for (int e = static_cast<int>(blockIdx.z) * kThreads + threadIdx.x; e < kOutputs; e += static_cast<int>(gridDim.z) * kThreads) {
+    for (int m = 0; m < kNumMats; ++m)
+      st_shared_cluster(&received[(rank * kNumMats + m) * share + at], static_cast<unsigned>(owner), warp_sum(m, e));
+  }
+  cluster_sync();  // every CTA's sends have landed and are visible
+  const int first = static_cast<int>(rank) * share, last = min(kOutputs, first + share);
+  for (int e = first + threadIdx.x; e < last; e += kThreads) {
     if (!stored(e)) continue;
     float v[kNumMats];
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
       float sum = 0.0f;
-      for (unsigned z = 0; z < gridDim.z; ++z) sum += ld_shared_cluster(&part[m * kOutputs + e], z);
+      for (unsigned r = 0; r < num_ranks; ++r) sum += received[(r * kNumMats + m) * share + e - first];
       v[m] = sum;
     }
     store_output(e, v);
   }
-  cluster_sync();  // no CTA exits while another may still read its sums
 #else
   __trap();  // sm_90a only: the sm90 path never launches it elsewhere
 #endif
@@ -380,12 +393,12 @@ DecodeMaps<kNumMats> decode_maps(const Params& p) {
 
 // The launch of a (row tiles, token tiles, splits) grid: a split tile's CTAs are one cluster along z,
 // which adds their partial sums on chip (the kernel's end). `attribute` must outlive the config.
-template <int kNumMats, int kNT>
+template <int kNumMats, int kNT, int kWarps>
 cudaLaunchConfig_t launch_config(dim3 grid, cudaLaunchAttribute& attribute, cudaStream_t stream) {
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = DecodeConfig<kNumMats, kNT>::kSmemBytes;
+  config.blockDim = dim3(DecodeConfig<kNumMats, kNT, kWarps>::kThreads);
+  config.dynamicSmemBytes = DecodeConfig<kNumMats, kNT, kWarps>::kSmemBytes;
   config.stream = stream;
   attribute = cudaLaunchAttribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
@@ -397,59 +410,94 @@ cudaLaunchConfig_t launch_config(dim3 grid, cudaLaunchAttribute& attribute, cuda
   return config;
 }
 
-template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT, int kWarps>
 auto* prepared_kernel() {
-  auto* kernel = ssmm_decode_kernel<kBf16, kNumMats, kEpi, kNT>;
-  SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeConfig<kNumMats, kNT>::kSmemBytes));
+  auto* kernel = ssmm_decode_kernel<kBf16, kNumMats, kEpi, kNT, kWarps>;
+  SAMOYEDS_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DecodeConfig<kNumMats, kNT, kWarps>::kSmemBytes));
   // Two CTAs per SM for one matrix need the largest shared-memory carveout.
   SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   return kernel;
 }
 
-template <bool kBf16, int kNumMats, Epi kEpi, int kNT>
+template <bool kBf16, int kNumMats, Epi kEpi, int kNT, int kWarps>
 void launch(const Params& p, cudaStream_t stream) {
-  auto* kernel = prepared_kernel<kBf16, kNumMats, kEpi, kNT>();
-  constexpr int kBN = DecodeConfig<kNumMats, kNT>::kBN;
+  auto* kernel = prepared_kernel<kBf16, kNumMats, kEpi, kNT, kWarps>();
+  constexpr int kBN = DecodeConfig<kNumMats, kNT, kWarps>::kBN;
   const std::int64_t token_tiles = grid_token_tiles(p, kBN);
   SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " tiles of ", kBN,
                  "; the grid allows 65535: split the call");
   SAMOYEDS_CHECK(p.splits >= 1 && p.splits <= gpu::kDecodeMaxSplits, "ssmm_decode: ", p.splits, " splits do not form one cluster of at most ",
                  gpu::kDecodeMaxSplits, " CTAs (internal planning error)");
   cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config = launch_config<kNumMats, kNT>(
+  const cudaLaunchConfig_t config = launch_config<kNumMats, kNT, kWarps>(
       dim3(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits)),
       attribute, stream);
   SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, decode_maps<kNumMats>(p)));
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
 }
 
+// Warps per CTA of the 8-slot tiles: SAMOYEDS_SSMM_DECODE_WARPS = 4 (4 stages each) or 8 (2 stages
+// each: the same shared memory, twice the warps to issue from; v19). The 16-slot tiles keep 4 warps
+// (8 warps would hold one stage each).
+int narrow_tile_warps() {
+  static const int warps = [] {
+    const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WARPS");
+    return v && std::atoi(v) == 8 ? 8 : 4;
+  }();
+  return warps;
+}
+
+template <bool kBf16, Epi kEpi>
+void dispatch_tiles(const Params& p, int tile_tokens, cudaStream_t stream) {
+  if (tile_tokens == 16) return launch<kBf16, 1, kEpi, 2, 4>(p, stream);
+  if (narrow_tile_warps() == 8) return launch<kBf16, 1, kEpi, 1, 8>(p, stream);
+  launch<kBf16, 1, kEpi, 1, 4>(p, stream);
+}
+
 template <bool kBf16>
 void dispatch(const gpu::SsmmArgs& a, const Params& p, int tile_tokens, cudaStream_t stream) {
-  if (tile_tokens == 16) {
-    if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return launch<kBf16, 1, Epi::down_weighted, 2>(p, stream);
-    return launch<kBf16, 1, Epi::plain, 2>(p, stream);
+  if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return dispatch_tiles<kBf16, Epi::down_weighted>(p, tile_tokens, stream);
+  dispatch_tiles<kBf16, Epi::plain>(p, tile_tokens, stream);
+}
+
+// Clusters of `splits` CTAs of one kernel variant the current device holds at once (single CTAs for
+// splits = 1). The plain bf16 kernel stands for its variant: the epilogue and the type change neither
+// its registers' bound nor its shared memory.
+template <int kNT, int kWarps>
+int resident_clusters_of(int splits, int num_sms) {
+  auto* kernel = prepared_kernel<true, 1, Epi::plain, kNT, kWarps>();
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config<1, kNT, kWarps>(dim3(1, 1, static_cast<unsigned>(splits)), attribute, nullptr);
+  int count = 0;
+  if (splits == 1) {
+    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, kernel, static_cast<int>(config.blockDim.x), config.dynamicSmemBytes));
+    return count * num_sms;
   }
-  if (a.epilogue == gpu::SsmmEpilogue::down_weighted) return launch<kBf16, 1, Epi::down_weighted, 1>(p, stream);
-  launch<kBf16, 1, Epi::plain, 1>(p, stream);
+  SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&count, kernel, &config));
+  return count;
 }
 
 }  // namespace
 
-int ssmm_decode_max_active_clusters(int tile_tokens, int splits) {
-  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && splits >= 1 && splits <= gpu::kDecodeMaxSplits,
-                 "ssmm_decode_max_active_clusters: tiles of 8 or 16 slots and 1-", gpu::kDecodeMaxSplits, " splits");
-  int clusters = 0;
-  cudaLaunchAttribute attribute;
-  const dim3 grid(1, 1, static_cast<unsigned>(splits));
-  // The plain bf16 kernels: the epilogue and the type change neither the registers nor the shared memory.
-  if (tile_tokens == 16) {
-    const cudaLaunchConfig_t config = launch_config<1, 2>(grid, attribute, nullptr);
-    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, prepared_kernel<true, 1, Epi::plain, 2>(), &config));
-  } else {
-    const cudaLaunchConfig_t config = launch_config<1, 1>(grid, attribute, nullptr);
-    SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, prepared_kernel<true, 1, Epi::plain, 1>(), &config));
+gpu::ResidentClusters ssmm_decode_resident_clusters() {
+  int device = 0;
+  SAMOYEDS_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::map<int, gpu::ResidentClusters> by_device;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto found = by_device.find(device);
+  if (found != by_device.end()) return found->second;
+  int num_sms = 0;
+  SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  gpu::ResidentClusters resident{};
+  for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
+    const int wide = resident_clusters_of<2, 4>(splits, num_sms);
+    const int narrow = narrow_tile_warps() == 8 ? resident_clusters_of<1, 8>(splits, num_sms) : resident_clusters_of<1, 4>(splits, num_sms);
+    resident[splits] = std::min(wide, narrow);  // one table for both tile widths: the plan compares them
   }
-  return clusters;
+  by_device.emplace(device, resident);
+  return resident;
 }
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {

@@ -138,8 +138,9 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 DecodePlan plan_decode(const DecodeCall& c) {
   DecodePlan none;
   if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return none;
+  const ResidentClusters resident = c.resident[1] > 0 ? c.resident : ideal_resident_clusters(c.num_sms);
   const auto token_tiles = [&](int tile) { return std::max((c.num_tokens + tile - 1) / tile, c.busy_experts); };
-  const auto plan = [&](int tile) { return DecodePlan{tile, plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, c.num_sms)}; };
+  const auto plan = [&](int tile) { return DecodePlan{tile, plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, resident)}; };
   if (c.tokens_per_expert <= 8) return plan(8);
   if (c.K > c.max_k_over_8_slots) return none;
   if (c.row_tiles * token_tiles(16) > 2 * static_cast<std::int64_t>(c.num_sms)) return none;
@@ -151,12 +152,19 @@ DecodePlan plan_decode(const DecodeCall& c) {
   return ctas(narrow) > ctas(wide) ? narrow : wide;
 }
 
-SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, int num_sms) {
+ResidentClusters ideal_resident_clusters(int num_sms) {
+  ResidentClusters resident{};
+  for (int s = 1; s <= kDecodeMaxSplits; ++s) resident[s] = 2 * num_sms / s;
+  return resident;
+}
+
+SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, const ResidentClusters& resident) {
   SplitPlan plan;
   plan.k_tiles_per_split = num_k_tiles;
-  const std::int64_t ctas = row_tiles * token_tiles;
-  if (ctas <= 0 || num_k_tiles <= 0) return plan;
-  const std::int64_t wanted = std::min<std::int64_t>({2 * static_cast<std::int64_t>(num_sms) / ctas, num_k_tiles / kDecodeMinSplitKTiles, kDecodeMaxSplits});
+  const std::int64_t clusters = row_tiles * token_tiles;  // one per tile
+  if (clusters <= 0 || num_k_tiles <= 0) return plan;
+  std::int64_t wanted = std::min<std::int64_t>(num_k_tiles / kDecodeMinSplitKTiles, kDecodeMaxSplits);
+  while (wanted >= 2 && clusters > resident[static_cast<std::size_t>(wanted)]) --wanted;
   if (wanted < 2) return plan;
   plan.k_tiles_per_split = (num_k_tiles + wanted - 1) / wanted;
   plan.splits = static_cast<int>((num_k_tiles + plan.k_tiles_per_split - 1) / plan.k_tiles_per_split);

@@ -1481,6 +1481,7 @@ gpu::DecodePlan decode_plan(const gpu::SsmmArgs& a) {
   call.num_k_tiles = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
   call.num_sms = num_sms();
   call.max_k_over_8_slots = tuning().decode_wide_k;
+  call.resident = ssmm_decode_resident_clusters();
   return gpu::plan_decode(call);
 }
 

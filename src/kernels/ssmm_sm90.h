@@ -24,8 +24,9 @@ int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args);
 inline bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return ssmm_sm90_decode_tile_tokens(args) != 0; }
 // The CTAs (one cluster) that share each of the decode kernel's tiles for `args`, 0 where it does not take it.
 int ssmm_sm90_decode_splits(const gpu::SsmmArgs& args);
-// How many clusters of `splits` decode-kernel CTAs (tiles of tile_tokens = 8 or 16 slots) the current
-// device holds at once (cudaOccupancyMaxActiveClusters); the plan counts on two CTAs per SM.
-int ssmm_decode_max_active_clusters(int tile_tokens, int splits);
+// How many clusters of s decode-kernel CTAs the current device holds at once, for s = 1 ..
+// gpu::kDecodeMaxSplits (index s; single CTAs at 1), as the kernels launch now: the bound of its split
+// (gpu::plan_decode_split). Queried once per device.
+gpu::ResidentClusters ssmm_decode_resident_clusters();
 
 }  // namespace samoyeds::kernels

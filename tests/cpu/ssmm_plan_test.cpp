@@ -300,27 +300,50 @@ TEST(SsmmPlan, DecodeTileOfNineToSixteenSlots) {
 }
 
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
+  const gpu::ResidentClusters ideal = gpu::ideal_resident_clusters(132);
   // 12288x3072 (192 CTAs of 32 compressed rows, 24 k-tiles of 128 columns): the CTAs alone fill the SMs.
-  EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(192, 1, 24, ideal).splits, 1);
   // 3072x12288: 48 CTAs; 5 splits give 240 CTAs (two per SM would be 264) of 20 k-tiles each.
-  const auto tall = gpu::plan_decode_split(48, 1, 96, 132);
+  const auto tall = gpu::plan_decode_split(48, 1, 96, ideal);
   EXPECT_EQ(tall.splits, 5);
   EXPECT_EQ(tall.k_tiles_per_split, 20);
   // Short K: every split keeps kDecodeMinSplitKTiles k-tiles (two per warp); 1408x2048 splits in two.
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, 132).splits, 2);
-  EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, ideal).splits, 2);
+  EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, ideal).splits, 1);
   // One cluster per tile: at most kDecodeMaxSplits, however few the tiles; and grids with more tiles
   // than two per SM.
-  EXPECT_EQ(gpu::plan_decode_split(8, 1, 128, 132).splits, gpu::kDecodeMaxSplits);
-  EXPECT_EQ(gpu::plan_decode_split(448, 2, 32, 132).splits, 1);
-  EXPECT_EQ(gpu::plan_decode_split(0, 1, 64, 132).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(8, 1, 128, ideal).splits, gpu::kDecodeMaxSplits);
+  EXPECT_EQ(gpu::plan_decode_split(448, 2, 32, ideal).splits, 1);
+  EXPECT_EQ(gpu::plan_decode_split(0, 1, 64, ideal).splits, 1);
   for (std::int64_t kt : {1, 8, 9, 45, 96, 112, 128}) {
-    const auto plan = gpu::plan_decode_split(8, 1, kt, 132);
+    const auto plan = gpu::plan_decode_split(8, 1, kt, ideal);
     EXPECT_GE(plan.splits * plan.k_tiles_per_split, kt) << kt;
     EXPECT_LT((plan.splits - 1) * plan.k_tiles_per_split, kt) << "no empty split for " << kt;
     EXPECT_LE(plan.splits, gpu::kDecodeMaxSplits) << kt;
     if (plan.splits > 1) EXPECT_GE(plan.k_tiles_per_split, gpu::kDecodeMinSplitKTiles) << kt;
   }
+}
+
+// The clusters an H200 holds at once (the decode kernel, 2026-12-02): a cluster sits within one GPC, so
+// clusters of 3-8 CTAs leave some of the 264 CTA slots empty.
+constexpr gpu::ResidentClusters kH200Resident = {0, 264, 132, 79, 62, 47, 39, 32, 30};
+
+TEST(SsmmPlan, DecodeSplitGridsFitTheResidentClusters) {
+  // 3072x12288: 48 clusters; 5 splits would need 48 clusters of 5 (47 fit), so 4 of 24 k-tiles.
+  const auto tall = gpu::plan_decode_split(48, 1, 96, kH200Resident);
+  EXPECT_EQ(tall.splits, 4);
+  EXPECT_EQ(tall.k_tiles_per_split, 24);
+  EXPECT_EQ(gpu::plan_decode_split(64, 1, 112, kH200Resident).splits, 3);  // 4096x14336: 64 > 62 clusters of 4
+  EXPECT_EQ(gpu::plan_decode_split(36, 1, 45, kH200Resident).splits, 5);   // 2304x5760: 36 of 47
+  EXPECT_EQ(gpu::plan_decode_split(44, 1, 16, kH200Resident).splits, 2);   // 1408x2048, two 8-slot tiles
+  EXPECT_EQ(gpu::plan_decode_split(133, 1, 96, kH200Resident).splits, 1);  // not even two clusters of 2 per SM
+  for (std::int64_t clusters = 1; clusters <= 300; ++clusters) {
+    const auto plan = gpu::plan_decode_split(clusters, 1, 128, kH200Resident);
+    if (plan.splits > 1) EXPECT_LE(clusters, kH200Resident[static_cast<std::size_t>(plan.splits)]) << clusters;
+  }
+  gpu::DecodeCall call = decode_call(4096, 14336, 1);
+  call.resident = kH200Resident;
+  EXPECT_EQ(gpu::plan_decode(call).split.splits, 3);
 }
 
 TEST(SsmmPlan, DecodePlanCarriesTheSplitOfItsTiles) {

@@ -200,7 +200,7 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
           EXPECT_EQ(kernels::ssmm_sm90_decode_tile_tokens(args), prob.M == 12288 ? 16 : 8) << "a decode tile width is not tested here";
         // The decode kernel's split tiles (one cluster each) and its unsplit ones.
         if ((L == 1 || L == 13) && prob.pattern == std::string("1:2:128") && (prob.M == 3072 || prob.M == 12288))
-          EXPECT_EQ(kernels::ssmm_sm90_decode_splits(args), prob.M == 3072 ? 5 : 1) << "a decode split is not tested here";
+          EXPECT_EQ(kernels::ssmm_sm90_decode_splits(args) > 1, prob.M == 3072) << "a decode split is not tested here";
         const bool decode_default = kernels::ssmm_sm90_takes_decode(args);
         for (const bool stream_k : {false, true}) {
           if (!stream_k && !decode_default) continue;
@@ -723,21 +723,35 @@ TEST(SsmmGpu, NonFiniteRowZeroStaysOutOfOtherSlots) {
     }
 }
 
-// The decode plan counts on two CTAs per SM whether or not a tile's CTAs form a cluster: each split
-// grid it may plan (at most two CTAs per SM) must fit the device at once, or part of it would run as a
-// second wave.
-TEST(SsmmGpu, DecodeClustersFitTwoCtasPerSm) {
+// The decode kernel's split is bounded by the clusters the device holds at once (a cluster sits within
+// one GPC): the table the plan reads must be the device's, and the split grids it plans one wave.
+TEST(SsmmGpu, DecodeSplitGridsAreOneWave) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   if (!on_hopper()) GTEST_SKIP() << "the decode kernel runs on sm_90a only";
   int device = 0, sms = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), cudaSuccess);
-  for (const int tile_tokens : {8, 16})
-    for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
-      const int clusters = kernels::ssmm_decode_max_active_clusters(tile_tokens, splits);
-      std::printf("decode kernel, %d-slot tiles, clusters of %d: %d at once (%d CTAs; the plan may use %d)\n", tile_tokens, splits,
-                  clusters, clusters * splits, 2 * sms / splits * splits);
-      EXPECT_GE(clusters, 2 * sms / splits) << tile_tokens << "-slot tiles, clusters of " << splits;
+  const gpu::ResidentClusters resident = kernels::ssmm_decode_resident_clusters();
+  for (int s = 1; s <= gpu::kDecodeMaxSplits; ++s) {
+    std::printf("decode kernel: %d clusters of %d at once (%d CTAs of %d at two per SM)\n", resident[s], s, resident[s] * s, 2 * sms);
+    EXPECT_GE(resident[s], 1) << s;
+    EXPECT_LE(resident[s] * s, 2 * sms) << s;
+  }
+  EXPECT_EQ(resident[1], 2 * sms) << "two CTAs per SM";
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{3072, 12288}, {4096, 14336}, {1408, 2048}, {2304, 5760}};
+  for (const auto& [M, K] : shapes)
+    for (const std::int64_t L : {1, 16}) {
+      gpu::SsmmArgs args;  // planned only: nothing is launched or read
+      args.weight.pattern = SparsityPattern::parse("1:2:128");
+      args.weight.rows = M;
+      args.weight.cols = K;
+      args.num_x_rows = L;
+      args.num_tokens = L;
+      const int splits = kernels::ssmm_sm90_decode_splits(args);
+      if (splits <= 1) continue;
+      const int tile_tokens = kernels::ssmm_sm90_decode_tile_tokens(args);
+      const std::int64_t clusters = (M / 2 / 32) * ((L + tile_tokens - 1) / tile_tokens);
+      EXPECT_LE(clusters, resident[splits]) << M << "x" << K << " @ " << L << ": " << splits << " splits";
     }
 }
 
