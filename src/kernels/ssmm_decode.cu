@@ -437,22 +437,22 @@ void launch(const Params& p, cudaStream_t stream) {
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
 }
 
-// Warps per CTA of the 8-slot tiles: SAMOYEDS_SSMM_DECODE_WARPS = 4 (4 stages each) or 8 (2 stages
-// each: the same shared memory, twice the warps to issue from; v19). The 16-slot tiles keep 4 warps
-// (8 warps would hold one stage each).
-int narrow_tile_warps() {
+// Warps per CTA: the 8-slot tiles 8 of 2 stages each (4 of 4 stages measured 0-6 % slower, v19); the
+// 16-slot tiles SAMOYEDS_SSMM_DECODE_WIDE_WARPS = 4 (3 stages each) or 6 (2 stages each; being measured).
+constexpr int kNarrowTileWarps = 8;
+int wide_tile_warps() {
   static const int warps = [] {
-    const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WARPS");
-    return v && std::atoi(v) == 8 ? 8 : 4;
+    const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_WARPS");
+    return v && std::atoi(v) == 6 ? 6 : 4;
   }();
   return warps;
 }
 
 template <bool kBf16, Epi kEpi>
 void dispatch_tiles(const Params& p, int tile_tokens, cudaStream_t stream) {
-  if (tile_tokens == 16) return launch<kBf16, 1, kEpi, 2, 4>(p, stream);
-  if (narrow_tile_warps() == 8) return launch<kBf16, 1, kEpi, 1, 8>(p, stream);
-  launch<kBf16, 1, kEpi, 1, 4>(p, stream);
+  if (tile_tokens == 8) return launch<kBf16, 1, kEpi, 1, kNarrowTileWarps>(p, stream);
+  if (wide_tile_warps() == 6) return launch<kBf16, 1, kEpi, 2, 6>(p, stream);
+  launch<kBf16, 1, kEpi, 2, 4>(p, stream);
 }
 
 template <bool kBf16>
@@ -492,8 +492,8 @@ gpu::ResidentClusters ssmm_decode_resident_clusters() {
   SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
   gpu::ResidentClusters resident{};
   for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
-    const int wide = resident_clusters_of<2, 4>(splits, num_sms);
-    const int narrow = narrow_tile_warps() == 8 ? resident_clusters_of<1, 8>(splits, num_sms) : resident_clusters_of<1, 4>(splits, num_sms);
+    const int wide = wide_tile_warps() == 6 ? resident_clusters_of<2, 6>(splits, num_sms) : resident_clusters_of<2, 4>(splits, num_sms);
+    const int narrow = resident_clusters_of<1, kNarrowTileWarps>(splits, num_sms);
     resident[splits] = std::min(wide, narrow);  // one table for both tile widths: the plan compares them
   }
   by_device.emplace(device, resident);
