@@ -131,12 +131,13 @@ SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, st
 //   at T = 128, ran 1.11x slower than on the wgmma kernel); then 16-slot tiles where they fill the SMs
 //   unsplit, else 8-slot tiles where those do, else 16 where they fill the SMs at all, else whichever
 //   makes more CTAs. Two 8-slot tiles read the weights twice but double the CTAs.
-// Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v18):
+// Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v19):
 // - L = 1: 0.70-0.92 at K <= 3072, 0.92 at 4096x14336, 1.00 at 6144x16384;
 // - L = 16: 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles 0.66-0.85 on the
-//   small ones; at K = 16384 the rule's two 8-slot tiles took 1.19x (6144x16384), hence the K bound.
+//   small ones; 4096x14336 at L = 9 / 16 0.92 / 0.96 (v19); at K = 16384 the rule's two 8-slot tiles
+//   took 1.13-1.19x (6144x16384 at L = 9-16, v18-v19), hence the K bound.
 constexpr std::int64_t kDecodeMaxK = 16384;
-constexpr std::int64_t kDecodeMaxKOver8Slots = 12288;
+constexpr std::int64_t kDecodeMaxKOver8Slots = 14336;
 constexpr std::int64_t kDecodeMaxSlots = 16;
 struct DecodeCall {
   int num_mats = 1;

@@ -10,32 +10,32 @@
 // (docs/kernels/ssmm.md v15-v17).
 //
 // Algorithm. A CTA computes 32 compressed rows (one row-select word) x kBN = 8 or 16 token slots over
-// a K range (gridDim.z splits K only where the CTAs alone would not give each SM two). Its 4 warps
-// share the range k-tile by k-tile: warp w takes k-tiles w, w + 4, ... of 128 columns, so the warps
-// read neighbouring 128-byte lines of every weight row at any time (64-column k-tiles with a division
-// per k-tile measured 1.1-1.2x slower: v17). Each warp streams its k-tiles through a ring of its own,
-// so the k loop has no CTA barrier: lane 0 requests a k-tile's A values (32 rows x 64, the 128-byte
-// swizzle ldmatrix reads) and metadata as two tensor copies onto the stage's mbarrier, and the lanes
-// gather the B rows of X and the segment's select word by cp.async (v18: the per-lane cp.async of A
-// was ~180 instructions per k-tile on a chain that bound the kernel: ncu, 1.5 warps per scheduler at
-// 6.4 cycles per instruction). The first stages' weights are requested before the token ids arrive.
+// a K range (gridDim.z splits K, as far as the device holds the split grid in one wave). Its kWarps
+// warps (8 for 8-slot tiles, 4 for 16) share the range k-tile by k-tile: warp w takes k-tiles w,
+// w + kWarps, ... of 128 columns, so the warps read neighbouring 128-byte lines of every weight row at
+// any time (64-column k-tiles with a division per k-tile measured 1.1-1.2x slower: v17). Each warp
+// streams its k-tiles through a ring of its own, so the k loop has no CTA barrier: lane 0 requests a
+// k-tile's A values (32 rows x 64, the 128-byte swizzle ldmatrix reads) and metadata as two tensor
+// copies onto the stage's mbarrier, and the lanes gather the B rows of X and the segment's select word
+// by cp.async (v18: the per-lane cp.async of A was ~180 instructions per k-tile). The first stages'
+// weights are requested before the token ids arrive.
 // Row selection by running totals as in ssmm_sm80.cu (set 0 the total T, set 1 the odd rows' S),
 // updated at every k-tile whose segment differs from the warp's previous one: the identity holds for
 // any in-order subset of a row's segments. At the end each warp converts T/S to logical rows, the
-// four warps' sums meet in shared memory and are added in warp order (deterministic), then the
-// epilogue and 16-bit (or fp32) stores. A split tile's CTAs are one cluster along z: each keeps its
-// K range's sums in shared memory, and the cluster adds them in rank order through distributed shared
-// memory (no workspace, no reduce launch: that launch cost 3.3-4.4 µs per call, v18).
+// warps' sums meet in shared memory and are added in warp order (deterministic), then the epilogue
+// and 16-bit (or fp32) stores. A split tile's CTAs are one cluster along z: rank r owns a share of the
+// tile's outputs, every CTA stores its sums of that share into rank r's shared memory (distributed
+// shared memory: remote stores need no reply), and after the cluster barrier each rank adds what it
+// received in rank order. No workspace and no reduce launch (that launch cost 3.3-4.4 µs, v18; v19).
 // Budget (one matrix): per warp and stage 4.5 KB of weights (A 4 KB + metadata 512 B) + 256 B per slot
-// of B + 16 B of select words; 4 stages with 8 slots, 3 with 16; 105-107 KB per CTA, two CTAs per SM
-// (the sums of the epilogue and of the split reduce reuse the rings).
-// Registers: 96 (8 slots) / 102 (16). The kernel is written for kNumMats matrices; only one is
-// launched (gate/up at one CTA per SM measured slower than the wgmma kernel: v17).
+// of B + 16 B of select words; 8 warps x 2 stages with 8 slots, 4 x 3 with 16; 107-109 KB per CTA with
+// the split's receive region (2-4 KB; the epilogue's sums reuse the rings), two CTAs per SM.
+// Registers: 75 (8 slots, 8 warps) / 102 (16 slots). The kernel is written for kNumMats matrices;
+// only one is launched (gate/up at one CTA per SM measured slower than the wgmma kernel: v17).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -437,22 +437,16 @@ void launch(const Params& p, cudaStream_t stream) {
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
 }
 
-// Warps per CTA: the 8-slot tiles 8 of 2 stages each (4 of 4 stages measured 0-6 % slower, v19); the
-// 16-slot tiles SAMOYEDS_SSMM_DECODE_WIDE_WARPS = 4 (3 stages each) or 6 (2 stages each; being measured).
+// Warps per CTA (the same shared memory either way): the 8-slot tiles 8 warps of 2 stages (4 of 4 stages
+// measured 0-10 % slower, v19), the 16-slot tiles 4 of 3 (6 of 2 measured within -10 / +2 %, slower on
+// the large shapes; 8 would hold one stage each).
 constexpr int kNarrowTileWarps = 8;
-int wide_tile_warps() {
-  static const int warps = [] {
-    const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_WARPS");
-    return v && std::atoi(v) == 6 ? 6 : 4;
-  }();
-  return warps;
-}
+constexpr int kWideTileWarps = 4;
 
 template <bool kBf16, Epi kEpi>
 void dispatch_tiles(const Params& p, int tile_tokens, cudaStream_t stream) {
   if (tile_tokens == 8) return launch<kBf16, 1, kEpi, 1, kNarrowTileWarps>(p, stream);
-  if (wide_tile_warps() == 6) return launch<kBf16, 1, kEpi, 2, 6>(p, stream);
-  launch<kBf16, 1, kEpi, 2, 4>(p, stream);
+  launch<kBf16, 1, kEpi, 2, kWideTileWarps>(p, stream);
 }
 
 template <bool kBf16>
@@ -492,9 +486,8 @@ gpu::ResidentClusters ssmm_decode_resident_clusters() {
   SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
   gpu::ResidentClusters resident{};
   for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
-    const int wide = wide_tile_warps() == 6 ? resident_clusters_of<2, 6>(splits, num_sms) : resident_clusters_of<2, 4>(splits, num_sms);
-    const int narrow = resident_clusters_of<1, kNarrowTileWarps>(splits, num_sms);
-    resident[splits] = std::min(wide, narrow);  // one table for both tile widths: the plan compares them
+    // One table for both tile widths (the plan compares them); they hold the same CTAs (H200: equal).
+    resident[splits] = std::min(resident_clusters_of<1, kNarrowTileWarps>(splits, num_sms), resident_clusters_of<2, kWideTileWarps>(splits, num_sms));
   }
   by_device.emplace(device, resident);
   return resident;
