@@ -80,10 +80,10 @@ struct SsmmArgs {
   void* y = nullptr;              // [L, M] row-major
   DType y_dtype = DType::bf16;    // x_dtype, or fp32 for the plain epilogue
   // Scratch: split-K partials (small L or few output rows; Hopper's decode kernel splits without any),
-  // or on Hopper at large L the routed rows of
-  // X gathered into slot order for the TMA kernel. ssmm_workspace_bytes() tells how much helps (it
-  // depends on whether token_idx is set, not on its value). With less, the call still runs, unsplit,
-  // through the cp.async kernel. Device memory, 16-byte aligned; not read across calls.
+  // or on Hopper at large L the routed rows of X gathered into slot order for the TMA kernel.
+  // ssmm_workspace_bytes() tells how much helps (it depends on whether token_idx is set, not on its
+  // value). With less, the call still runs, unsplit, through the cp.async kernel. Device memory,
+  // 16-byte aligned; not read across calls.
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   // Grouped launch: every expert of a layer in one call. weight/up/gate_linear are stacks of E
@@ -107,8 +107,8 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
                        std::int64_t segment_k_tiles, int num_sms, std::int64_t max_splits);
 
 // The decode kernel (kernels/ssmm_decode.cu, taken by the sm90 path where plan_decode says): CTAs of
-// 32 compressed rows x 8 or 16 token slots, whose 4 warps share the K range in k-tiles of
-// kDecodeKTileColumns columns.
+// 32 compressed rows x 8 or 16 token slots, whose warps (8 for 8-slot tiles, 4 for 16) share the K
+// range in k-tiles of kDecodeKTileColumns columns.
 constexpr int kDecodeKTileColumns = 128;
 // Its split of K across CTAs: a tile's split CTAs are one cluster (at most kDecodeMaxSplits = 8 CTAs,
 // the portable cluster size) and add their partial sums in distributed shared memory, with no

@@ -64,7 +64,7 @@ static_assert(kBK == gpu::kDecodeKTileColumns, "the host plan counts k-tiles of 
 //   meta  [kWarps][kStages][kNumMats][2 row tiles][4 k-steps][16 words]
 //   B     [kWarps][kStages][kBN tokens][256 B]           chunk c of token t at c ^ (t % 8)
 //   select[kWarps][kStages][16 B]                        a word per matrix
-// then the stages' barriers [kWarps][kStages] and the token ids [kBN].
+// then the stages' barriers [kWarps][kStages], the token ids [kBN] and the split's receive region.
 template <int kNumMats, int kNT, int kWarps>
 struct DecodeConfig {
   static constexpr int kThreads = kWarps * 32;
