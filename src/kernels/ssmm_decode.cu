@@ -376,17 +376,12 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
 
 template <int kNumMats>
 DecodeMaps<kNumMats> decode_maps(const Params& p) {
-  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
+  static_assert(kBK / 2 == 64, "a k-tile's values are one 64-value box");
   DecodeMaps<kNumMats> maps;
   for (int m = 0; m < kNumMats; ++m) {
-    maps.values[m] = tensor_map<3>("decode values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
-                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
-                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {kBK / 2, kRows, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
-    maps.metadata[m] = tensor_map<3>("decode metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
-                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
-                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {4 * 16, kRows / 16, 1},
-                                     CU_TENSOR_MAP_SWIZZLE_NONE);
+    const WeightMaps w = weight_maps_of(p, m, kRows);
+    maps.values[m] = w.values;
+    maps.metadata[m] = w.metadata;
   }
   return maps;
 }

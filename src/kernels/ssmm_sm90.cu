@@ -1616,22 +1616,17 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   return c;
 }
 
-// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices, [experts][rows][K] each, in
-// the boxes a stage holds: 128 rows x 64 values (128-byte swizzle), 8 row tiles x 4 k-steps of words.
+// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
+// 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
 template <int kNumMats>
 TmaMaps weight_maps(const Params& p) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
-  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
   for (int m = 0; m < kNumMats; ++m) {
-    maps.values[m] = tensor_map<3>("values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m],
-                                   {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
-                                   {u64(p.K_padded), u64(p.values_stride * 2)}, {64, 128, 1}, CU_TENSOR_MAP_SWIZZLE_128B);
-    maps.metadata[m] = tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m],
-                                     {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
-                                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, 8, 1}, CU_TENSOR_MAP_SWIZZLE_NONE);
+    const WeightMaps w = weight_maps_of(p, m, 128);
+    maps.values[m] = w.values;
+    maps.metadata[m] = w.metadata;
   }
   return maps;
 }

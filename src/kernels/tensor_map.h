@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "kernels/cuda_check.h"
+#include "kernels/ssmm_common.cuh"  // Params
 
 namespace samoyeds::kernels {
 
@@ -44,6 +45,23 @@ inline CUtensorMap tensor_map(const char* what, CUtensorMapDataType type, const 
   SAMOYEDS_CHECK(r == CUDA_SUCCESS, "ssmm: cuTensorMapEncodeTiled failed (CUresult ", static_cast<int>(r), ") for the ", what,
                  " map; set SAMOYEDS_SSMM_TMA=off, SAMOYEDS_SSMM_A_TMA=off and SAMOYEDS_SSMM_DECODE=off to use plain cp.async copies");
   return map;
+}
+
+// The maps of matrix m's packed weights as the sm90 kernels' stages take them: A values
+// [E][compressed rows][K_padded / 2] in boxes of 64 values x box_rows rows (128-byte swizzle), and
+// metadata [E][row tiles][k-steps x 16 words] in boxes of 64 words (4 k-steps) x box_rows / 16 row tiles.
+struct WeightMaps {
+  CUtensorMap values;
+  CUtensorMap metadata;
+};
+inline WeightMaps weight_maps_of(const Params& p, int m, std::uint32_t box_rows) {
+  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
+  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
+  return WeightMaps{
+      tensor_map<3>("values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[m], {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E)},
+                    {u64(p.K_padded), u64(p.values_stride * 2)}, {64, box_rows, 1}, CU_TENSOR_MAP_SWIZZLE_128B),
+      tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m], {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
+                    {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, box_rows / 16, 1}, CU_TENSOR_MAP_SWIZZLE_NONE)};
 }
 
 }  // namespace samoyeds::kernels

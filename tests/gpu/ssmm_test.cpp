@@ -755,6 +755,44 @@ TEST(SsmmGpu, DecodeSplitGridsAreOneWave) {
     }
 }
 
+// The plan's table of resident clusters is queried at the first decode call of a process (ctest runs
+// each test in a process of its own): that call may be inside a stream capture. Captured first, a
+// split decode call must replay to what the same call stores eagerly.
+TEST(SsmmGpu, DecodeSplitCapturedBeforeAnyEagerCall) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the decode kernel runs on sm_90a only";
+  const Problem prob{1408, 2048, "1:2:128"};  // 22 row tiles of 16 k-tiles: two splits at L = 1
+  const gpu::DevicePackedMatrix dw(cached_weight(prob, DType::bf16, false, 71));
+  const Matrix x = random_normal_matrix(DType::bf16, 1, prob.K, 72);
+  DeviceBuffer dx(x.data(), x.bytes()), dy(static_cast<std::size_t>(prob.M) * 2);
+  gpu::SsmmArgs args;
+  args.weight = dw.view();
+  args.x = dx.get();
+  args.num_x_rows = 1;
+  args.num_tokens = 1;
+  args.y = dy.get();
+  cudaStream_t stream = nullptr;
+  SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
+  SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
+  SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  dy.poison();
+  SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
+  SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
+  const std::vector<std::uint16_t> replayed = dy.to_host<std::uint16_t>();
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  dy.poison();
+  gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(replayed, dy.to_host<std::uint16_t>()) << "the captured call differs from the eager one";
+  EXPECT_GT(kernels::ssmm_sm90_decode_splits(args), 1) << "the call no longer runs split on the decode kernel";
+}
+
 TEST(SsmmGpu, RejectsBadArguments) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const gpu::DevicePackedMatrix dw(cached_weight(Problem{128, 128, "1:2:128"}, DType::bf16, false, 8));
