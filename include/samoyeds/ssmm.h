@@ -114,7 +114,8 @@ constexpr int kDecodeKTileColumns = 128;
 // the portable cluster size) and add their partial sums in distributed shared memory, with no
 // workspace and no reduce launch. The most splits whose grid the device holds in one wave
 // (resident[s]: clusters of s CTAs resident at once, index 1 single CTAs; two CTAs per SM, fewer
-// where a cluster must sit within one GPC), each split keeping at least kDecodeMinSplitKTiles k-tiles.
+// where a cluster must sit within one GPC), with at least kDecodeMinSplitKTiles k-tiles per split on
+// average (the last split may hold fewer: 57 k-tiles split 7 ways are 6 x 9 + 3).
 // row_tiles: compressed rows / 32; token_tiles: the grid's token tiles; num_k_tiles: ceil(K_padded / 128).
 constexpr std::int64_t kDecodeMinSplitKTiles = 8;
 constexpr int kDecodeMaxSplits = 8;

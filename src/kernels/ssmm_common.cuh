@@ -288,7 +288,7 @@ void ssmm_sm80(const gpu::SsmmArgs& args, const Params& p, cudaStream_t stream);
 // are the caller's plan (gpu::plan_decode); p.workspace is not used.
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream);
 
-// Fills the split fields of `p` (splits = 1 when the workspace is too small) and launches.
+// Fills the split fields of `p` (the wgmma kernels: splits = 1 when the workspace is too small) and launches.
 void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream);
 std::size_t ssmm_sm90_workspace_bytes(const gpu::SsmmArgs& args);
 

@@ -346,6 +346,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
   // into rank r's reduce region (remote stores do not wait for a reply), then, after the cluster
   // barrier, each rank adds what it received in rank order (deterministic: the order of the former
   // split-K reduce kernel) and stores. No workspace, no second launch.
+  static_assert(kOutputs % kThreads == 0, "every thread takes the same number of outputs: the warps reach the .aligned cluster barrier converged");
   const unsigned num_ranks = gridDim.z, rank = blockIdx.z;
   const int share = (kOutputs + static_cast<int>(num_ranks) - 1) / static_cast<int>(num_ranks);
   auto* received = reinterpret_cast<float*>(smem + Config::kReduceOffset);  // [num_ranks][kNumMats][share]
@@ -477,8 +478,10 @@ gpu::ResidentClusters ssmm_decode_resident_clusters() {
   const std::lock_guard<std::mutex> lock(mutex);
   const auto found = by_device.find(device);
   if (found != by_device.end()) return found->second;
-  int num_sms = 0;
+  int num_sms = 0, major = 0;
   SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
+  SAMOYEDS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major != 9) return gpu::ideal_resident_clusters(num_sms);  // a size query on a device the kernel never runs on
   gpu::ResidentClusters resident{};
   for (int splits = 1; splits <= gpu::kDecodeMaxSplits; ++splits) {
     // One table for both tile widths (the plan compares them); they hold the same CTAs (H200: equal).

@@ -1481,6 +1481,9 @@ gpu::DecodePlan decode_plan(const gpu::SsmmArgs& a) {
   call.num_k_tiles = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
   call.num_sms = num_sms();
   call.max_k_over_8_slots = tuning().decode_wide_k;
+  // Whether the kernel takes the call does not depend on the split's bound (a host test checks it):
+  // only calls it takes need the device's table, whose first query sets kernel attributes.
+  if (!gpu::plan_decode(call).tile_tokens) return {};
   call.resident = ssmm_decode_resident_clusters();
   return gpu::plan_decode(call);
 }

@@ -309,7 +309,7 @@ TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
   const auto tall = gpu::plan_decode_split(48, 1, 96, ideal);
   EXPECT_EQ(tall.splits, 5);
   EXPECT_EQ(tall.k_tiles_per_split, 20);
-  // Short K: every split keeps kDecodeMinSplitKTiles k-tiles (two per warp); 1408x2048 splits in two.
+  // Short K: kDecodeMinSplitKTiles k-tiles per split (one per warp of an 8-slot tile); 1408x2048 splits in two.
   EXPECT_EQ(gpu::plan_decode_split(22, 1, 16, ideal).splits, 2);
   EXPECT_EQ(gpu::plan_decode_split(22, 1, 15, ideal).splits, 1);
   // One cluster per tile: at most kDecodeMaxSplits, however few the tiles; and grids with more tiles
@@ -346,6 +346,16 @@ TEST(SsmmPlan, DecodeSplitGridsFitTheResidentClusters) {
   gpu::DecodeCall call = decode_call(4096, 14336, 1);
   call.resident = kH200Resident;
   EXPECT_EQ(gpu::plan_decode(call).split.splits, 3);
+  // Whether the decode kernel takes a call does not depend on the table (the sm90 path queries the
+  // device's only for calls it takes).
+  for (const auto& [M, K] : {std::pair<std::int64_t, std::int64_t>{1408, 2048}, {2048, 1408}, {3072, 12288}, {12288, 3072}, {4096, 14336}, {6144, 16384}})
+    for (const std::int64_t L : {1, 8, 9, 13, 16, 17})
+      for (const int mats : {1, 2}) {
+        gpu::DecodeCall c = decode_call(M, K, L, mats);
+        const bool ideal = gpu::plan_decode(c).tile_tokens != 0;
+        c.resident = kH200Resident;
+        EXPECT_EQ(gpu::plan_decode(c).tile_tokens != 0, ideal) << M << "x" << K << " @ " << L << ", " << mats << " matrices";
+      }
 }
 
 TEST(SsmmPlan, DecodePlanCarriesTheSplitOfItsTiles) {
