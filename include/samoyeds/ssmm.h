@@ -125,21 +125,29 @@ ResidentClusters ideal_resident_clusters(int num_sms);
 SplitPlan plan_decode_split(std::int64_t row_tiles, std::int64_t token_tiles, std::int64_t num_k_tiles, const ResidentClusters& resident);
 // Slots per tile of the decode kernel (8 or 16) for a call, or 0 when the wgmma kernels take it.
 // It takes one matrix (plain or down_weighted) of K <= kDecodeMaxK with at most kDecodeMaxSlots slots
-// per expert (the mean over the busy experts of a grouped call):
+// per expert (the mean over the busy experts of a grouped call), more for small weights:
 // - at most 8 slots: 8-slot tiles;
 // - 9-16 slots: only at K <= max_k_over_8_slots (kDecodeMaxKOver8Slots unless tuned), and where 16-slot
 //   tiles make at most one wave of two CTAs per SM (a grouped call of many small experts, DeepSeek-MoE
 //   at T = 128, ran 1.11x slower than on the wgmma kernel); then 16-slot tiles where they fill the SMs
 //   unsplit, else 8-slot tiles where those do, else 16 where they fill the SMs at all, else whichever
 //   makes more CTAs. Two 8-slot tiles read the weights twice but double the CTAs.
-// Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v19):
+// - more than 16 slots (at most max_slots: kDecodeMaxSlotsSmallWeight unless tuned): only small weights,
+//   at most kDecodeSmallWeightBlocks blocks of 32 compressed rows x 128 columns (~2.3 MB packed;
+//   1408x2048 and 2048x1408 are 352 blocks), whose token tiles re-read them from L2 cheaply; then as
+//   for 9-16 slots.
+// Against the wgmma kernel (H200, kernel benchmark, time ratios, docs/kernels/ssmm.md v17-v20):
 // - L = 1: 0.70-0.92 at K <= 3072, 0.92 at 4096x14336, 1.00 at 6144x16384;
 // - L = 16: 16-slot tiles 0.87-0.98 on the shapes from 2304 rows up, two 8-slot tiles 0.66-0.85 on the
 //   small ones; 4096x14336 at L = 9 / 16 0.92 / 0.96 (v19); at K = 16384 the rule's two 8-slot tiles
-//   took 1.13-1.19x (6144x16384 at L = 9-16, v18-v19), hence the K bound.
+//   took 1.13-1.19x (6144x16384 at L = 9-16, v18-v19), hence the K bound;
+// - L = 24-128 (v20): 0.65-0.93 on 1408x2048 and 2048x1408; on the larger weights mixed (5760x2304,
+//   2304x5760: 0.90-1.17) or slower (3072x12288, 4096x14336: 1.18-1.32), hence the weight bound.
 constexpr std::int64_t kDecodeMaxK = 16384;
 constexpr std::int64_t kDecodeMaxKOver8Slots = 14336;
 constexpr std::int64_t kDecodeMaxSlots = 16;
+constexpr std::int64_t kDecodeMaxSlotsSmallWeight = 128;
+constexpr std::int64_t kDecodeSmallWeightBlocks = 512;
 struct DecodeCall {
   int num_mats = 1;
   std::int64_t tokens_per_expert = 0;  // mean over the busy experts
@@ -150,6 +158,7 @@ struct DecodeCall {
   std::int64_t num_k_tiles = 0;        // ceil(K_padded / kDecodeKTileColumns)
   int num_sms = 0;
   std::int64_t max_k_over_8_slots = kDecodeMaxKOver8Slots;  // SAMOYEDS_SSMM_DECODE_WIDE_K
+  std::int64_t max_slots = kDecodeMaxSlotsSmallWeight;      // SAMOYEDS_SSMM_DECODE_MAX_SLOTS
   ResidentClusters resident{};  // the device's (kernels::ssmm_decode_resident_clusters); zeros: ideal_resident_clusters
 };
 struct DecodePlan {

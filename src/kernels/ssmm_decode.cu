@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM for decode-sized token tiles: a stream of one packed weight matrix through warp-level
 // mma.sp.m16n8k32 with fp32 accumulation, its weights by bulk tensor copies (sm_90a; taken by the sm90
-// path where gpu::plan_decode says: one matrix, at most 16 slots per expert, K <= 16384).
+// path where gpu::plan_decode says: one matrix, at most 16 slots per expert (128 for small weights),
+// K <= 16384).
 //
 // Why a kernel of its own: at L <= 16 the product is the weight bytes' time. The wgmma kernel runs one
 // 384-thread CTA per SM of 128 compressed rows, so the tall-K shapes need split-K and a reduce launch,
@@ -41,6 +42,7 @@
 
 #include "kernels/cluster.cuh"
 #include "kernels/cuda_check.h"
+#include "kernels/decode_trace.cuh"
 #include "kernels/ptx.cuh"
 #include "kernels/ssmm_common.cuh"
 #include "kernels/ssmm_sm90.h"
@@ -135,6 +137,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
   // A split tile's CTAs send each other their sums at the end; this arrival says the CTA (its shared
   // memory) exists, and the wait for it comes just before the sends.
   if (gridDim.z > 1) cluster_arrive_relaxed();
+  DECODE_TRACE(0);
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const int row0 = static_cast<int>(blockIdx.x) * kRows;  // first compressed row (a tensor-map coordinate)
@@ -191,6 +194,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
   __syncthreads();
   if (threadIdx.x < kBN) s_tok[threadIdx.x] = token_of_slot(p, tok0 + threadIdx.x, tile.end);
   __syncthreads();
+  DECODE_TRACE(1);
 
   // B: chunk lane % 16 of token rows lane / 16 + 2 j (j < kBN / 2); null source: no token (zero-filled).
   constexpr int kBCopies = kBN / 2;
@@ -232,6 +236,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
   for (int i = 0; i < my_tiles; ++i, segment.next()) {
     ptx::cp_async_wait<kStages - 2>();
     tma::mbarrier_wait(&full[stage], phase);
+    DECODE_TRACE(i < 2 ? 2 + i : 4);  // the first, second and last k-tile's data in hand
     // k-tile i's stage is visible to the warp, and the previous k-tile's stage is free: its ldmatrix
     // results fed MMAs already issued, and the fence orders those reads before the tensor copies that
     // refill it (async proxy).
@@ -285,6 +290,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
     }
   }
   ptx::cp_async_wait<0>();
+  DECODE_TRACE(5);
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) select_sets_to_rows(acc[m], sel[m]);
 
@@ -312,6 +318,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
         }
   __syncthreads();
 
+  DECODE_TRACE(6);
   // Output e of the tile is logical row e % 64 of slot e / 64: a warp stores 32 neighbouring rows of
   // one slot. The warps' sums are added in warp order, so the result does not depend on timing.
   constexpr int kOutputs = Config::kOutputs;
@@ -339,6 +346,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
       for (int m = 0; m < kNumMats; ++m) v[m] = warp_sum(m, e);
       store_output(e, v);
     }
+    DECODE_TRACE(7);
     return;
   }
   // Split K: the tile's gridDim.z CTAs are one cluster along z (the launch below), so CTA z is cluster
@@ -370,6 +378,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
     }
     store_output(e, v);
   }
+  DECODE_TRACE(7);
 #else
   __trap();  // sm_90a only: the sm90 path never launches it elsewhere
 #endif
@@ -429,8 +438,14 @@ void launch(const Params& p, cudaStream_t stream) {
   const cudaLaunchConfig_t config = launch_config<kNumMats, kNT, kWarps>(
       dim3(static_cast<unsigned>(p.compressed_rows_padded / kRows), static_cast<unsigned>(token_tiles), static_cast<unsigned>(p.splits)),
       attribute, stream);
+#ifdef SAMOYEDS_DECODE_TRACE
+  decode_trace::reset(stream);
+#endif
   SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p, decode_maps<kNumMats>(p)));
   SAMOYEDS_CHECK_LAUNCH("ssmm_decode_kernel");
+#ifdef SAMOYEDS_DECODE_TRACE
+  decode_trace::write(config.gridDim, DecodeConfig<kNumMats, kNT, kWarps>::kThreads / 32, stream);
+#endif
 }
 
 // Warps per CTA (the same shared memory either way): the 8-slot tiles 8 warps of 2 stages (4 of 4 stages

@@ -137,7 +137,10 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 
 DecodePlan plan_decode(const DecodeCall& c) {
   DecodePlan none;
-  if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.tokens_per_expert > kDecodeMaxSlots || c.K > kDecodeMaxK) return none;
+  if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.K > kDecodeMaxK) return none;
+  // Past 16 slots the token tiles re-read the weight: only a small one, from L2 (v20).
+  if (c.tokens_per_expert > kDecodeMaxSlots && (c.tokens_per_expert > c.max_slots || c.row_tiles * c.num_k_tiles > kDecodeSmallWeightBlocks))
+    return none;
   const ResidentClusters resident = c.resident[1] > 0 ? c.resident : ideal_resident_clusters(c.num_sms);
   const auto token_tiles = [&](int tile) { return std::max((c.num_tokens + tile - 1) / tile, c.busy_experts); };
   const auto plan = [&](int tile) { return DecodePlan{tile, plan_decode_split(c.row_tiles, token_tiles(tile), c.num_k_tiles, resident)}; };

@@ -1401,7 +1401,8 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (the calls
 // gpu::plan_decode gives ssmm_decode.cu through the wgmma kernels instead, v17), SAMOYEDS_SSMM_DECODE_WIDE_K
 // = the largest K the decode kernel takes at 9-16 slots per expert (default gpu::kDecodeMaxKOver8Slots,
-// at most gpu::kDecodeMaxK; v19). Read once per
+// at most gpu::kDecodeMaxK; v19), SAMOYEDS_SSMM_DECODE_MAX_SLOTS = the most slots per expert it takes
+// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 keeps it to 16 everywhere; v20). Read once per
 // process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
 // three choices for tests.
 struct Tuning {
@@ -1416,6 +1417,7 @@ struct Tuning {
   bool stream_k = false;  // the stream-K kernel where it applies
   bool decode = true;     // the decode kernel where it applies
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
+  std::int64_t decode_max_slots = gpu::kDecodeMaxSlotsSmallWeight;
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1432,6 +1434,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_STREAM_K")) r.stream_k = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE")) r.decode = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_MAX_SLOTS")) r.decode_max_slots = std::clamp<std::int64_t>(std::atoll(v), 0, 1024);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1481,6 +1484,7 @@ gpu::DecodePlan decode_plan(const gpu::SsmmArgs& a) {
   call.num_k_tiles = (g.cols_padded + gpu::kDecodeKTileColumns - 1) / gpu::kDecodeKTileColumns;
   call.num_sms = num_sms();
   call.max_k_over_8_slots = tuning().decode_wide_k;
+  call.max_slots = tuning().decode_max_slots;
   // Whether the kernel takes the call does not depend on the split's bound (a host test checks it):
   // only calls it takes need the device's table, whose first query sets kernel attributes.
   if (!gpu::plan_decode(call).tile_tokens) return {};

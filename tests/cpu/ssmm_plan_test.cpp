@@ -301,6 +301,26 @@ TEST(SsmmPlan, DecodeTileOfNineToSixteenSlots) {
   EXPECT_EQ(tile_tokens(decode_call(4096, 14336, 8)), 8);
 }
 
+TEST(SsmmPlan, DecodeKernelPastSixteenSlotsOnlyForSmallWeights) {
+  // 1408x2048 and 2048x1408 (352 blocks of 32 x 128) up to 128 slots, as long as one wave holds them.
+  for (const std::int64_t L : {17, 24, 64, 128}) {
+    EXPECT_NE(tile_tokens(decode_call(1408, 2048, L)), 0) << L;
+    EXPECT_NE(tile_tokens(decode_call(2048, 1408, L)), 0) << L;
+  }
+  EXPECT_EQ(tile_tokens(decode_call(1408, 2048, gpu::kDecodeMaxSlotsSmallWeight + 1)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(1408, 2048, 256)), 0);
+  // Larger weights stay at 16 slots: their token tiles would re-read 7-21 MB each.
+  EXPECT_EQ(tile_tokens(decode_call(5760, 2304, 24)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(2304, 5760, 17)), 0);
+  EXPECT_EQ(tile_tokens(decode_call(3072, 12288, 64)), 0);
+  // The knob's bound (SAMOYEDS_SSMM_DECODE_MAX_SLOTS): 16 restores the rule of v19.
+  gpu::DecodeCall capped = decode_call(1408, 2048, 64);
+  capped.max_slots = gpu::kDecodeMaxSlots;
+  EXPECT_EQ(tile_tokens(capped), 0);
+  capped.tokens_per_expert = capped.num_tokens = 16;
+  EXPECT_EQ(tile_tokens(capped), 8);
+}
+
 TEST(SsmmPlan, DecodeSplitsOnlyUntilTwoCtasPerSm) {
   const gpu::ResidentClusters ideal = gpu::ideal_resident_clusters(132);
   // 12288x3072 (192 CTAs of 32 compressed rows, 24 k-tiles of 128 columns): the CTAs alone fill the SMs.
@@ -349,7 +369,7 @@ TEST(SsmmPlan, DecodeSplitGridsFitTheResidentClusters) {
   // Whether the decode kernel takes a call does not depend on the table (the sm90 path queries the
   // device's only for calls it takes).
   for (const auto& [M, K] : {std::pair<std::int64_t, std::int64_t>{1408, 2048}, {2048, 1408}, {3072, 12288}, {12288, 3072}, {4096, 14336}, {6144, 16384}})
-    for (const std::int64_t L : {1, 8, 9, 13, 16, 17})
+    for (const std::int64_t L : {1, 8, 9, 13, 16, 17, 64, 128})
       for (const int mats : {1, 2}) {
         gpu::DecodeCall c = decode_call(M, K, L, mats);
         const bool ideal = gpu::plan_decode(c).tile_tokens != 0;

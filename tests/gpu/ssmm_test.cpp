@@ -191,13 +191,16 @@ TEST_P(SsmmExact, PlainProductMatchesReferenceBitForBit) {
         EXPECT_EQ(c.bad + c.non_finite, 0);
       }
       if (path == gpu::SsmmPath::sm90) {
-        // Where the decode kernel takes the call (L <= 16), also the wgmma kernel it replaces; then the
+        // Where the decode kernel takes the call (L <= 16, small weights to 128), also the wgmma kernel it replaces; then the
         // stream-K kernel, where it applies (32-token tiles, fewer tiles than SMs): every shape of 2304
         // rows or more at L = 1 and 7 (row tiles x granules >= 2 per SM).
         if ((L == 1 || L == 7) && prob.K <= gpu::kDecodeMaxK) EXPECT_TRUE(kernels::ssmm_sm90_takes_decode(args)) << "the decode kernel is not tested here";
         // L = 13: both tile widths of the decode kernel (gpu::plan_decode).
         if (L == 13 && prob.pattern == std::string("1:2:128") && (prob.M == 12288 || prob.M == 1408))
           EXPECT_EQ(kernels::ssmm_sm90_decode_tile_tokens(args), prob.M == 12288 ? 16 : 8) << "a decode tile width is not tested here";
+        // L = 64: the decode kernel past 16 slots (small weights only, gpu::plan_decode), 8 token tiles.
+        if (L == 64 && prob.pattern == std::string("1:2:128") && (prob.M == 1408 || prob.M == 2048))
+          EXPECT_TRUE(kernels::ssmm_sm90_takes_decode(args)) << "the decode kernel past 16 slots is not tested here";
         // The decode kernel's split tiles (one cluster each) and its unsplit ones.
         if ((L == 1 || L == 13) && prob.pattern == std::string("1:2:128") && (prob.M == 3072 || prob.M == 12288))
           EXPECT_EQ(kernels::ssmm_sm90_decode_splits(args) > 1, prob.M == 3072) << "a decode split is not tested here";
