@@ -16,7 +16,7 @@
 
 namespace samoyeds::kernels::decode_trace {
 
-constexpr int kCtas = 4096, kWarps = 8, kEvents = 8;
+constexpr int kCtas = 4096, kWarps = 8, kEvents = 10;
 constexpr int kSlots = 2 * kEvents + 1;  // [global timer x kEvents][clock64 x kEvents][SM]
 __device__ unsigned long long g_records[kCtas * kWarps * kSlots];
 

@@ -345,6 +345,9 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) v[m] = warp_sum(m, e);
       store_output(e, v);
+#ifdef SAMOYEDS_DECODE_TRACE
+      if (e == static_cast<int>(threadIdx.x)) DECODE_TRACE(8);  // the first output stored
+#endif
     }
     DECODE_TRACE(7);
     return;
@@ -359,6 +362,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
   const int share = (kOutputs + static_cast<int>(num_ranks) - 1) / static_cast<int>(num_ranks);
   auto* received = reinterpret_cast<float*>(smem + Config::kReduceOffset);  // [num_ranks][kNumMats][share]
   cluster_wait();  // every CTA of the cluster has started: its reduce region is there
+  DECODE_TRACE(8);
   for (int e = threadIdx.x; e < kOutputs; e += kThreads) {
     const int owner = e / share, at = e - owner * share;
 #pragma unroll
@@ -366,6 +370,7 @@ __global__ void __launch_bounds__(kWarps * 32, DecodeConfig<kNumMats, kNT, kWarp
       st_shared_cluster(&received[(rank * kNumMats + m) * share + at], static_cast<unsigned>(owner), warp_sum(m, e));
   }
   cluster_sync();  // every CTA's sends have landed and are visible
+  DECODE_TRACE(9);
   const int first = static_cast<int>(rank) * share, last = min(kOutputs, first + share);
   for (int e = first + threadIdx.x; e < last; e += kThreads) {
     if (!stored(e)) continue;
@@ -457,7 +462,8 @@ constexpr int kWideTileWarps = 4;
 template <bool kBf16, Epi kEpi>
 void dispatch_tiles(const Params& p, int tile_tokens, cudaStream_t stream) {
   if (tile_tokens == 8) return launch<kBf16, 1, kEpi, 1, kNarrowTileWarps>(p, stream);
-  launch<kBf16, 1, kEpi, 2, kWideTileWarps>(p, stream);
+  if (tile_tokens == 16) return launch<kBf16, 1, kEpi, 2, kWideTileWarps>(p, stream);
+  launch<kBf16, 1, kEpi, 4, kWideTileWarps>(p, stream);
 }
 
 template <bool kBf16>
@@ -507,7 +513,7 @@ gpu::ResidentClusters ssmm_decode_resident_clusters() {
 }
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
-  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
+  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16 || tile_tokens == 32) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
                  " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 or 16 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");

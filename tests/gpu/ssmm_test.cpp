@@ -409,9 +409,9 @@ TEST(SsmmGpu, BitwiseReproducibleAcrossRuns) {
   }
 }
 
-// Captures one sm90 call into a CUDA graph and replays it twice: each replay (Y poisoned first) must
-// store `expected`. Call through ASSERT_NO_FATAL_FAILURE.
-void expect_graph_replays_store(const gpu::SsmmArgs& args, DeviceBuffer& dy, const std::vector<std::uint16_t>& expected) {
+// Captures one sm90 call into a CUDA graph and replays it `replays` times, Y poisoned before each:
+// `outs` gets what each replay stored. Call through ASSERT_NO_FATAL_FAILURE.
+void replay_graph(const gpu::SsmmArgs& args, DeviceBuffer& dy, int replays, std::vector<std::vector<std::uint16_t>>& outs) {
   cudaStream_t stream = nullptr;
   SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaGraph_t graph = nullptr;
@@ -420,15 +420,24 @@ void expect_graph_replays_store(const gpu::SsmmArgs& args, DeviceBuffer& dy, con
   gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
   SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
   SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  for (int replay = 0; replay < 2; ++replay) {
+  outs.clear();
+  for (int replay = 0; replay < replays; ++replay) {
     dy.poison();
     SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
     SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
-    EXPECT_EQ(dy.to_host<std::uint16_t>(), expected) << "graph replay " << replay << " differs from the eager call";
+    outs.push_back(dy.to_host<std::uint16_t>());
   }
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// Two replays of the captured call must each store `expected`. Call through ASSERT_NO_FATAL_FAILURE.
+void expect_graph_replays_store(const gpu::SsmmArgs& args, DeviceBuffer& dy, const std::vector<std::uint16_t>& expected) {
+  std::vector<std::vector<std::uint16_t>> outs;
+  ASSERT_NO_FATAL_FAILURE(replay_graph(args, dy, 2, outs));
+  for (std::size_t replay = 0; replay < outs.size(); ++replay)
+    EXPECT_EQ(outs[replay], expected) << "graph replay " << replay << " differs from the eager call";
 }
 
 // The sm90 epilogue stages a row-selected 16-bit tile through shared memory and stores 16-byte
@@ -774,25 +783,12 @@ TEST(SsmmGpu, DecodeSplitCapturedBeforeAnyEagerCall) {
   args.num_x_rows = 1;
   args.num_tokens = 1;
   args.y = dy.get();
-  cudaStream_t stream = nullptr;
-  SAMOYEDS_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  SAMOYEDS_ASSERT_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  gpu::ssmm(args, stream, gpu::SsmmPath::sm90);
-  SAMOYEDS_ASSERT_CUDA(cudaStreamEndCapture(stream, &graph));
-  SAMOYEDS_ASSERT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-  dy.poison();
-  SAMOYEDS_ASSERT_CUDA(cudaGraphLaunch(exec, stream));
-  SAMOYEDS_ASSERT_CUDA(cudaStreamSynchronize(stream));
-  const std::vector<std::uint16_t> replayed = dy.to_host<std::uint16_t>();
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  cudaStreamDestroy(stream);
+  std::vector<std::vector<std::uint16_t>> replayed;  // captured first: the process's first sm90 call
+  ASSERT_NO_FATAL_FAILURE(replay_graph(args, dy, 1, replayed));
   dy.poison();
   gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(replayed, dy.to_host<std::uint16_t>()) << "the captured call differs from the eager one";
+  EXPECT_EQ(replayed.at(0), dy.to_host<std::uint16_t>()) << "the captured call differs from the eager one";
   EXPECT_GT(kernels::ssmm_sm90_decode_splits(args), 1) << "the call no longer runs split on the decode kernel";
 }
 
