@@ -5,7 +5,8 @@ in µs after the first warp's start (global timer), and after their own start (t
     scripts/decode_trace.py FILE
 """
 import sys, statistics as st
-names = ['start', 'ids', 'wait0', 'wait1', 'waitN', 'loop', 'sums', 'end', 'out0', 'csync']
+# 8: unsplit, the first output stored; split, the cluster wait passed. 9: split, the cluster barrier after the sends.
+names = ['start', 'ids', 'wait0', 'wait1', 'waitN', 'loop', 'sums', 'end', 'out0|cw', 'csync']
 E = len(names)
 rows = []
 head = None

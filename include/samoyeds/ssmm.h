@@ -159,7 +159,6 @@ struct DecodeCall {
   int num_sms = 0;
   std::int64_t max_k_over_8_slots = kDecodeMaxKOver8Slots;  // SAMOYEDS_SSMM_DECODE_WIDE_K
   std::int64_t max_slots = kDecodeMaxSlotsSmallWeight;      // SAMOYEDS_SSMM_DECODE_MAX_SLOTS
-  std::int64_t slots32_max = 0;  // EXPERIMENT (SAMOYEDS_SSMM_DECODE_TILE32=N): 32-slot tiles at 17..N slots where one wave holds them
   ResidentClusters resident{};  // the device's (kernels::ssmm_decode_resident_clusters); zeros: ideal_resident_clusters
 };
 struct DecodePlan {

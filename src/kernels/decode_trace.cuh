@@ -4,7 +4,10 @@
 // it DECODE_TRACE is nothing and the launcher is unchanged. With it, lane 0 of every warp records the
 // global timer, its SM's clock and the SM at each DECODE_TRACE(event), and the host launcher writes the
 // last launch's records to $SAMOYEDS_DECODE_TRACE_FILE (a synchronisation per launch: times from such
-// a build are not benchmark numbers); scripts/decode_trace.py summarises the file.
+// a build are not benchmark numbers); scripts/decode_trace.py summarises the file. The events, in
+// ssmm_decode.cu: 0 start, 1 token ids in hand, 2 / 3 / 4 the first / second / last k-tile's data in
+// hand, 5 loop end, 6 the warps' sums in shared memory, 7 end; 8 the first output stored (unsplit) or
+// the cluster wait passed (split), 9 the cluster barrier after the sends passed (split).
 #pragma once
 
 #ifdef SAMOYEDS_DECODE_TRACE

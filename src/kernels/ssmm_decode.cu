@@ -462,8 +462,7 @@ constexpr int kWideTileWarps = 4;
 template <bool kBf16, Epi kEpi>
 void dispatch_tiles(const Params& p, int tile_tokens, cudaStream_t stream) {
   if (tile_tokens == 8) return launch<kBf16, 1, kEpi, 1, kNarrowTileWarps>(p, stream);
-  if (tile_tokens == 16) return launch<kBf16, 1, kEpi, 2, kWideTileWarps>(p, stream);
-  launch<kBf16, 1, kEpi, 4, kWideTileWarps>(p, stream);
+  launch<kBf16, 1, kEpi, 2, kWideTileWarps>(p, stream);
 }
 
 template <bool kBf16>
@@ -513,7 +512,7 @@ gpu::ResidentClusters ssmm_decode_resident_clusters() {
 }
 
 void ssmm_decode(const gpu::SsmmArgs& args, const Params& p, int tile_tokens, cudaStream_t stream) {
-  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16 || tile_tokens == 32) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
+  SAMOYEDS_CHECK((tile_tokens == 8 || tile_tokens == 16) && args.epilogue != gpu::SsmmEpilogue::gate_up, "ssmm_decode: tiles of ", tile_tokens,
                  " slots for ", gpu::epilogue_name(args.epilogue), " (one matrix and 8 or 16 slots: internal planning error)");
   SAMOYEDS_CHECK(p.K_padded % 64 == 0 && (!p.row_select_on || p.v % kBK == 0), "ssmm_decode: K_padded ", p.K_padded, " and V ", p.v,
                  " must be multiples of 64 and ", kBK, " (internal planning error)");

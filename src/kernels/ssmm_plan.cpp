@@ -138,13 +138,6 @@ SplitPlan plan_split_k(std::int64_t row_tiles, std::int64_t token_tiles, std::in
 DecodePlan plan_decode(const DecodeCall& c) {
   DecodePlan none;
   if (c.num_mats != 1 || c.tokens_per_expert < 1 || c.K > kDecodeMaxK) return none;
-  if (c.slots32_max > 0 && c.tokens_per_expert > kDecodeMaxSlots && c.tokens_per_expert <= c.slots32_max && c.K <= c.max_k_over_8_slots) {
-    const ResidentClusters resident = c.resident[1] > 0 ? c.resident : ideal_resident_clusters(c.num_sms);
-    const std::int64_t tiles32 = std::max((c.num_tokens + 31) / 32, c.busy_experts);
-    if (c.row_tiles * tiles32 <= 2 * static_cast<std::int64_t>(c.num_sms))
-      return DecodePlan{32, plan_decode_split(c.row_tiles, tiles32, c.num_k_tiles, resident)};
-    return none;
-  }
   // Past 16 slots the token tiles re-read the weight: only a small one, from L2 (v20).
   if (c.tokens_per_expert > kDecodeMaxSlots && (c.tokens_per_expert > c.max_slots || c.row_tiles * c.num_k_tiles > kDecodeSmallWeightBlocks))
     return none;

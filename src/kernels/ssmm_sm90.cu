@@ -1418,7 +1418,6 @@ struct Tuning {
   bool decode = true;     // the decode kernel where it applies
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
   std::int64_t decode_max_slots = gpu::kDecodeMaxSlotsSmallWeight;
-  std::int64_t decode_slots32 = 0;  // EXPERIMENT
   double split_traffic = 1.0;
 };
 const Tuning& tuning() {
@@ -1436,7 +1435,6 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE")) r.decode = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_MAX_SLOTS")) r.decode_max_slots = std::clamp<std::int64_t>(std::atoll(v), 0, 1024);
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_TILE32")) r.decode_slots32 = std::clamp<std::int64_t>(std::atoll(v), 0, 4096);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
     return r;
   }();
@@ -1487,7 +1485,6 @@ gpu::DecodePlan decode_plan(const gpu::SsmmArgs& a) {
   call.num_sms = num_sms();
   call.max_k_over_8_slots = tuning().decode_wide_k;
   call.max_slots = tuning().decode_max_slots;
-  call.slots32_max = tuning().decode_slots32;
   // Whether the kernel takes the call does not depend on the split's bound (a host test checks it):
   // only calls it takes need the device's table, whose first query sets kernel attributes.
   if (!gpu::plan_decode(call).tile_tokens) return {};
