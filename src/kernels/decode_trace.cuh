@@ -6,8 +6,9 @@
 // last launch's records to $SAMOYEDS_DECODE_TRACE_FILE (a synchronisation per launch: times from such
 // a build are not benchmark numbers); scripts/decode_trace.py summarises the file. The events, in
 // ssmm_decode.cu: 0 start, 1 token ids in hand, 2 / 3 / 4 the first / second / last k-tile's data in
-// hand, 5 loop end, 6 the warps' sums in shared memory, 7 end; 8 the first output stored (unsplit) or
-// the cluster wait passed (split), 9 the cluster barrier after the sends passed (split).
+// hand, 5 loop end, 6 the warps' sums in shared memory, 7 end; 8 the first output stored (unsplit; not
+// recorded where lane 0's first output is not stored) or the cluster wait passed (split), 9 the cluster
+// barrier after the sends passed (split).
 #pragma once
 
 #ifdef SAMOYEDS_DECODE_TRACE
@@ -17,7 +18,9 @@
 
 #include "kernels/cuda_check.h"
 
+// Internal linkage: a translation unit that includes this has a buffer of its own (only ssmm_decode.cu does).
 namespace samoyeds::kernels::decode_trace {
+namespace {
 
 constexpr int kCtas = 4096, kWarps = 8, kEvents = 10;
 constexpr int kSlots = 2 * kEvents + 1;  // [global timer x kEvents][clock64 x kEvents][SM]
@@ -44,16 +47,20 @@ inline void* records_address() {
 
 inline void reset(cudaStream_t stream) { SAMOYEDS_CUDA_CHECK(cudaMemsetAsync(records_address(), 0, sizeof(g_records), stream)); }
 
-// One line per recorded warp: CTA, warp, then the kSlots values; the first line the launch's shape.
+// One line per recorded warp: CTA, warp, then the kSlots values; the first line the launch's shape (CTAs
+// past kCtas are not recorded). Nothing is written for a launch inside a stream capture.
 inline void write(dim3 grid, int warps, cudaStream_t stream) {
   const char* path = std::getenv("SAMOYEDS_DECODE_TRACE_FILE");
   if (!path) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  SAMOYEDS_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return;
   std::vector<unsigned long long> host(sizeof(g_records) / sizeof(g_records[0]));
   SAMOYEDS_CUDA_CHECK(cudaStreamSynchronize(stream));
   SAMOYEDS_CUDA_CHECK(cudaMemcpy(host.data(), records_address(), sizeof(g_records), cudaMemcpyDeviceToHost));
   FILE* f = std::fopen(path, "w");
   if (!f) return;
-  std::fprintf(f, "grid %u %u %u warps %d\n", grid.x, grid.y, grid.z, warps);
+  std::fprintf(f, "grid %u %u %u warps %d recorded-ctas %d\n", grid.x, grid.y, grid.z, warps, kCtas);
   for (int c = 0; c < kCtas; ++c)
     for (int w = 0; w < kWarps; ++w) {
       const unsigned long long* slot = host.data() + (c * kWarps + w) * kSlots;
@@ -65,6 +72,7 @@ inline void write(dim3 grid, int warps, cudaStream_t stream) {
   std::fclose(f);
 }
 
+}  // namespace
 }  // namespace samoyeds::kernels::decode_trace
 
 #define DECODE_TRACE(event) ::samoyeds::kernels::decode_trace::record(event)

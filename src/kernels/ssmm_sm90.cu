@@ -1400,9 +1400,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // ids load; default 1, v15), SAMOYEDS_SSMM_STREAM_K = on (decode-sized calls through the stream-K
 // kernel where it applies; off by default until measured, v16), SAMOYEDS_SSMM_DECODE = off (the calls
 // gpu::plan_decode gives ssmm_decode.cu through the wgmma kernels instead, v17), SAMOYEDS_SSMM_DECODE_WIDE_K
-// = the largest K the decode kernel takes at 9-16 slots per expert (default gpu::kDecodeMaxKOver8Slots,
+// = the largest K the decode kernel takes past 8 slots per expert (default gpu::kDecodeMaxKOver8Slots,
 // at most gpu::kDecodeMaxK; v19), SAMOYEDS_SSMM_DECODE_MAX_SLOTS = the most slots per expert it takes
-// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 keeps it to 16 everywhere; v20). Read once per
+// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 or less keeps it to 16 everywhere; v20). Read once per
 // process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
 // three choices for tests.
 struct Tuning {

@@ -309,6 +309,14 @@ TEST(SsmmPlan, DecodeKernelPastSixteenSlotsOnlyForSmallWeights) {
   }
   EXPECT_EQ(tile_tokens(decode_call(1408, 2048, gpu::kDecodeMaxSlotsSmallWeight + 1)), 0);
   EXPECT_EQ(tile_tokens(decode_call(1408, 2048, 256)), 0);
+  // The one-wave bound still holds past 16 slots: 16 busy experts of 20 slots are 22 x 20 tiles of 16.
+  gpu::DecodeCall grouped = decode_call(1408, 2048, 20);
+  grouped.num_tokens = 320;
+  grouped.busy_experts = 16;
+  EXPECT_EQ(tile_tokens(grouped), 0);
+  grouped.busy_experts = 4;  // 4 busy experts of 20: 22 x 5 tiles
+  grouped.num_tokens = 80;
+  EXPECT_NE(tile_tokens(grouped), 0);
   // Larger weights stay at 16 slots: their token tiles would re-read 7-21 MB each.
   EXPECT_EQ(tile_tokens(decode_call(5760, 2304, 24)), 0);
   EXPECT_EQ(tile_tokens(decode_call(2304, 5760, 17)), 0);
