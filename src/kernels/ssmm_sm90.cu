@@ -174,12 +174,15 @@ struct Sm90Config {
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
   // k-tiles of wgmmas in flight per consumer warpgroup (v21): two need a third accumulator set (the
-  // parity halves of T, see the consumer loop) and a third stage (a stage is released one k-tile
-  // later). SAMOYEDS_SSMM_IN_FLIGHT is a build-time experiment switch.
+  // parity halves of T, see the consumer loop) and a third stage (stages are released up to two
+  // k-tiles later). Only where the third set fits: the TMA variant for one matrix and the 32-token
+  // tiles (the wide cp.async variants and TMA gate/up spilled in the k loop). SAMOYEDS_SSMM_IN_FLIGHT
+  // is a build-time experiment switch (1: one k-tile in flight everywhere).
 #ifndef SAMOYEDS_SSMM_IN_FLIGHT
 #define SAMOYEDS_SSMM_IN_FLIGHT 2
 #endif
-  static constexpr int kTilesInFlight = SAMOYEDS_SSMM_IN_FLIGHT == 2 && kStages >= 3 && (kTma || kSmallN) ? 2 : 1;
+  static constexpr int kTilesInFlight =
+      SAMOYEDS_SSMM_IN_FLIGHT == 2 && kStages >= 3 && ((kTma && kNumMats == 1) || kSmallN) ? 2 : 1;
   // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
   // global memory to the consumers: v9)
   static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
@@ -643,61 +646,70 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   bool wait_turn = group == 1;                             // consumer 0's first k-tile waits for nobody
   int arrivals_left = group == 0 ? num_kt : num_kt - 1;  // consumer 1's last k-tile has no successor
   RingPosition<kStages> ring;
-  int prev_stage = 0;  // the stage of this warpgroup's k-tile in flight
-  // Two k-tiles in flight: sets 0 and 2 take the even and odd k-tiles, P0 and P1, so T = P0 + P1.
-  // S = sum over k-tiles i of c_i T_(i-1), and T_(i-1) = P_(i%2) after k-tile i - 2 plus P_((i-1)%2)
-  // after k-tile i - 1. Each part is read when the k-tile that last wrote its set has finished and
-  // before the next k-tile writes it: at k-tile i, S += (c_i + c_(i-1)) P_(i%2), and after the loop
-  // S += c_last P_(the set the last k-tile did not write). A k-tile's wgmmas are issued before the
-  // previous one is waited for, so that one keeps the tensor cores busy through the next full wait,
-  // metadata loads, update and turn-taking barrier (v12's chain).
+  // The stages of this warpgroup's k-tiles issued since its last drain (-1: none), oldest first.
+  int held_stage[2] = {-1, -1};
+  auto release_held = [&] {
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      if (held_stage[j] >= 0) release_stage(held_stage[j]);
+    held_stage[0] = held_stage[1] = -1;
+  };
+  // Two k-tiles in flight (kInFlight == 2): the even k-tiles go into set 0, the odd ones into set 2,
+  // P0 and P1, so T = P0 + P1. S = sum over k-tiles i of c_i T_(i-1), and T_(i-1) = P_(i%2) after
+  // k-tile i - 2 plus P_((i-1)%2) after k-tile i - 1; each part is read after the k-tile that last
+  // wrote its set and before the next one writes it: at k-tile i, S += (c_i + c_(i-1)) P_(i%2), and
+  // after the loop S += c_last P_(the set the last k-tile did not write).
+  // The warpgroup drains at every even k-tile only: the odd k-tile's full wait, metadata loads,
+  // update and turn-taking barrier run while the even one is on the tensor cores (v12's chain).
+  // Why not one drain-free wait<1> per k-tile: ptxas then lost track, at the loop head, of which
+  // group a wait<1> retires and serialized every wgmma of the kernel (C7514 / C7518, or silently);
+  // with a wait<0> in every loop step its view stays exact (docs/kernels/ssmm.md v21).
   float c_prev[kNumMats][2];
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) c_prev[m][0] = c_prev[m][1] = 0.0f;
   bool prev_new_segment = false;
   int kt = kt_begin;
-  auto consume = [&](auto set_tag, auto first_tag) {
+  auto consume = [&](auto set_tag) {
     constexpr int kSet = decltype(set_tag)::value;
-    constexpr bool kFirst = decltype(first_tag)::value;
+    constexpr bool kDrain = kInFlight == 1 || kSet == 0;
     const int stage = ring.stage;
     mbarrier_wait(&full_bar[stage], ring.phase);
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
     const std::uint8_t* base = smem + stage * Config::kStageBytes;
+    // What needs no register an issued wgmma uses comes before the drain: after it, the running-total
+    // update and the next wgmmas are the chain that keeps the tensor cores waiting.
     const bool new_segment = segment.starts();
     float c[kNumMats][2];
+    if constexpr (kInFlight == 2) {
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m) c[m][0] = c[m][1] = 0.0f;
+      for (int m = 0; m < kNumMats; ++m) c[m][0] = c[m][1] = 0.0f;
+    }
     if (new_segment) enter_segment(sel, word_ahead, c, select_src, select_shift, segment, kt, kt_end);
     // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
     const std::uint64_t desc_stage = sw128_descriptor(base);
-    if constexpr (kInFlight == 1) {
-      // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
+    if constexpr (kDrain) {
+      // This warpgroup's k-tiles in flight are done: their stages go back to the producer and the
       // running totals may be read (the other consumer's wgmmas cover the gap).
       wgmma::wait<0>();
-      if (kt > kt_begin) release_stage(prev_stage);
-      prev_stage = stage;
+      release_held();
     }
-    // The metadata registers are rewritten only after a drain of the k-tile that read them: whether
-    // an issued wgmma.sp may still read its metadata register is not documented (CUTLASS drains
-    // before rewriting it too); with two k-tiles in flight ptxas gives the next k-tile's words other
-    // registers (SASS).
+    // The metadata registers are rewritten only after a drain of the k-tile that read them, or (odd
+    // k-tiles) into other registers: whether an issued wgmma.sp may still read its metadata register
+    // is not documented (CUTLASS drains before rewriting it too).
     std::uint32_t meta[kNumMats][4];
     load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt_total ? ksteps_full : ksteps_last);
     if constexpr (kInFlight == 1) {
       if (new_segment) update_running_totals(acc, c);
-    } else if constexpr (!kFirst) {  // (at a range's first k-tile T is zero)
-      // Every k-tile, c = 0 where no segment starts: behind `if (new_segment || prev_new_segment)`
-      // ptxas no longer sees that the wait<1> before it retired this set's group and serializes
-      // every wgmma (C7514). The FFMAs run while the other set's k-tile is on the tensor cores.
-      float both[kNumMats][2];
+    } else {
+      if (new_segment || prev_new_segment) {
+        float both[kNumMats][2];
 #pragma unroll
-      for (int m = 0; m < kNumMats; ++m)
+        for (int m = 0; m < kNumMats; ++m)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) both[m][h] = c[m][h] + c_prev[m][h];
-      update_running_totals<kSet>(acc, both);
-    }
-    if constexpr (kInFlight == 2) {
+          for (int h = 0; h < 2; ++h) both[m][h] = c[m][h] + c_prev[m][h];
+        update_running_totals<kSet>(acc, both);
+      }
 #pragma unroll
       for (int m = 0; m < kNumMats; ++m) c_prev[m][0] = c[m][0], c_prev[m][1] = c[m][1];
       prev_new_segment = new_segment;
@@ -708,34 +720,21 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     issue_k_tile<Config, kBf16, kNumMats, kSet>(acc, desc_stage, group, meta);
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
-    if constexpr (kInFlight == 2 && !kFirst) {
-      // The previous k-tile is done (this one runs on): its stage goes back to the producer, and
-      // its set may be read by the next k-tile's update.
-      wgmma::wait<1>();
-      release_stage(prev_stage);
-    }
-    if constexpr (kInFlight == 2) prev_stage = stage;
+    held_stage[kSet == 0 ? 0 : 1] = stage;  // (set 0: right after a drain)
     ++kt;
     segment.next();
     ring.next();
   };
   using Set0 = std::integral_constant<int, 0>;
   using Set2 = std::integral_constant<int, 2>;
-  using First = std::true_type;
-  using Later = std::false_type;
   if constexpr (kInFlight == 1) {
-    while (kt < kt_end) consume(Set0{}, Later{});
-  } else if (kt < kt_end) {
-    // Even k-tiles into set 0, odd ones into set 2 (compile-time indices). The loop is entered with
-    // exactly one k-tile in flight, the first, which is peeled off and waits for nothing: ptxas
-    // serialized every wgmma (C7514) when the loop head was reached with none in flight on entry and
-    // one on the back edge.
-    consume(Set0{}, First{});
+    while (kt < kt_end) consume(Set0{});
+  } else {
     while (kt + 1 < kt_end) {
-      consume(Set2{}, Later{});
-      consume(Set0{}, Later{});
+      consume(Set0{});
+      consume(Set2{});
     }
-    if (kt < kt_end) consume(Set2{}, Later{});
+    if (kt < kt_end) consume(Set0{});
   }
   wgmma::wait<0>();
   if constexpr (kInFlight == 2) {
@@ -752,7 +751,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       }
     }
   }
-  if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
+  if constexpr (kTma) release_held();  // the producers drain every stage before exiting
   running_totals_to_rows(acc, sel);
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
