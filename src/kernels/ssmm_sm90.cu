@@ -22,9 +22,7 @@
 // Each consumer keeps one k-tile of wgmmas in flight and drains it before the next (with V = 128
 // every k-tile starts a segment anyway); the two consumers take turns issuing (named barriers 1
 // and 2), so one warpgroup's drain and update run while the other's wgmmas keep the tensor cores
-// busy. The TMA and 32-token variants keep two k-tiles in flight per consumer (v21): T is split
-// into the sums of the even and odd k-tiles, a third accumulator set, so the update of one half
-// runs while the other half's k-tile executes (the consumer loop's comment has the algebra).
+// busy.
 // Split-K (few output tiles: small L or few rows): gridDim.z CTAs share an output tile, each over a
 // whole number of segments, writing fp32 partials to a workspace; ssmm_sm90_reduce sums them in
 // split order and applies the epilogue, so results stay bitwise reproducible.
@@ -38,7 +36,7 @@
 // order in the workspace); its registers go to the consumers (232). Each stage's `empty` barrier takes
 // the arrivals of every consumer warp in the cluster, and a producer leaves only after all of them.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// a consumer's accumulators take at most 128 registers, 192 with two k-tiles in flight (setmaxnreg splits the register file by
+// a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
 // row-select words from global memory themselves, one segment ahead (v9).
 // Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
@@ -47,7 +45,6 @@
 // v16): decode-sized calls as one CTA per SM over granule ranges that cross tiles; see its comment.
 #include <algorithm>
 #include <atomic>
-#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 
@@ -173,16 +170,6 @@ struct Sm90Config {
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
-  // k-tiles of wgmmas in flight per consumer warpgroup (v21): two need a third accumulator set (the
-  // parity halves of T, see the consumer loop) and a third stage (stages are released up to two
-  // k-tiles later). Only where the third set fits: the TMA variant for one matrix and the 32-token
-  // tiles (the wide cp.async variants and TMA gate/up spilled in the k loop). SAMOYEDS_SSMM_IN_FLIGHT
-  // is a build-time experiment switch (1: one k-tile in flight everywhere).
-#ifndef SAMOYEDS_SSMM_IN_FLIGHT
-#define SAMOYEDS_SSMM_IN_FLIGHT 2
-#endif
-  static constexpr int kTilesInFlight =
-      SAMOYEDS_SSMM_IN_FLIGHT == 2 && kStages >= 3 && ((kTma && kNumMats == 1) || kSmallN) ? 2 : 1;
   // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
   // global memory to the consumers: v9)
   static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
@@ -357,13 +344,11 @@ __device__ __forceinline__ void enter_segment(std::uint32_t (&sel)[kNumMats], st
   }
 }
 
-// At a segment start, with no wgmma in flight that writes set kSet: S += (p - n) T for each row
+// At a segment start, with none of this warpgroup's wgmmas in flight: S += (p - n) T for each row
 // whose selection goes from p to n; c[m][h] = p - n for matrix m, row half h (rows g + 8h). c = 0
-// leaves S as it is, and at a range's first k-tile T is still zero. Set 1 is S; set kSet holds T (one
-// k-tile in flight) or one of T's two parity halves (two in flight, see the consumer loop).
-template <int kSet = 0, int kNumMats, int kSets, int kFrags>
-__device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][kSets][kFrags], const float (&c)[kNumMats][2]) {
-  static_assert(kSet != 1 && kSet < kSets, "set 1 is S");
+// leaves S as it is, and at a range's first k-tile T is still zero.
+template <int kNumMats, int kFrags>
+__device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][2][kFrags], const float (&c)[kNumMats][2]) {
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
 #pragma unroll
@@ -373,16 +358,15 @@ __device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][kSe
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
           const int f = 4 * i + 2 * h + q;
-          acc[m][1][f] = fmaf(acc[m][kSet][f], c[m][h], acc[m][1][f]);
+          acc[m][1][f] = fmaf(acc[m][0][f], c[m][h], acc[m][1][f]);
         }
 }
 
-// This warpgroup's wgmmas of one stage: 4 k-steps x kNumMats matrices into set kSet (A descriptor
-// +32 B per k-step, B +64 B and the 64-column half offset), committed as one group.
-template <typename Config, bool kBf16, int kNumMats, int kSet = 0, int kSets>
-__device__ __forceinline__ void issue_k_tile(float (&acc)[kNumMats][kSets][Config::kBN / 2], std::uint64_t desc_stage, int group,
+// This warpgroup's wgmmas of one stage: 4 k-steps x kNumMats matrices into set 0 (A descriptor +32 B
+// per k-step, B +64 B and the 64-column half offset), committed as one group.
+template <typename Config, bool kBf16, int kNumMats>
+__device__ __forceinline__ void issue_k_tile(float (&acc)[kNumMats][2][Config::kBN / 2], std::uint64_t desc_stage, int group,
                                              const std::uint32_t (&meta)[kNumMats][4]) {
-  static_assert(kSet != 1 && kSet < kSets, "set 1 is S");
   constexpr int kBN = Config::kBN;
   wgmma::fence();
   const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (Config::kATileBytes + Config::kMetaTileBytes);
@@ -392,24 +376,16 @@ __device__ __forceinline__ void issue_k_tile(float (&acc)[kNumMats][kSets][Confi
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
       const std::uint64_t desc_a = wgmma::advance_descriptor(desc_stage, a_offset + m * Config::kATileBytes + ks * 32);
-      wgmma::SparseMma<kBN, kBf16>::run(acc[m][kSet], desc_a, desc_b, meta[m][ks]);
+      wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
     }
   }
   wgmma::commit();
 }
 
 // After the last k-tile: sets 0 and 1 become logical rows 2 crow and 2 crow + 1, odd = S + sel T and
-// even = T - odd (without row selection S stays zero and set 0 is the row). With three sets T is the
-// sum of sets 0 and 2 (the parity halves of two k-tiles in flight).
-template <int kNumMats, int kSets, int kFrags>
-__device__ __forceinline__ void running_totals_to_rows(float (&acc)[kNumMats][kSets][kFrags], const std::uint32_t (&sel)[kNumMats]) {
-  static_assert(kSets == 2 || kSets == 3, "T and S, or T's two halves and S");
-  if constexpr (kSets == 3) {
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-      for (int f = 0; f < kFrags; ++f) acc[m][0][f] += acc[m][2][f];
-  }
+// even = T - odd (without row selection S stays zero and set 0 is the row).
+template <int kNumMats, int kFrags>
+__device__ __forceinline__ void running_totals_to_rows(float (&acc)[kNumMats][2][kFrags], const std::uint32_t (&sel)[kNumMats]) {
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
 #pragma unroll
@@ -583,23 +559,13 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
   const int g = lane / 4, t = lane % 4;
 
-  // [matrix][set][wgmma accumulator fragment]: set 0 T, set 1 S; with two k-tiles in flight sets 0 and 2
-  // are T's halves of the even and odd k-tiles.
-  constexpr int kInFlight = Config::kTilesInFlight;
-  float acc[kNumMats][kInFlight + 1][kBN / 2];
+  float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m)
 #pragma unroll
-    for (int s = 0; s < kInFlight + 1; ++s)
+    for (int s = 0; s < 2; ++s)
 #pragma unroll
       for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
-  // Each zero its own register from here on: NVVM otherwise keeps one zero and copies it into the
-  // sets on the way into the k loop, after the first k-tile's wgmmas are issued, and ptxas then
-  // serializes every wgmma (C7514).
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-    for (int s = 0; s < kInFlight + 1; ++s) wgmma::fence_registers(acc[m][s]);
   std::uint32_t sel[kNumMats];  // bit h: selection of this thread's row g + 8h in the current segment
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
@@ -646,33 +612,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   bool wait_turn = group == 1;                             // consumer 0's first k-tile waits for nobody
   int arrivals_left = group == 0 ? num_kt : num_kt - 1;  // consumer 1's last k-tile has no successor
   RingPosition<kStages> ring;
-  // The stages of this warpgroup's k-tiles issued since its last drain (-1: none), oldest first.
-  int held_stage[2] = {-1, -1};
-  auto release_held = [&] {
-#pragma unroll
-    for (int j = 0; j < 2; ++j)
-      if (held_stage[j] >= 0) release_stage(held_stage[j]);
-    held_stage[0] = held_stage[1] = -1;
-  };
-  // Two k-tiles in flight (kInFlight == 2): the even k-tiles go into set 0, the odd ones into set 2,
-  // P0 and P1, so T = P0 + P1. S = sum over k-tiles i of c_i T_(i-1), and T_(i-1) = P_(i%2) after
-  // k-tile i - 2 plus P_((i-1)%2) after k-tile i - 1; each part is read after the k-tile that last
-  // wrote its set and before the next one writes it: at k-tile i, S += (c_i + c_(i-1)) P_(i%2), and
-  // after the loop S += c_last P_(the set the last k-tile did not write).
-  // The warpgroup drains at every even k-tile only: the odd k-tile's full wait, metadata loads,
-  // update and turn-taking barrier run while the even one is on the tensor cores (v12's chain).
-  // Why not one drain-free wait<1> per k-tile: ptxas then lost track, at the loop head, of which
-  // group a wait<1> retires and serialized every wgmma of the kernel (C7514 / C7518, or silently);
-  // with a wait<0> in every loop step its view stays exact (docs/kernels/ssmm.md v21).
-  float c_prev[kNumMats][2];
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m) c_prev[m][0] = c_prev[m][1] = 0.0f;
-  bool prev_new_segment = false;
-  int kt = kt_begin;
-  auto consume = [&](auto set_tag) {
-    constexpr int kSet = decltype(set_tag)::value;
-    constexpr bool kDrain = kInFlight == 1 || kSet == 0;
-    const int stage = ring.stage;
+  int prev_stage = 0;  // the stage of this warpgroup's k-tile in flight
+  for (int kt = kt_begin; kt < kt_end; ++kt, segment.next(), ring.next()) {
+    const int i = kt - kt_begin, stage = ring.stage;
     mbarrier_wait(&full_bar[stage], ring.phase);
     // cp.async wrote the stage through the generic proxy; wgmma reads through the async one (TMA's).
     if constexpr (!kTma) fence_async_proxy();
@@ -681,77 +623,30 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // update and the next wgmmas are the chain that keeps the tensor cores waiting.
     const bool new_segment = segment.starts();
     float c[kNumMats][2];
-    if constexpr (kInFlight == 2) {
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) c[m][0] = c[m][1] = 0.0f;
-    }
     if (new_segment) enter_segment(sel, word_ahead, c, select_src, select_shift, segment, kt, kt_end);
     // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
     const std::uint64_t desc_stage = sw128_descriptor(base);
-    if constexpr (kDrain) {
-      // This warpgroup's k-tiles in flight are done: their stages go back to the producer and the
-      // running totals may be read (the other consumer's wgmmas cover the gap).
-      wgmma::wait<0>();
-      release_held();
-    }
-    // The metadata registers are rewritten only after a drain of the k-tile that read them, or (odd
-    // k-tiles) into other registers: whether an issued wgmma.sp may still read its metadata register
-    // is not documented (CUTLASS drains before rewriting it too).
+    // This warpgroup's previous k-tile is done: its stage goes back to the producer and the
+    // running totals may be read. (At most one k-tile per consumer is in flight; the other
+    // consumer's wgmmas cover the gap.)
+    wgmma::wait<0>();
+    if (i > 0) release_stage(prev_stage);
+    prev_stage = stage;
+    // The metadata registers are rewritten only now: whether an issued wgmma.sp may still read its
+    // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
+    // latency hides behind the update's FFMAs anyway.
     std::uint32_t meta[kNumMats][4];
     load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt_total ? ksteps_full : ksteps_last);
-    if constexpr (kInFlight == 1) {
-      if (new_segment) update_running_totals(acc, c);
-    } else {
-      if (new_segment || prev_new_segment) {
-        float both[kNumMats][2];
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) both[m][h] = c[m][h] + c_prev[m][h];
-        update_running_totals<kSet>(acc, both);
-      }
-#pragma unroll
-      for (int m = 0; m < kNumMats; ++m) c_prev[m][0] = c[m][0], c_prev[m][1] = c[m][1];
-      prev_new_segment = new_segment;
-    }
+    if (new_segment) update_running_totals(acc, c);
 
     if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wait_turn = true;
-    issue_k_tile<Config, kBf16, kNumMats, kSet>(acc, desc_stage, group, meta);
+    issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
-    held_stage[kSet == 0 ? 0 : 1] = stage;  // (set 0: right after a drain)
-    ++kt;
-    segment.next();
-    ring.next();
-  };
-  using Set0 = std::integral_constant<int, 0>;
-  using Set2 = std::integral_constant<int, 2>;
-  if constexpr (kInFlight == 1) {
-    while (kt < kt_end) consume(Set0{});
-  } else {
-    while (kt + 1 < kt_end) {
-      consume(Set0{});
-      consume(Set2{});
-    }
-    if (kt < kt_end) consume(Set0{});
   }
   wgmma::wait<0>();
-  if constexpr (kInFlight == 2) {
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
-      wgmma::fence_registers(acc[m][0]);
-      wgmma::fence_registers(acc[m][2]);
-    }
-    if (prev_new_segment) {  // the last k-tile's c times the set it did not write
-      if ((num_kt - 1) % 2 == 0) {
-        update_running_totals<2>(acc, c_prev);
-      } else {
-        update_running_totals<0>(acc, c_prev);
-      }
-    }
-  }
-  if constexpr (kTma) release_held();  // the producers drain every stage before exiting
+  if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   running_totals_to_rows(acc, sel);
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
