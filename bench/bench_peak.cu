@@ -248,7 +248,8 @@ int run_peak_bench(const PeakBenchOptions& o) {
     std::printf("wgmma.sp from shared memory: skipped (sm_90 only; this device is sm_%d)\n", major * 10);
     return 0;
   }
-  return run_wgmma_peaks(o, sms, device_label, run_commit, date);
+  if (run_wgmma_peaks(o, sms, device_label, run_commit, date) != 0) return 1;
+  return run_wgmma_ring_peaks(o, sms, device_label, run_commit, date);
 }
 
 }  // namespace samoyeds::bench

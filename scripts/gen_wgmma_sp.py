@@ -12,6 +12,7 @@ HEADER = """// SPDX-License-Identifier: Apache-2.0
 // wgmma.mma_async.sp.sync.aligned.m64nNk32.f32.{bf16,f16}: D[64 x N] += A (64 x 32 logical, 2:4
 // compressed, smem descriptor) * B (32 x N, smem descriptor), metadata register, selector 0.
 // Accumulator d[4i + {0,1,2,3}] of warp w, lane l: rows 16w + l/4 (+8 for 2, 3), columns 8i + 2(l%4) (+1).
+// SparseMmaRs: the same with A from registers, four 32-bit words per thread (the RS form).
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,8 @@ namespace samoyeds::kernels::wgmma {
 
 template <int kN, bool kBf16>
 struct SparseMma;
+template <int kN, bool kBf16>
+struct SparseMmaRs;
 """
 
 
@@ -43,8 +46,30 @@ struct SparseMma<{n}, {'true' if bf16 else 'false'}> {{
 """
 
 
+def emit_rs(n: int, bf16: bool) -> str:
+    regs = n // 2
+    dtype = "bf16" if bf16 else "f16"
+    d_list = ", ".join(f"%{i}" for i in range(regs))
+    a_list = ", ".join(f"%{regs + i}" for i in range(4))
+    outs = ", ".join(f'"+f"(d[{i}])' for i in range(regs))
+    return f"""
+template <>
+struct SparseMmaRs<{n}, {'true' if bf16 else 'false'}> {{
+  __device__ __forceinline__ static void run(float (&d)[{regs}], const std::uint32_t (&a)[4], std::uint64_t desc_b,
+                                             std::uint32_t metadata) {{
+    asm volatile(
+        "wgmma.mma_async.sp.sync.aligned.m64n{n}k32.f32.{dtype}.{dtype} "
+        "{{{d_list}}}, {{{a_list}}}, %{regs + 4}, %{regs + 5}, 0, 1, 1, 1, 0;\\n"
+        : {outs}
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(metadata));
+  }}
+}};
+"""
+
+
 def main() -> None:
     body = HEADER + "".join(emit(n, bf16) for n in SIZES for bf16 in (True, False))
+    body += "".join(emit_rs(n, bf16) for n in SIZES for bf16 in (True, False))
     body += "\n}  // namespace samoyeds::kernels::wgmma\n"
     out = pathlib.Path(__file__).resolve().parent.parent / "src" / "kernels" / "wgmma_sp.cuh"
     out.write_text(body)

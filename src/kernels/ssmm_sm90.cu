@@ -68,11 +68,14 @@ namespace sm90 {
 
 using tma::fence_mbarrier_init;
 using tma::load_3d;
+using tma::mbarrier_arrive;
 using tma::mbarrier_arrive_expect_tx;
 using tma::mbarrier_init;
 using tma::mbarrier_wait;
 using wgmma::advance_descriptor;
 using wgmma::fence_async_proxy;
+using wgmma::setmaxnreg_dec;
+using wgmma::setmaxnreg_inc;
 using wgmma::sw128_descriptor;
 
 // A position in the ring of kStages stages and the parity of its pass, as counters: i % kStages and
@@ -89,9 +92,6 @@ struct RingPosition {
   }
 };
 
-__device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
-}
 // Arrives on the barrier once every cp.async this thread issued before has landed.
 __device__ __forceinline__ void mbarrier_arrive_on_copies(std::uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
@@ -101,14 +101,6 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 }
 __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-template <int kRegisters>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
-}
-template <int kRegisters>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegisters));
 }
 
 // ---- The tensor memory accelerator (the large-L variant, kTma; clusters: kernels/cluster.cuh) ----

@@ -31,6 +31,10 @@ __device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, unsigned parit
       : "memory");
 }
 
+__device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
+}
+
 __device__ __forceinline__ void fence_mbarrier_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 
 __device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, unsigned bytes) {
@@ -45,6 +49,15 @@ __device__ __forceinline__ void load_3d(void* dst, const CUtensorMap* map, std::
           ptx::smem_address(dst)),
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
+}
+
+// `bytes` contiguous bytes (a multiple of 16, both addresses 16-byte aligned) into this CTA's shared
+// memory, without a tensor map; completes `bar`'s transaction bytes.
+__device__ __forceinline__ void load_bulk(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   ptx::smem_address(dst)),
+               "l"(src), "r"(bytes), "r"(ptx::smem_address(bar))
+               : "memory");
 }
 
 // Brings a tensor map's descriptor into the cache the tensor copies read it from.

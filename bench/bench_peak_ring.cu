@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: Apache-2.0
+// `samoyeds bench peak`, third part (sm_90a): what filling a ring of shared-memory stages by bulk
+// copies costs the sparse wgmma rate, and what taking A out of shared memory would give back.
+//
+// Why: the SSMM TMA kernel's k loop (128 compressed rows x 128 tokens per CTA, N = 128 per consumer)
+// moves 50 KB into shared memory per k-tile (A 16 KB, metadata 2 KB, B 32 KB) and its wgmmas read
+// 80 KB out of it (each consumer: B 32 KB + its A 8 KB), for 512 cycles of tensor work at the sparse
+// peak. If the copies' writes share the 128 B per cycle that the wgmma reads use, that alone caps the
+// loop near 50 % of the peak whatever the consumers do (docs/kernels/ssmm.md v22). These cases
+// measure it, one CTA per SM laid out as the TMA kernel: warp 0 the producer, warpgroups 1 and 2
+// consumers of m64n128k32 wgmmas with the running-total update (S += c T) after every k-tile's drain.
+//   ss_fixed     A and B read from one fixed tile, no copies (the layout's ceiling without a ring);
+//   ss_ring      each k-tile's A, metadata and B (50 KB) bulk-copied into a 4-stage ring and read
+//                from the stage: the TMA kernel's k loop, with constant data from L2;
+//   rs_fixed     A from registers (the RS form), B fixed: the reads without A's 2 KB per wgmma;
+//   rs_ring      A from registers, the metadata and B (34 KB) copied into the ring;
+//   rs_ring_ldg  rs_ring with each consumer thread loading its A words from global memory (64 B per
+//                k-tile, one k-tile ahead): the whole cost of an A-from-registers design.
+// The data are bf16 ones with the metadata register fixed (positions 0 and 1), so after g k-tiles
+// T = 64 g and S is the host's sum; every accumulator is checked before any rate is printed, which
+// also proves every copied stage and loaded A word arrived.
+#include <cuda_runtime.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bench/bench_peak.h"
+#include "bench/bench_util.h"
+#include "kernels/cuda_check.h"
+#include "kernels/ptx.cuh"
+#include "kernels/tma.cuh"
+#include "kernels/wgmma_common.cuh"
+#include "kernels/wgmma_sp.cuh"
+
+namespace samoyeds::bench {
+
+namespace {
+
+constexpr int kN = 128;                      // tokens per consumer wgmma
+constexpr int kStages = 4;                   // the TMA kernel's ring depth at 50 KB stages
+constexpr int kGroups = 2048;                // k-tiles per CTA: T = 64 x 2048 stays fp32-exact
+constexpr int kBTileBytes = 2 * kN * 128;    // two 64-column halves of 128 token rows
+constexpr int kATileBytes = 2 * 64 * 128;    // both consumers' 64 compressed rows x 64 values
+constexpr int kMetaTileBytes = 2048;         // copied, not read: the metadata register is fixed
+constexpr int kSlotBytes = kBTileBytes + kATileBytes + kMetaTileBytes;  // one k-tile in the source
+constexpr std::uint32_t kTwoOnes = 0x3F803F80u;                          // two bf16 1.0 values
+
+template <bool kRs>
+constexpr int stage_bytes() {
+  return kRs ? kBTileBytes + kMetaTileBytes : kSlotBytes;  // [B][A (SS only)][metadata], 1024-byte multiples
+}
+template <bool kRs>
+constexpr int smem_bytes() {
+  return kStages * stage_bytes<kRs>() + 2 * kStages * 8 + 1024;
+}
+
+template <bool kRing, bool kRs, bool kLdg>
+__global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int* bad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kStageBytes = stage_bytes<kRs>();
+  extern __shared__ std::uint8_t smem_raw[];
+  std::uint8_t* smem = smem_raw + ((1024 - (kernels::ptx::smem_address(smem_raw) & 1023)) & 1023);
+  auto* full = reinterpret_cast<std::uint64_t*>(smem + kStages * kStageBytes);  // [kStages]
+  std::uint64_t* empty = full + kStages;                                        // [kStages]
+  const std::uint8_t* cta_src = src + static_cast<std::size_t>(blockIdx.x) * kStages * kSlotBytes;  // [kStages][slot]
+  const int tid = threadIdx.x;
+  if (!kRing) {
+    for (int i = tid; i < kSlotBytes / 4; i += blockDim.x) reinterpret_cast<std::uint32_t*>(smem)[i] = kTwoOnes;
+    kernels::wgmma::fence_async_proxy();
+  }
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      kernels::tma::mbarrier_init(&full[s], 1);
+      kernels::tma::mbarrier_init(&empty[s], 8);  // one arrival per consumer warp
+    }
+    kernels::tma::fence_mbarrier_init();
+  }
+  __syncthreads();
+
+  if (tid < 128) {
+    // ---- Producer: lane 0 of warp 0, one stage per k-tile, as the TMA kernel's. ----
+    kernels::wgmma::setmaxnreg_dec<40>();
+    if constexpr (kRing) {
+      if (tid != 0) return;
+      for (int i = 0; i < groups; ++i) {
+        const int stage = i % kStages;
+        if (i >= kStages) kernels::tma::mbarrier_wait(&empty[stage], ((i / kStages) & 1) ^ 1);
+        std::uint8_t* base = smem + stage * kStageBytes;
+        const std::uint8_t* from = cta_src + stage * kSlotBytes;
+        kernels::tma::mbarrier_arrive_expect_tx(&full[stage], kStageBytes);
+        kernels::tma::load_bulk(base, from, kBTileBytes / 2, &full[stage]);  // B, as two halves like the kernel
+        kernels::tma::load_bulk(base + kBTileBytes / 2, from + kBTileBytes / 2, kBTileBytes / 2, &full[stage]);
+        if (!kRs) kernels::tma::load_bulk(base + kBTileBytes, from + kBTileBytes, kATileBytes, &full[stage]);
+        kernels::tma::load_bulk(base + kStageBytes - kMetaTileBytes, from + kBTileBytes + kATileBytes, kMetaTileBytes, &full[stage]);
+      }
+    }
+    return;
+  }
+
+  // ---- Consumers: warpgroups 1 and 2, 64 compressed rows each. ----
+  kernels::wgmma::setmaxnreg_inc<232>();
+  const int ctid = tid - 128, group = ctid / 128, lane = tid % 32;
+  float t[kN / 2], s[kN / 2];
+#pragma unroll
+  for (int f = 0; f < kN / 2; ++f) t[f] = s[f] = 0.0f;
+  // RS: this k-tile's A words [k-step][4] and the next one's; a thread's 64 B of a k-tile's A part.
+  std::uint32_t a_even[4][4], a_odd[4][4];
+  const auto load_a = [&](std::uint32_t (&a)[4][4], int i) {
+    const std::uint8_t* from = cta_src + (i % kStages) * kSlotBytes + kBTileBytes + ctid * 64;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                   : "=r"(a[ks][0]), "=r"(a[ks][1]), "=r"(a[ks][2]), "=r"(a[ks][3])
+                   : "l"(from + ks * 16));
+  };
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+    for (int w = 0; w < 4; ++w) a_even[ks][w] = a_odd[ks][w] = kTwoOnes;
+  if (kLdg) load_a(a_even, 0);
+  int stage = 0, prev_stage = 0;
+  unsigned phase = 0;
+  // k-tile i with A words `a_use` (loaded a k-tile ago), loading k-tile i + 1's into `a_next`.
+  const auto k_tile = [&](int i, std::uint32_t (&a_use)[4][4], std::uint32_t (&a_next)[4][4]) {
+    if (kRing) kernels::tma::mbarrier_wait(&full[stage], phase);
+    const std::uint8_t* base = kRing ? smem + stage * kStageBytes : smem;
+    kernels::wgmma::wait<0>();  // k-tile i - 1 is done: its stage and its A words are free
+    if (kRing && i > 0 && lane == 0) kernels::tma::mbarrier_arrive(&empty[prev_stage]);
+    prev_stage = stage;
+    if (kLdg && i + 1 < groups) load_a(a_next, i + 1);
+    kernels::wgmma::fence_registers(t);
+    const float c = (i & 1) ? 1.0f : -1.0f;
+#pragma unroll
+    for (int f = 0; f < kN / 2; ++f) s[f] = fmaf(c, t[f], s[f]);
+    kernels::wgmma::fence();
+    kernels::wgmma::fence_registers(t);
+    const std::uint64_t desc_b = kernels::wgmma::sw128_descriptor(base);
+    const std::uint64_t desc_a = kernels::wgmma::sw128_descriptor(base + kBTileBytes + group * 64 * 128);
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const std::uint64_t b = kernels::wgmma::advance_descriptor(desc_b, (ks / 2) * (kN * 128) + (ks % 2) * 64);
+      if constexpr (kRs) {
+        kernels::wgmma::SparseMmaRs<kN, true>::run(t, a_use[ks], b, 0x44444444u);
+      } else {
+        kernels::wgmma::SparseMma<kN, true>::run(t, kernels::wgmma::advance_descriptor(desc_a, ks * 32), b, 0x44444444u);
+      }
+    }
+    kernels::wgmma::commit();
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  };
+  for (int i = 0; i < groups; i += 2) {  // groups is even: the A words alternate between two named sets
+    k_tile(i, a_even, a_odd);
+    k_tile(i + 1, a_odd, a_even);
+  }
+  kernels::wgmma::wait<0>();
+  kernels::wgmma::fence_registers(t);
+  float s_expected = 0.0f;
+  for (int i = 0; i < groups; ++i) s_expected = fmaf((i & 1) ? 1.0f : -1.0f, 64.0f * i, s_expected);
+  int wrong = 0;
+#pragma unroll
+  for (int f = 0; f < kN / 2; ++f) wrong += (t[f] != 64.0f * groups) + (s[f] != s_expected);
+  bad[static_cast<std::size_t>(blockIdx.x) * 256 + ctid] = wrong;
+#else
+  if (threadIdx.x == 0 && blockIdx.x == 0) __trap();  // launched only on sm_90 devices
+  (void)groups;
+  (void)src;
+  (void)bad;
+#endif
+}
+
+struct RingCase {
+  const char* name;
+  void (*kernel)(int, const std::uint8_t*, int*);
+  int smem_bytes;
+  int copied_bytes;  // per k-tile, into shared memory
+};
+
+}  // namespace
+
+int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& device_label, const std::string& run_commit,
+                         const std::string& date) {
+  const RingCase cases[] = {
+      {"ss_fixed", &wgmma_sp_ring_peak<false, false, false>, smem_bytes<false>(), 0},
+      {"ss_ring", &wgmma_sp_ring_peak<true, false, false>, smem_bytes<false>(), stage_bytes<false>()},
+      {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, smem_bytes<true>(), 0},
+      {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, smem_bytes<true>(), stage_bytes<true>()},
+      {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, smem_bytes<true>(), stage_bytes<true>()},
+  };
+  const std::size_t src_bytes = static_cast<std::size_t>(sms) * kStages * kSlotBytes;
+  std::uint8_t* d_src = nullptr;
+  int* d_bad = nullptr;
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_src, src_bytes));
+  const std::unique_ptr<std::uint8_t, cudaError_t (*)(void*)> src_guard(d_src, &cudaFree);
+  const std::vector<std::uint32_t> ones(src_bytes / 4, kTwoOnes);
+  SAMOYEDS_CUDA_CHECK(cudaMemcpy(d_src, ones.data(), src_bytes, cudaMemcpyHostToDevice));
+  const std::size_t threads = static_cast<std::size_t>(sms) * 256;
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_bad, threads * sizeof(int)));
+  const std::unique_ptr<int, cudaError_t (*)(void*)> bad_guard(d_bad, &cudaFree);
+  std::FILE* f = nullptr;
+  if (!o.out_path.empty()) {
+    f = std::fopen(o.out_path.c_str(), "a");
+    SAMOYEDS_CHECK(f, "cannot open --out file '", o.out_path, "' for appending");
+  }
+  const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_guard(f, &std::fclose);
+  std::printf("wgmma.mma_async.sp.m64n%dk32 bf16 with the running-total update, %d SMs x (producer warp + 2 consumer "
+              "warpgroups), %d k-tiles each, %d-stage ring\n", kN, sms, kGroups, kStages);
+  std::printf("  case         | copied/k-tile |      us |  TFLOP/s dense-eq | of 1979 | copies GB/s per SM\n");
+  Timer timer;
+  for (const RingCase& c : cases) {
+    SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes));
+    auto launch = [&] {
+      c.kernel<<<sms, 384, c.smem_bytes>>>(kGroups, d_src, d_bad);
+      SAMOYEDS_CHECK_LAUNCH("wgmma_sp_ring_peak");
+    };
+    SAMOYEDS_CUDA_CHECK(cudaMemset(d_bad, 0xFF, threads * sizeof(int)));  // -1 until written
+    launch();
+    SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<int> bad(threads);
+    SAMOYEDS_CUDA_CHECK(cudaMemcpy(bad.data(), d_bad, threads * sizeof(int), cudaMemcpyDeviceToHost));
+    for (std::size_t i = 0; i < threads; ++i) {
+      if (bad[i] != 0) {
+        std::printf("INVALID: %s, consumer thread %zu: %d accumulators wrong (-1: not written); no rate reported\n", c.name, i,
+                    bad[i]);
+        return 1;
+      }
+    }
+    const Timing t = timer.time(launch, o.reps);
+    const double wgmmas = static_cast<double>(sms) * 2 * kGroups * 4;
+    const double tflops = wgmmas * 2.0 * 64 * kN * 32 / (t.median_us * 1e-6) / 1e12;
+    const double copy_gbs = static_cast<double>(c.copied_bytes) * kGroups / (t.median_us * 1e-6) / 1e9;
+    std::printf("  %-12s | %10d B | %7.1f | %17.1f | %5.1f %% | %6.1f\n", c.name, c.copied_bytes, t.median_us, tflops,
+                100.0 * tflops / 1978.9, copy_gbs);
+    if (f) {
+      Record r = run_record("peak", device_label, run_commit, date);
+      r.add("dtype", "bf16").add("kernel", std::string("wgmma_sp_m64n128k32_update_") + c.name).add("time_us", t.median_us)
+          .add("p10_us", t.p10_us).add("p90_us", t.p90_us).add("tflops", tflops)
+          .add("copied_bytes_per_k_tile", static_cast<std::int64_t>(c.copied_bytes)).add("reps", static_cast<std::int64_t>(o.reps));
+      std::fprintf(f, "%s\n", r.json().c_str());
+    }
+  }
+  std::printf("  checked: every accumulator of every case exact\n");
+  return 0;
+}
+
+}  // namespace samoyeds::bench
