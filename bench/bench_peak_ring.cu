@@ -48,18 +48,15 @@ constexpr int kSlotBytes = kBTileBytes + kATileBytes + kMetaTileBytes;  // one k
 constexpr std::uint32_t kTwoOnes = 0x3F803F80u;                          // two bf16 1.0 values
 
 template <bool kRs>
-constexpr int stage_bytes() {
-  return kRs ? kBTileBytes + kMetaTileBytes : kSlotBytes;  // [B][A (SS only)][metadata], 1024-byte multiples
-}
-template <bool kRs>
-constexpr int smem_bytes() {
-  return kStages * stage_bytes<kRs>() + 2 * kStages * 8 + 1024;
-}
+struct RingLayout {
+  static constexpr int kStageBytes = kRs ? kBTileBytes + kMetaTileBytes : kSlotBytes;  // [B][A (SS only)][metadata]
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;   // + barriers, alignment slack
+};
 
 template <bool kRing, bool kRs, bool kLdg>
 __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int* bad) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kStageBytes = stage_bytes<kRs>();
+  constexpr int kStageBytes = RingLayout<kRs>::kStageBytes;
   extern __shared__ std::uint8_t smem_raw[];
   std::uint8_t* smem = smem_raw + ((1024 - (kernels::ptx::smem_address(smem_raw) & 1023)) & 1023);
   auto* full = reinterpret_cast<std::uint64_t*>(smem + kStages * kStageBytes);  // [kStages]
@@ -185,11 +182,11 @@ struct RingCase {
 int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& device_label, const std::string& run_commit,
                          const std::string& date) {
   const RingCase cases[] = {
-      {"ss_fixed", &wgmma_sp_ring_peak<false, false, false>, smem_bytes<false>(), 0},
-      {"ss_ring", &wgmma_sp_ring_peak<true, false, false>, smem_bytes<false>(), stage_bytes<false>()},
-      {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, smem_bytes<true>(), 0},
-      {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, smem_bytes<true>(), stage_bytes<true>()},
-      {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, smem_bytes<true>(), stage_bytes<true>()},
+      {"ss_fixed", &wgmma_sp_ring_peak<false, false, false>, RingLayout<false>::kSmemBytes, 0},
+      {"ss_ring", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
+      {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, RingLayout<true>::kSmemBytes, 0},
+      {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
+      {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
   };
   const std::size_t src_bytes = static_cast<std::size_t>(sms) * kStages * kSlotBytes;
   std::uint8_t* d_src = nullptr;
