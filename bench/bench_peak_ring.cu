@@ -10,8 +10,9 @@
 // measure it, one CTA per SM laid out as the TMA kernel: warp 0 the producer, warpgroups 1 and 2
 // consumers of m64n128k32 wgmmas with the running-total update (S += c T) after every k-tile's drain.
 //   ss_fixed     A and B read from one fixed tile, no copies (the layout's ceiling without a ring);
-//   ss_ring      each k-tile's A, metadata and B (50 KB) bulk-copied into a 4-stage ring and read
-//                from the stage: the TMA kernel's k loop, with constant data from L2;
+//   ss_ring      each k-tile's A, metadata and B (50 KB) bulk-copied into a 4-stage ring (copies of
+//                up to 16 KB) and read from the stage: the TMA kernel's k loop, with constant data
+//                from L2; _4k / _1k: the same bytes in copies of at most 4 KB / 1 KB;
 //   rs_fixed     A from registers (the RS form), B fixed: the reads without A's 2 KB per wgmma;
 //   rs_ring      A from registers, the metadata and B (34 KB) copied into the ring;
 //   rs_ring_ldg  rs_ring with each consumer thread loading its A words from global memory (64 B per
@@ -53,7 +54,7 @@ struct RingLayout {
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;   // + barriers, alignment slack
 };
 
-template <bool kRing, bool kRs, bool kLdg>
+template <bool kRing, bool kRs, bool kLdg, int kChunk = 16384>
 __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int* bad) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kStageBytes = RingLayout<kRs>::kStageBytes;
@@ -87,10 +88,12 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
         std::uint8_t* base = smem + stage * kStageBytes;
         const std::uint8_t* from = cta_src + stage * kSlotBytes;
         kernels::tma::mbarrier_arrive_expect_tx(&full[stage], kStageBytes);
-        kernels::tma::load_bulk(base, from, kBTileBytes / 2, &full[stage]);  // B, as two halves like the kernel
-        kernels::tma::load_bulk(base + kBTileBytes / 2, from + kBTileBytes / 2, kBTileBytes / 2, &full[stage]);
-        if (!kRs) kernels::tma::load_bulk(base + kBTileBytes, from + kBTileBytes, kATileBytes, &full[stage]);
-        kernels::tma::load_bulk(base + kStageBytes - kMetaTileBytes, from + kBTileBytes + kATileBytes, kMetaTileBytes, &full[stage]);
+        const auto copy = [&](std::uint8_t* to, const std::uint8_t* at, int bytes) {  // in copies of at most kChunk bytes
+          for (int o = 0; o < bytes; o += kChunk) kernels::tma::load_bulk(to + o, at + o, min(kChunk, bytes - o), &full[stage]);
+        };
+        copy(base, from, kBTileBytes);  // 16 KB copies: B as two halves, like the kernel's
+        if (!kRs) copy(base + kBTileBytes, from + kBTileBytes, kATileBytes);
+        copy(base + kStageBytes - kMetaTileBytes, from + kBTileBytes + kATileBytes, kMetaTileBytes);
       }
     }
     return;
@@ -184,6 +187,8 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
   const RingCase cases[] = {
       {"ss_fixed", &wgmma_sp_ring_peak<false, false, false>, RingLayout<false>::kSmemBytes, 0},
       {"ss_ring", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
+      {"ss_ring_4k", &wgmma_sp_ring_peak<true, false, false, 4096>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
+      {"ss_ring_1k", &wgmma_sp_ring_peak<true, false, false, 1024>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
       {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, RingLayout<true>::kSmemBytes, 0},
       {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
       {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},

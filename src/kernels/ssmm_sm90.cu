@@ -127,6 +127,37 @@ __device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
 }
 
+// Rows per tensor copy in the TMA variants (the maps' boxes: launch_tma): an A tile of 128 rows and
+// its metadata as 128 / kTmaABoxRows copies, a CTA's B slice as copies of at most kTmaBBoxRows rows
+// (v22 measures few large copies against many small ones).
+constexpr int kTmaABoxRows = 128;
+constexpr int kTmaBBoxRows = 128;
+// One matrix's A values (128 rows x 128 B, swizzled) and metadata (8 row tiles x 256 B) at k-tile kt.
+__device__ __forceinline__ void load_a_tile(std::uint8_t* values_dst, std::uint8_t* meta_dst, const CUtensorMap* values,
+                                            const CUtensorMap* metadata, std::uint64_t* bar, int kt, int crow0, int expert) {
+#pragma unroll
+  for (int j = 0; j < 128 / kTmaABoxRows; ++j) {
+    const int r = j * kTmaABoxRows;
+    load_3d(values_dst + r * 128, values, bar, kt * 64, crow0 + r, expert);
+    load_3d(meta_dst + (r / 16) * 256, metadata, bar, kt * 64, (crow0 + r) / 16, expert);
+  }
+}
+// `rows` token rows of both 64-column halves of k-tile kt's B (half h at dst + h * half_bytes), to
+// this CTA or multicast to the cluster's `cta_mask`.
+__device__ __forceinline__ void load_b_slice(std::uint8_t* dst, int half_bytes, const CUtensorMap* map, std::uint64_t* bar, int kt,
+                                             int slot0, int rows, std::uint16_t cta_mask) {
+  const int box = rows < kTmaBBoxRows ? rows : kTmaBBoxRows;
+  for (int half = 0; half < 2; ++half)
+    for (int r = 0; r < rows; r += box) {
+      std::uint8_t* to = dst + half * half_bytes + r * 128;
+      if (cta_mask > 1) {
+        tma_load_2d_multicast(to, map, bar, kt * 128 + half * 64, slot0 + r, cta_mask);
+      } else {
+        tma_load_2d(to, map, bar, kt * 128 + half * 64, slot0 + r);
+      }
+    }
+}
+
 
 }  // namespace sm90
 
@@ -488,20 +519,11 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
         mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, tile.expert);
-          load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage],
-                      kt * 64, crow0 / 16, tile.expert);
-        }
-        std::uint8_t* b_slice = base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128;
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          if (num_ctas > 1) {
-            tma_load_2d_multicast(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0, cta_mask);
-          } else {
-            tma_load_2d(b_slice + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
-          }
-        }
+        for (int m = 0; m < kNumMats; ++m)
+          load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
+                      &maps.metadata[m], &full_bar[stage], kt, crow0, tile.expert);
+        load_b_slice(base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128, kBN * 128, &maps.b, &full_bar[stage],
+                     kt, slot0, b_rows, num_ctas > 1 ? cta_mask : std::uint16_t{1});
       }
     }
     // Leave only after every consumer in the cluster has released every stage: until then a remote
@@ -1125,15 +1147,11 @@ __global__ void __launch_bounds__(384, 1)
             constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
             mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
-            for (int m = 0; m < kNumMats; ++m) {
-              load_3d(base + m * kATileBytes, &maps.values[m], &full_bar[stage], kt * 64, crow0, expert);
-              load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[m], &full_bar[stage], kt * 64,
-                          crow0 / 16, expert);
-            }
-            std::uint8_t* b_tile = base + kNumMats * (kATileBytes + Config::kMetaTileBytes);
-#pragma unroll
-            for (int half = 0; half < 2; ++half)
-              tma_load_2d(b_tile + half * (kBN * 128), &maps.b, &full_bar[stage], kt * 128 + half * 64, slot0);
+            for (int m = 0; m < kNumMats; ++m)
+              load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
+                          &maps.metadata[m], &full_bar[stage], kt, crow0, expert);
+            load_b_slice(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN * 128, &maps.b, &full_bar[stage], kt, slot0, kBN,
+                         std::uint16_t{1});
           }
           if (kt == 0) next = take_next(n + 1);
         }
@@ -1615,15 +1633,15 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   return c;
 }
 
-// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
-// 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
+// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in boxes of box_rows rows x 64
+// values and box_rows / 16 row tiles x 4 k-steps of words (a stage holds 128 rows).
 template <int kNumMats>
-TmaMaps weight_maps(const Params& p) {
+TmaMaps weight_maps(const Params& p, std::uint32_t box_rows) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
   for (int m = 0; m < kNumMats; ++m) {
-    const WeightMaps w = weight_maps_of(p, m, 128);
+    const WeightMaps w = weight_maps_of(p, m, box_rows);
     maps.values[m] = w.values;
     maps.metadata[m] = w.metadata;
   }
@@ -1679,7 +1697,7 @@ void launch(const Params& p, cudaStream_t stream) {
   q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
   TmaMaps maps{};
   if constexpr (kNumMats <= 2) {
-    if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
+    if (p.a_by_tma) maps = weight_maps<kNumMats>(p, 128);
   }
   q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
@@ -1740,9 +1758,10 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
     b_rows = p.L;
   }
   const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  TmaMaps maps = weight_maps<kNumMats>(p);
+  TmaMaps maps = weight_maps<kNumMats>(p, sm90::kTmaABoxRows);
+  const int b_box_rows = std::min(Config::kBN / cluster, sm90::kTmaBBoxRows);  // load_b_slice's copies
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
-                         {64, static_cast<std::uint32_t>(Config::kBN / cluster)}, CU_TENSOR_MAP_SWIZZLE_128B);
+                         {64, static_cast<std::uint32_t>(b_box_rows)}, CU_TENSOR_MAP_SWIZZLE_128B);
   if (c.persistent) {
     // The unit counter follows the gathered X in the workspace (workspace_bytes_of).
     auto* next_unit = reinterpret_cast<int*>(static_cast<std::uint8_t*>(a.workspace) + c.gather_bytes);
