@@ -127,37 +127,29 @@ __device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
 }
 
-// Rows per tensor copy in the TMA variants (the maps' boxes: launch_tma): an A tile of 128 rows and
-// its metadata as 128 / kTmaABoxRows copies, a CTA's B slice as copies of at most kTmaBBoxRows rows
-// (v22 measures few large copies against many small ones).
-constexpr int kTmaABoxRows = 128;
-constexpr int kTmaBBoxRows = 128;
-// One matrix's A values (128 rows x 128 B, swizzled) and metadata (8 row tiles x 256 B) at k-tile kt.
+// One matrix's A values (128 rows x 128 B, swizzled) and metadata (8 row tiles x 256 B) at k-tile kt:
+// one box each (v22: 32-row boxes, four times the copies, were 24-27 % slower).
 __device__ __forceinline__ void load_a_tile(std::uint8_t* values_dst, std::uint8_t* meta_dst, const CUtensorMap* values,
                                             const CUtensorMap* metadata, std::uint64_t* bar, int kt, int crow0, int expert) {
-#pragma unroll
-  for (int j = 0; j < 128 / kTmaABoxRows; ++j) {
-    const int r = j * kTmaABoxRows;
-    load_3d(values_dst + r * 128, values, bar, kt * 64, crow0 + r, expert);
-    load_3d(meta_dst + (r / 16) * 256, metadata, bar, kt * 64, (crow0 + r) / 16, expert);
+  load_3d(values_dst, values, bar, kt * 64, crow0, expert);
+  load_3d(meta_dst, metadata, bar, kt * 64, crow0 / 16, expert);
+}
+// Rows of the B map's box for a cluster of num_ctas CTAs sharing a tile of kBN token rows: whole
+// 64-column halves for one or two CTAs, else each half in num_ctas / 2 row slices.
+__host__ __device__ constexpr int b_box_rows(int bn, int num_ctas) { return num_ctas <= 2 ? bn : bn / (num_ctas / 2); }
+// Cluster rank `rank`'s share of k-tile kt's B tile (two 64-column halves of kBN token rows, half h
+// at tile + h * kBN * 128), multicast to every CTA of `cta_mask`: with two CTAs one whole half each
+// (one copy per CTA; v22), with one both halves, with more a row slice of one half.
+__device__ __forceinline__ void load_b_share(std::uint8_t* tile, int bn, const CUtensorMap* map, std::uint64_t* bar, int kt, int tok0,
+                                             unsigned rank, unsigned num_ctas, std::uint16_t cta_mask) {
+  if (num_ctas == 1) {
+    tma_load_2d(tile, map, bar, kt * 128, tok0);
+    tma_load_2d(tile + bn * 128, map, bar, kt * 128 + 64, tok0);
+    return;
   }
+  const int half = static_cast<int>(rank % 2), rows = b_box_rows(bn, static_cast<int>(num_ctas)), r0 = static_cast<int>(rank / 2) * rows;
+  tma_load_2d_multicast(tile + half * bn * 128 + r0 * 128, map, bar, kt * 128 + half * 64, tok0 + r0, cta_mask);
 }
-// `rows` token rows of both 64-column halves of k-tile kt's B (half h at dst + h * half_bytes), to
-// this CTA or multicast to the cluster's `cta_mask`.
-__device__ __forceinline__ void load_b_slice(std::uint8_t* dst, int half_bytes, const CUtensorMap* map, std::uint64_t* bar, int kt,
-                                             int slot0, int rows, std::uint16_t cta_mask) {
-  const int box = rows < kTmaBBoxRows ? rows : kTmaBBoxRows;
-  for (int half = 0; half < 2; ++half)
-    for (int r = 0; r < rows; r += box) {
-      std::uint8_t* to = dst + half * half_bytes + r * 128;
-      if (cta_mask > 1) {
-        tma_load_2d_multicast(to, map, bar, kt * 128 + half * 64, slot0 + r, cta_mask);
-      } else {
-        tma_load_2d(to, map, bar, kt * 128 + half * 64, slot0 + r);
-      }
-    }
-}
-
 
 }  // namespace sm90
 
@@ -507,9 +499,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     if (tid >= 32) return;
     const int lane = tid;
     const unsigned rank = cluster_ctarank();
-    const int b_rows = kBN / static_cast<int>(num_ctas);
     const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
-    const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0) + static_cast<int>(rank) * b_rows;
+    const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0);
     for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
@@ -522,8 +513,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         for (int m = 0; m < kNumMats; ++m)
           load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
                       &maps.metadata[m], &full_bar[stage], kt, crow0, tile.expert);
-        load_b_slice(base + kNumMats * (kATileBytes + Config::kMetaTileBytes) + rank * b_rows * 128, kBN * 128, &maps.b, &full_bar[stage],
-                     kt, slot0, b_rows, num_ctas > 1 ? cta_mask : std::uint16_t{1});
+        load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, rank, num_ctas,
+                     cta_mask);
       }
     }
     // Leave only after every consumer in the cluster has released every stage: until then a remote
@@ -1150,7 +1141,7 @@ __global__ void __launch_bounds__(384, 1)
             for (int m = 0; m < kNumMats; ++m)
               load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
                           &maps.metadata[m], &full_bar[stage], kt, crow0, expert);
-            load_b_slice(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN * 128, &maps.b, &full_bar[stage], kt, slot0, kBN,
+            load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, 0, 1,
                          std::uint16_t{1});
           }
           if (kt == 0) next = take_next(n + 1);
@@ -1633,15 +1624,15 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   return c;
 }
 
-// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in boxes of box_rows rows x 64
-// values and box_rows / 16 row tiles x 4 k-steps of words (a stage holds 128 rows).
+// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
+// 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
 template <int kNumMats>
-TmaMaps weight_maps(const Params& p, std::uint32_t box_rows) {
+TmaMaps weight_maps(const Params& p) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
   for (int m = 0; m < kNumMats; ++m) {
-    const WeightMaps w = weight_maps_of(p, m, box_rows);
+    const WeightMaps w = weight_maps_of(p, m, 128);
     maps.values[m] = w.values;
     maps.metadata[m] = w.metadata;
   }
@@ -1697,7 +1688,7 @@ void launch(const Params& p, cudaStream_t stream) {
   q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
   TmaMaps maps{};
   if constexpr (kNumMats <= 2) {
-    if (p.a_by_tma) maps = weight_maps<kNumMats>(p, 128);
+    if (p.a_by_tma) maps = weight_maps<kNumMats>(p);
   }
   q.a_by_tma = kNumMats <= 2 && p.a_by_tma ? 1 : 0;
   kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(q, maps);
@@ -1758,10 +1749,9 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
     b_rows = p.L;
   }
   const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  TmaMaps maps = weight_maps<kNumMats>(p, sm90::kTmaABoxRows);
-  const int b_box_rows = std::min(Config::kBN / cluster, sm90::kTmaBBoxRows);  // load_b_slice's copies
+  TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
-                         {64, static_cast<std::uint32_t>(b_box_rows)}, CU_TENSOR_MAP_SWIZZLE_128B);
+                         {64, static_cast<std::uint32_t>(sm90::b_box_rows(Config::kBN, cluster))}, CU_TENSOR_MAP_SWIZZLE_128B);
   if (c.persistent) {
     // The unit counter follows the gathered X in the workspace (workspace_bytes_of).
     auto* next_unit = reinterpret_cast<int*>(static_cast<std::uint8_t*>(a.workspace) + c.gather_bytes);
