@@ -31,10 +31,11 @@
 // from the expert's range; CTAs past the last tile exit at once.
 // TMA variant (kTma; large L, unsplit, one or two matrices; docs/kernels/ssmm.md v5): the producer is
 // one warp, lane 0 issuing bulk tensor copies (cp.async.bulk.tensor) of the A values and metadata
-// and of a slice of the B tile that it multicasts to the cluster of consecutive row tiles sharing the
-// token tile (B then must be contiguous rows: a call with a token list first gathers X into slot
-// order in the workspace); its registers go to the consumers (232). Each stage's `empty` barrier takes
-// the arrivals of every consumer warp in the cluster, and a producer leaves only after all of them.
+// and of its share of the B tile (in a cluster of two one whole 64-column half: one copy; v22), which
+// it multicasts to the cluster of consecutive row tiles sharing the token tile (B then must be
+// contiguous rows: a call with a token list first gathers X into slot order in the workspace); its
+// registers go to the consumers (232). Each stage's `empty` barrier takes the arrivals of every
+// consumer warp in the cluster, and a producer leaves only after all of them.
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
@@ -494,7 +495,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 
   if (kTma && tid < Config::kProducerThreads) {
     // ---- TMA producer: one warp, lane 0 issuing the bulk tensor copies (A values and metadata of
-    // this CTA's rows, its slice of the B tile multicast to the cluster). ----
+    // this CTA's rows, its share of the B tile multicast to the cluster: load_b_share). ----
     setmaxnreg_dec<Config::kProducerRegisters>();
     if (tid >= 32) return;
     const int lane = tid;
@@ -506,7 +507,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
       if (lane == 0) {
-        // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B slice.
+        // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B share.
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
         mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
 #pragma unroll
