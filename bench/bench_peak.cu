@@ -160,17 +160,12 @@ int run_wgmma_peaks(const PeakBenchOptions& o, int sms, const std::string& devic
       c.kernel<<<sms, kThreadsPerCta, kWgmmaSmemBytes>>>(kWgmmaGroups, d_bad);
       SAMOYEDS_CHECK_LAUNCH("wgmma_sp_smem_peak");
     };
-    SAMOYEDS_CUDA_CHECK(cudaMemset(d_bad, 0xFF, threads * sizeof(int)));  // -1 until written
-    launch();
-    SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<int> bad(threads);
-    SAMOYEDS_CUDA_CHECK(cudaMemcpy(bad.data(), d_bad, threads * sizeof(int), cudaMemcpyDeviceToHost));
-    for (std::size_t i = 0; i < threads; ++i) {
-      if (bad[i] != 0) {
-        std::printf("INVALID: N = %d %s, thread %zu: %d accumulators wrong (-1: not written); no rate reported\n", c.n,
-                    c.name, i, bad[i]);
-        return 1;
-      }
+    int wrong = 0;
+    const std::int64_t bad = first_nonzero_flag(launch, d_bad, threads, &wrong);
+    if (bad >= 0) {
+      std::printf("INVALID: N = %d %s, thread %lld: %d accumulators wrong (-1: not written); no rate reported\n", c.n, c.name,
+                  static_cast<long long>(bad), wrong);
+      return 1;
     }
     const Timing t = timer.time(launch, o.reps);
     // Dense-equivalent work of one m64nNk32 (the convention of the 2:4 peaks): 2 x 64 x N x 32.

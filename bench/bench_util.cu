@@ -89,6 +89,21 @@ Timer::~Timer() {
   cudaFree(flush_);
 }
 
+std::int64_t first_nonzero_flag(const std::function<void()>& launch, int* d_flags, std::size_t count, int* flag) {
+  SAMOYEDS_CUDA_CHECK(cudaMemset(d_flags, 0xFF, count * sizeof(int)));  // -1 until written
+  launch();
+  SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<int> flags(count);
+  SAMOYEDS_CUDA_CHECK(cudaMemcpy(flags.data(), d_flags, count * sizeof(int), cudaMemcpyDeviceToHost));
+  for (std::size_t i = 0; i < count; ++i) {
+    if (flags[i] != 0) {
+      *flag = flags[i];
+      return static_cast<std::int64_t>(i);
+    }
+  }
+  return -1;
+}
+
 Timing Timer::time(const std::function<void()>& work, int reps, int warmup, cudaStream_t stream) {
   for (int i = 0; i < warmup; ++i) work();
   SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());

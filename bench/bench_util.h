@@ -32,6 +32,11 @@ class Timer {
   std::size_t flush_bytes_ = 0;
 };
 
+// The peak benchmarks' check: sets `count` ints at `d_flags` to -1, runs `launch` once (each thread of
+// it writes 0, or how many values it found wrong), and returns the index of the first flag that is not
+// 0 (its value in *flag), or -1 when every thread wrote 0.
+std::int64_t first_nonzero_flag(const std::function<void()>& launch, int* d_flags, std::size_t count, int* flag);
+
 std::string device_name();  // "NVIDIA H100 80GB HBM3"
 std::string device_tag();   // "h100" / "h200" / lower-case name, for file names
 std::string commit();       // SAMOYEDS_COMMIT from the environment, else the configure-time git hash
