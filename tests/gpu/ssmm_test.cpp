@@ -579,6 +579,81 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
   }
 }
 
+// Gate and up stacked in one allocation (gate's E matrices, then up's: gpu::DeviceExperts) lie at one
+// step, and the TMA kernels copy a k-tile of both with one tensor copy each of values and metadata. The
+// paired copies must store the bits of separate ones, in the one-CTA-per-tile and the persistent
+// kernel, match the reference on sampled slots, and not apply when up lies before gate.
+TEST(SsmmGpu, PairedGateUpCopiesStoreTheBitsOfSeparateOnes) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the TMA kernels need a Hopper GPU";
+  const std::vector<std::int64_t> sizes = {300, 0, 129, 700, 1, 0, 64};
+  const int E = static_cast<int>(sizes.size());
+  std::vector<std::int32_t> offsets = {0};
+  for (auto n : sizes) offsets.push_back(offsets.back() + static_cast<std::int32_t>(n));
+  const std::int64_t used = offsets.back(), S = used + 3, T = 500;
+  const Problem prob{4352, 2048, "1:2:128"};  // 17 row tiles: the one-CTA kernel pads its last cluster
+  SCOPED_TRACE(seed_trace(121) + ", " + label(prob));
+  std::vector<const PackedMatrix*> stack;  // gates, then ups
+  for (int m = 0; m < 2; ++m)
+    for (int e = 0; e < E; ++e) stack.push_back(&cached_weight(prob, DType::bf16, false, 121 + 2 * static_cast<std::uint64_t>(e) + m));
+  const gpu::DevicePackedMatrix d_stack(stack);
+  const auto idx = random_token_list(S, T, 122);
+  const Matrix x = random_normal_matrix(DType::bf16, T, prob.K, 123);
+  DeviceBuffer dx(x.data(), x.bytes()), didx(idx), doffsets(offsets), dy(static_cast<std::size_t>(S * prob.M) * 2);
+  gpu::SsmmArgs args;
+  args.epilogue = gpu::SsmmEpilogue::gate_up;
+  args.weight = d_stack.view_of(0, E);
+  args.up = d_stack.view_of(E, E);
+  args.x = dx.get();
+  args.num_x_rows = T;
+  args.token_idx = didx.as<std::int32_t>();
+  args.num_tokens = S;
+  args.y = dy.get();
+  args.expert_offsets = doffsets.as<std::int32_t>();
+  ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+  kernels::ssmm_sm90_set_persistent(1);  // its workspace (the unit counter on top) serves both kernels
+  DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
+  args.workspace = workspace.get();
+  args.workspace_bytes = workspace.bytes();
+
+  // Reference rows of sampled used slots, each through its expert's gate and up.
+  const std::vector<std::int64_t> slots = sample_slots(used, 124);
+  Matrix ref(DType::bf16, static_cast<std::int64_t>(slots.size()), prob.M);
+  for (std::size_t s = 0; s < slots.size(); ++s) {
+    const int e = static_cast<int>(std::upper_bound(offsets.begin(), offsets.end(), slots[s]) - offsets.begin()) - 1;
+    const std::vector<std::int32_t> token = {idx[static_cast<std::size_t>(slots[s])]};
+    const Matrix row = reference::ssmm_gate_up(*stack[static_cast<std::size_t>(e)], *stack[static_cast<std::size_t>(E + e)], x,
+                                               Tokens::list(token), DType::bf16);
+    for (std::int64_t c = 0; c < prob.M; ++c) ref.set(static_cast<std::int64_t>(s), c, row.get(0, c));
+  }
+  std::vector<std::vector<std::uint16_t>> outs;
+  for (const int persistent : {0, 1}) {
+    kernels::ssmm_sm90_set_persistent(persistent);
+    ASSERT_EQ(kernels::ssmm_sm90_takes_persistent(args), persistent == 1) << "the case does not reach the kernel under test";
+    for (const int paired : {1, 0}) {
+      SCOPED_TRACE(std::string(persistent ? "persistent" : "one CTA per tile") + (paired ? ", paired copies" : ", separate copies"));
+      kernels::ssmm_sm90_set_pair_box(paired);
+      ASSERT_EQ(kernels::ssmm_sm90_pairs_gate_up(args), paired == 1) << "the case does not reach the copies under test";
+      dy.poison();
+      gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      const Check c = compare(dy, DType::bf16, prob.M, slots, ref, false);
+      EXPECT_EQ(c.bad + c.non_finite, 0) << "max err " << c.max_err << " of max |ref| " << c.max_ref;
+      outs.push_back(dy.to_host<std::uint16_t>());
+      EXPECT_EQ(outs.back(), outs.front()) << "differs from the one-CTA kernel with paired copies";
+    }
+  }
+  kernels::ssmm_sm90_set_pair_box(-1);
+  kernels::ssmm_sm90_set_persistent(-1);
+  const std::size_t used_elements = static_cast<std::size_t>(used * prob.M);
+  EXPECT_TRUE(std::all_of(outs[0].begin() + static_cast<std::ptrdiff_t>(used_elements), outs[0].end(),
+                          [](std::uint16_t v) { return v == 0xFFFF; }))
+      << "slots past expert_offsets[E] were written";
+  // Up before gate: no positive step, so separate copies.
+  std::swap(args.weight, args.up);
+  EXPECT_FALSE(kernels::ssmm_sm90_pairs_gate_up(args));
+}
+
 TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const Problem prob{128, 128, "1:2:128"};
