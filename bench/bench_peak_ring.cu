@@ -13,6 +13,10 @@
 //   ss_ring      each k-tile's A, metadata and B (50 KB) bulk-copied into a 4-stage ring (copies of
 //                up to 16 KB) and read from the stage: the TMA kernel's k loop, with constant data
 //                from L2; _4k / _1k: the same bytes in copies of at most 4 KB / 1 KB;
+//   ss_ring_sm/2, /4  ss_ring on a half / a quarter of the SMs: whether the copy rate per SM is the
+//                SM's own limit or its share of one that all SMs split (L2's);
+//   ss_ring_mc2  ss_ring in clusters of two CTAs, each copying half of every stage's bytes multicast
+//                to both: the same bytes into every SM, half of them read from L2;
 //   rs_fixed     A from registers (the RS form), B fixed: the reads without A's 2 KB per wgmma;
 //   rs_ring      A from registers, the metadata and B (34 KB) copied into the ring;
 //   rs_ring_ldg  rs_ring with each consumer thread loading its A words from global memory (64 B per
@@ -22,6 +26,7 @@
 // also proves every copied stage and loaded A word arrived.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -29,6 +34,7 @@
 
 #include "bench/bench_peak.h"
 #include "bench/bench_util.h"
+#include "kernels/cluster.cuh"
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
 #include "kernels/tma.cuh"
@@ -54,15 +60,17 @@ struct RingLayout {
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;   // + barriers, alignment slack
 };
 
-template <bool kRing, bool kRs, bool kLdg, int kChunk = 16384>
+template <bool kRing, bool kRs, bool kLdg, int kChunk = 16384, int kCluster = 1>
 __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int* bad) {
+  static_assert(kCluster == 1 || (kRing && !kRs), "the multicast ring is the SS ring's");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kStageBytes = RingLayout<kRs>::kStageBytes;
   extern __shared__ std::uint8_t smem_raw[];
   std::uint8_t* smem = smem_raw + ((1024 - (kernels::ptx::smem_address(smem_raw) & 1023)) & 1023);
   auto* full = reinterpret_cast<std::uint64_t*>(smem + kStages * kStageBytes);  // [kStages]
   std::uint64_t* empty = full + kStages;                                        // [kStages]
-  const std::uint8_t* cta_src = src + static_cast<std::size_t>(blockIdx.x) * kStages * kSlotBytes;  // [kStages][slot]
+  // [kStages][slot], one per cluster
+  const std::uint8_t* cta_src = src + static_cast<std::size_t>(blockIdx.x / kCluster) * kStages * kSlotBytes;
   const int tid = threadIdx.x;
   if (!kRing) {
     for (int i = tid; i < kSlotBytes / 4; i += blockDim.x) reinterpret_cast<std::uint32_t*>(smem)[i] = kTwoOnes;
@@ -71,11 +79,15 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
       kernels::tma::mbarrier_init(&full[s], 1);
-      kernels::tma::mbarrier_init(&empty[s], 8);  // one arrival per consumer warp
+      kernels::tma::mbarrier_init(&empty[s], 8 * kCluster);  // one arrival per consumer warp of the cluster
     }
     kernels::tma::fence_mbarrier_init();
   }
-  __syncthreads();
+  if constexpr (kCluster > 1) {
+    kernels::cluster_sync();  // no CTA multicasts into or arrives on another's barriers before they exist
+  } else {
+    __syncthreads();
+  }
 
   if (tid < 128) {
     // ---- Producer: lane 0 of warp 0, one stage per k-tile, as the TMA kernel's. ----
@@ -89,12 +101,25 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
         const std::uint8_t* from = cta_src + stage * kSlotBytes;
         kernels::tma::mbarrier_arrive_expect_tx(&full[stage], kStageBytes);
         const auto copy = [&](std::uint8_t* to, const std::uint8_t* at, int bytes) {  // in copies of at most kChunk bytes
-          for (int o = 0; o < bytes; o += kChunk) kernels::tma::load_bulk(to + o, at + o, min(kChunk, bytes - o), &full[stage]);
+          if constexpr (kCluster > 1) {  // this rank's half, into both CTAs
+            const int half = bytes / 2, o = static_cast<int>(kernels::cluster_ctarank()) * half;
+            asm volatile(
+                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;\n" ::"r"(
+                    kernels::ptx::smem_address(to + o)),
+                "l"(at + o), "r"(half), "r"(kernels::ptx::smem_address(&full[stage])), "h"(std::uint16_t{3})
+                : "memory");
+          } else {
+            for (int o = 0; o < bytes; o += kChunk) kernels::tma::load_bulk(to + o, at + o, min(kChunk, bytes - o), &full[stage]);
+          }
         };
         copy(base, from, kBTileBytes);  // 16 KB copies: B as two halves, like the kernel's
         if (!kRs) copy(base + kBTileBytes, from + kBTileBytes, kATileBytes);
         copy(base + kStageBytes - kMetaTileBytes, from + kBTileBytes + kATileBytes, kMetaTileBytes);
       }
+      // A cluster's CTA leaves once the other's consumers have made their last arrivals on its barriers
+      // (k-tile i's stage is released when k-tile i + 1 starts; the last one never is).
+      if constexpr (kCluster > 1)
+        for (int i = max(0, groups - kStages); i < groups - 1; ++i) kernels::tma::mbarrier_wait(&empty[i % kStages], (i / kStages) & 1);
     }
     return;
   }
@@ -127,7 +152,13 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
     if (kRing) kernels::tma::mbarrier_wait(&full[stage], phase);
     const std::uint8_t* base = kRing ? smem + stage * kStageBytes : smem;
     kernels::wgmma::wait<0>();  // k-tile i - 1 is done: its stage and its A words are free
-    if (kRing && i > 0 && lane == 0) kernels::tma::mbarrier_arrive(&empty[prev_stage]);
+    if (kRing && i > 0 && lane == 0) {
+      if constexpr (kCluster > 1) {
+        for (unsigned cta = 0; cta < kCluster; ++cta) kernels::mbarrier_arrive_cluster(&empty[prev_stage], cta);
+      } else {
+        kernels::tma::mbarrier_arrive(&empty[prev_stage]);
+      }
+    }
     prev_stage = stage;
     if (kLdg && i + 1 < groups) load_a(a_next, i + 1);
     kernels::wgmma::fence_registers(t);
@@ -178,6 +209,8 @@ struct RingCase {
   void (*kernel)(int, const std::uint8_t*, int*);
   int smem_bytes;
   int copied_bytes;  // per k-tile, into shared memory
+  int sm_divisor = 1;  // one CTA on each of sms / sm_divisor SMs
+  int cluster = 1;     // CTAs per cluster (the multicast ring)
 };
 
 }  // namespace
@@ -189,6 +222,10 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       {"ss_ring", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
       {"ss_ring_4k", &wgmma_sp_ring_peak<true, false, false, 4096>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
       {"ss_ring_1k", &wgmma_sp_ring_peak<true, false, false, 1024>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes},
+      {"ss_ring_sm/2", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes, 2},
+      {"ss_ring_sm/4", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes, 4},
+      {"ss_ring_mc2", &wgmma_sp_ring_peak<true, false, false, 16384, 2>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes,
+       1, 2},
       {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, RingLayout<true>::kSmemBytes, 0},
       {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
       {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
@@ -211,32 +248,51 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_guard(f, &std::fclose);
   std::printf("wgmma.mma_async.sp.m64n%dk32 bf16 with the running-total update, %d SMs x (producer warp + 2 consumer "
               "warpgroups), %d k-tiles each, %d-stage ring\n", kN, sms, kGroups, kStages);
-  std::printf("  case         | copied/k-tile |      us |  TFLOP/s dense-eq | of 1979 | copies GB/s per SM\n");
+  std::printf("  case         | CTAs | copied/k-tile |      us |  TFLOP/s dense-eq | of the SMs' 1979 | copies GB/s per SM\n");
   Timer timer;
   for (const RingCase& c : cases) {
     SAMOYEDS_CUDA_CHECK(cudaFuncSetAttribute(c.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, c.smem_bytes));
+    cudaLaunchConfig_t config{};
+    config.blockDim = dim3(384);
+    config.dynamicSmemBytes = static_cast<std::size_t>(c.smem_bytes);
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = static_cast<unsigned>(c.cluster);
+    attribute.val.clusterDim.y = attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    int ctas = sms / c.sm_divisor / c.cluster * c.cluster;
+    if (c.cluster > 1) {  // one wave: as many clusters as the device holds at once
+      config.gridDim = dim3(static_cast<unsigned>(ctas));
+      int max_clusters = 0;
+      SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&max_clusters, c.kernel, &config));
+      ctas = std::min(ctas, max_clusters * c.cluster);
+    }
+    config.gridDim = dim3(static_cast<unsigned>(ctas));
     auto launch = [&] {
-      c.kernel<<<sms, 384, c.smem_bytes>>>(kGroups, d_src, d_bad);
+      SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, c.kernel, kGroups, static_cast<const std::uint8_t*>(d_src), d_bad));
       SAMOYEDS_CHECK_LAUNCH("wgmma_sp_ring_peak");
     };
     int wrong = 0;
-    const std::int64_t bad = first_nonzero_flag(launch, d_bad, threads, &wrong);
+    const std::int64_t bad = first_nonzero_flag(launch, d_bad, static_cast<std::size_t>(ctas) * 256, &wrong);
     if (bad >= 0) {
       std::printf("INVALID: %s, consumer thread %lld: %d accumulators wrong (-1: not written); no rate reported\n", c.name,
                   static_cast<long long>(bad), wrong);
       return 1;
     }
     const Timing t = timer.time(launch, o.reps);
-    const double wgmmas = static_cast<double>(sms) * 2 * kGroups * 4;
+    const double wgmmas = static_cast<double>(ctas) * 2 * kGroups * 4;
     const double tflops = wgmmas * 2.0 * 64 * kN * 32 / (t.median_us * 1e-6) / 1e12;
     const double copy_gbs = static_cast<double>(c.copied_bytes) * kGroups / (t.median_us * 1e-6) / 1e9;
-    std::printf("  %-12s | %10d B | %7.1f | %17.1f | %5.1f %% | %6.1f\n", c.name, c.copied_bytes, t.median_us, tflops,
-                100.0 * tflops / 1978.9, copy_gbs);
+    // The share of the peak of the SMs the case runs on.
+    std::printf("  %-12s | %4d | %11d B | %7.1f | %17.1f | %14.1f %% | %6.1f\n", c.name, ctas, c.copied_bytes, t.median_us, tflops,
+                100.0 * tflops / (1978.9 * ctas / sms), copy_gbs);
     if (f) {
       Record r = run_record("peak", device_label, run_commit, date);
       r.add("dtype", "bf16").add("kernel", std::string("wgmma_sp_m64n128k32_update_") + c.name).add("time_us", t.median_us)
           .add("p10_us", t.p10_us).add("p90_us", t.p90_us).add("tflops", tflops)
-          .add("copied_bytes_per_k_tile", static_cast<std::int64_t>(c.copied_bytes)).add("reps", static_cast<std::int64_t>(o.reps));
+          .add("copied_bytes_per_k_tile", static_cast<std::int64_t>(c.copied_bytes)).add("ctas", static_cast<std::int64_t>(ctas))
+          .add("cluster", static_cast<std::int64_t>(c.cluster)).add("reps", static_cast<std::int64_t>(o.reps));
       std::fprintf(f, "%s\n", r.json().c_str());
     }
   }
