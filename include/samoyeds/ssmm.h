@@ -49,10 +49,6 @@ class DevicePackedMatrix {
   DevicePackedMatrix(const DevicePackedMatrix&) = delete;
   DevicePackedMatrix& operator=(const DevicePackedMatrix&) = delete;
   const PackedMatrixView& view() const { return view_; }
-  // Matrices [first, first + count) of the stack as a stack of their own: views into this allocation,
-  // valid while it lives. One upload of a layer's gate and up experts as a stack of 2E gives gate and
-  // up at a fixed step, which the sm90 kernels copy as one (gpu::DeviceExperts does this).
-  PackedMatrixView view_of(int first, int count) const;
 
  private:
   void release();

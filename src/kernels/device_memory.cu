@@ -115,20 +115,6 @@ PackedMatrix DevicePackedMatrix::download(int index) const {
   return m;
 }
 
-PackedMatrixView DevicePackedMatrix::view_of(int first, int count) const {
-  SAMOYEDS_CHECK(allocation_, "DevicePackedMatrix::view_of: the matrix is empty");
-  SAMOYEDS_CHECK(first >= 0 && count >= 1 && first <= view_.num_stacked - count, "DevicePackedMatrix::view_of: matrices [", first,
-                 ", ", static_cast<std::int64_t>(first) + count, ") of a stack of ", view_.num_stacked);
-  const PackedGeometry g = packed_geometry(view_.pattern, view_.rows, view_.cols);
-  const auto at = static_cast<std::size_t>(first);
-  PackedMatrixView v = view_;
-  v.values += at * static_cast<std::size_t>(g.num_values());
-  v.metadata += at * static_cast<std::size_t>(g.num_metadata_words());
-  if (v.row_select) v.row_select += at * static_cast<std::size_t>(g.num_select_words());
-  v.num_stacked = count;
-  return v;
-}
-
 void DevicePackedMatrix::release() {
   if (allocation_) cudaFree(allocation_);  // no throw from destructors
   allocation_ = nullptr;

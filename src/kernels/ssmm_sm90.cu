@@ -154,37 +154,15 @@ __device__ __forceinline__ void load_b_share(std::uint8_t* tile, int bn, const C
 
 }  // namespace sm90
 
-// Tensor maps of the large-L variant (and of the cp.async variant's A by tensor copies): per matrix
-// the values [E][compressed rows][K_padded / 2] (box 64 x 128 rows, 128-byte swizzle: the layout the
-// wgmma descriptors read) and the metadata [E][row tiles][k-steps x 16 words] (box 64 words x 8 row
-// tiles), or with `paired` both matrices in values[0] / metadata[0] (4-D, a box of each matrix:
-// paired_weight_maps_of); and the activations B [rows][K] (box 64 x kBN / cluster rows, 128-byte
-// swizzle), unused by the cp.async variant.
+// Tensor maps of the large-L variant: per matrix the values [E][compressed rows][K_padded / 2] (box
+// 64 x 128 rows, 128-byte swizzle: the layout the wgmma descriptors read) and the metadata
+// [E][row tiles][k-steps x 16 words] (box 64 words x 8 row tiles), and the activations B [rows][K]
+// (box 64 x kBN / cluster rows, 128-byte swizzle). Unused by the cp.async variant.
 struct TmaMaps {
   CUtensorMap values[2];
   CUtensorMap metadata[2];
   CUtensorMap b;
-  int paired;
 };
-
-namespace sm90 {
-// The A values and metadata of kNumMats matrices at k-tile kt into a stage (matrix m's at values_dst
-// + m * a_tile_bytes and meta_dst + m * meta_tile_bytes): with paired maps two copies for gate and up
-// together, else two per matrix (v23: each tensor copy costs the k loop time, v22).
-template <int kNumMats>
-__device__ __forceinline__ void load_a_tiles(std::uint8_t* values_dst, std::uint8_t* meta_dst, int a_tile_bytes, int meta_tile_bytes,
-                                             const TmaMaps& maps, std::uint64_t* bar, int kt, int crow0, int expert) {
-  if (kNumMats == 2 && maps.paired) {
-    tma::load_4d(values_dst, &maps.values[0], bar, kt * 64, crow0, expert, 0);
-    tma::load_4d(meta_dst, &maps.metadata[0], bar, kt * 64, crow0 / 16, expert, 0);
-    return;
-  }
-#pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-    load_a_tile(values_dst + m * a_tile_bytes, meta_dst + m * meta_tile_bytes, &maps.values[m], &maps.metadata[m], bar, kt, crow0,
-                expert);
-}
-}  // namespace sm90
 
 namespace {
 
@@ -532,8 +510,10 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B share.
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
         mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
-        load_a_tiles<kNumMats>(base, base + kNumMats * kATileBytes, kATileBytes, Config::kMetaTileBytes, maps, &full_bar[stage], kt, crow0,
-                               tile.expert);
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m)
+          load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
+                      &maps.metadata[m], &full_bar[stage], kt, crow0, tile.expert);
         load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, rank, num_ctas,
                      cta_mask);
       }
@@ -561,9 +541,13 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         // boxes: rows past the padded count and columns past K_padded are zero-filled by the copy).
         if (tid == 0 && kNumMats <= 2) {
           mbarrier_arrive_expect_tx(&full_bar[stage], kNumMats * (kATileBytes + Config::kMetaTileBytes));
-          // The maps hold two matrices; three never take this path.
-          load_a_tiles<std::min(kNumMats, 2)>(base, base + kNumMats * kATileBytes, kATileBytes, Config::kMetaTileBytes, maps,
-                                              &full_bar[stage], kt, static_cast<int>(row0), tile.expert);
+#pragma unroll
+          for (int m = 0; m < kNumMats; ++m) {
+            const int map = m < 2 ? m : 1;  // the maps hold two matrices; three never take this path
+            load_3d(base + m * kATileBytes, &maps.values[map], &full_bar[stage], kt * 64, static_cast<int>(row0), tile.expert);
+            load_3d(base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.metadata[map], &full_bar[stage],
+                        kt * 64, static_cast<int>(row0 / 16), tile.expert);
+          }
         }
       } else if (i >= num_early) {  // the consumers copied the first stages' A in the prologue
         a_copier.copy(base, kt);
@@ -1154,8 +1138,10 @@ __global__ void __launch_bounds__(384, 1)
             std::uint8_t* base = smem + stage * Config::kStageBytes;
             constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
             mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
-            load_a_tiles<kNumMats>(base, base + kNumMats * kATileBytes, kATileBytes, Config::kMetaTileBytes, maps, &full_bar[stage], kt,
-                                   crow0, expert);
+#pragma unroll
+            for (int m = 0; m < kNumMats; ++m)
+              load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
+                          &maps.metadata[m], &full_bar[stage], kt, crow0, expert);
             load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, 0, 1,
                          std::uint16_t{1});
           }
@@ -1418,10 +1404,9 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // gpu::plan_decode gives ssmm_decode.cu through the wgmma kernels instead, v17), SAMOYEDS_SSMM_DECODE_WIDE_K
 // = the largest K the decode kernel takes past 8 slots per expert (default gpu::kDecodeMaxKOver8Slots,
 // at most gpu::kDecodeMaxK; v19), SAMOYEDS_SSMM_DECODE_MAX_SLOTS = the most slots per expert it takes
-// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 or less keeps it to 16 everywhere; v20),
-// SAMOYEDS_SSMM_PAIR_BOX = off (gate and up by separate tensor copies even where their arrays pair; v23).
-// Read once per process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k, ssmm_sm90_set_decode and
-// ssmm_sm90_set_pair_box override the four choices for tests.
+// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 or less keeps it to 16 everywhere; v20). Read once per
+// process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
+// three choices for tests.
 struct Tuning {
   int tma = -1;  // -1 auto, 0 off, 1 on wherever the variant can run
   int max_cluster = 2;
@@ -1436,7 +1421,6 @@ struct Tuning {
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
   std::int64_t decode_max_slots = gpu::kDecodeMaxSlotsSmallWeight;
   double split_traffic = 1.0;
-  bool pair_box = true;   // gate and up by one copy each of values and metadata where they pair (v23)
 };
 const Tuning& tuning() {
   static const Tuning t = [] {
@@ -1454,7 +1438,6 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_MAX_SLOTS")) r.decode_max_slots = std::clamp<std::int64_t>(std::atoll(v), 0, 1024);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_PAIR_BOX")) r.pair_box = std::strcmp(v, "off") != 0;
     return r;
   }();
   return t;
@@ -1463,12 +1446,6 @@ const Tuning& tuning() {
 std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 std::atomic<int> stream_k_override{-1};    // ssmm_sm90_set_stream_k: -1 follows the knob
 std::atomic<int> decode_override{-1};      // ssmm_sm90_set_decode: -1 follows the knob
-std::atomic<int> pair_box_override{-1};    // ssmm_sm90_set_pair_box: -1 follows the knob
-
-bool pair_box_wanted() {
-  const int mode = pair_box_override.load();
-  return mode >= 0 ? mode == 1 : tuning().pair_box;
-}
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1650,19 +1627,11 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
 
 // Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
 // 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
-// Gate and up at a step a 4-D map takes (gpu::DeviceExperts stacks them so) share paired maps.
 template <int kNumMats>
 TmaMaps weight_maps(const Params& p) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
-  if (kNumMats == 2 && pair_box_wanted() && pairable(p)) {
-    const WeightMaps w = paired_weight_maps_of(p, 128);
-    maps.values[0] = w.values;
-    maps.metadata[0] = w.metadata;
-    maps.paired = 1;
-    return maps;
-  }
   for (int m = 0; m < kNumMats; ++m) {
     const WeightMaps w = weight_maps_of(p, m, 128);
     maps.values[m] = w.values;
@@ -1885,20 +1854,6 @@ void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -
 void ssmm_sm90_set_stream_k(int mode) { stream_k_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
 void ssmm_sm90_set_decode(int mode) { decode_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
-
-void ssmm_sm90_set_pair_box(int mode) { pair_box_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
-
-bool ssmm_sm90_pairs_gate_up(const gpu::SsmmArgs& args) {
-  const Sm90Choice c = choice_with_workspace(args);
-  const bool tensor_copies = c.tma || (c.a_tma && !ssmm_sm90_takes_stream_k(args));  // the stream-K kernel copies A itself
-  if (!tensor_copies || num_mats_of(args) != 2 || !pair_box_wanted()) return false;
-  Params p{};
-  p.values[0] = args.weight.values;
-  p.values[1] = args.up.values;
-  p.metadata[0] = args.weight.metadata;
-  p.metadata[1] = args.up.metadata;
-  return pairable(p);
-}
 
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args) { return choose(args).decode_tokens; }
 

@@ -19,12 +19,6 @@ bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_DECODE knob: -1 the knob decides again, 0 / 1 the decode kernel
 // (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode).
 void ssmm_sm90_set_decode(int mode);
-// Overrides the SAMOYEDS_SSMM_PAIR_BOX knob: -1 the knob decides again, 0 / 1 gate and up by separate
-// tensor copies / by one copy each of values and metadata where their arrays pair.
-void ssmm_sm90_set_pair_box(int mode);
-// Whether the sm90 path copies `args`'s gate and up tiles (as given, workspace included) with one
-// tensor copy each of values and metadata (the TMA variants, up at a step past gate that a 4-D map takes).
-bool ssmm_sm90_pairs_gate_up(const gpu::SsmmArgs& args);
 // Slots per tile of the decode kernel where the sm90 path runs `args` through it (8 or 16), else 0.
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args);
 inline bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return ssmm_sm90_decode_tile_tokens(args) != 0; }

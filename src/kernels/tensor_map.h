@@ -7,7 +7,6 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -63,35 +62,6 @@ inline WeightMaps weight_maps_of(const Params& p, int m, std::uint32_t box_rows)
                     {u64(p.K_padded), u64(p.values_stride * 2)}, {64, box_rows, 1}, CU_TENSOR_MAP_SWIZZLE_128B),
       tensor_map<3>("metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[m], {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E)},
                     {u64(ksteps * 64), u64(p.metadata_stride * 4)}, {64, box_rows / 16, 1}, CU_TENSOR_MAP_SWIZZLE_NONE)};
-}
-
-// The distance in bytes from `first` to `second` where a tensor map can step it as one dimension
-// (positive, whole 16-byte units, below 2^40), else 0.
-inline std::uint64_t map_step(const void* first, const void* second) {
-  const auto a = reinterpret_cast<std::uintptr_t>(first), b = reinterpret_cast<std::uintptr_t>(second);
-  if (b <= a || (b - a) % 16 != 0 || b - a >= (std::uint64_t{1} << 40)) return 0;
-  return b - a;
-}
-// Whether matrices 0 and 1 (gate and up) lie at steps a 4-D map can take in both arrays.
-inline bool pairable(const Params& p) {
-  return map_step(p.values[0], p.values[1]) != 0 && map_step(p.metadata[0], p.metadata[1]) != 0;
-}
-
-// Gate and up (matrices 0 and 1, pairable(p)) as one 4-D map each: the stacks of weight_maps_of with
-// the matrix as the outermost dimension (extent 2, the step from gate to up), boxes of both matrices.
-// One copy lands a k-tile's gate tile with its up tile right behind it, where the stage keeps them.
-inline WeightMaps paired_weight_maps_of(const Params& p, std::uint32_t box_rows) {
-  const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  const std::int64_t E = std::max(1, p.num_experts), ksteps = p.K_padded / 32;
-  return WeightMaps{
-      tensor_map<4>("paired values", CU_TENSOR_MAP_DATA_TYPE_UINT16, p.values[0],
-                    {u64(p.K_padded / 2), u64(p.compressed_rows_padded), u64(E), 2},
-                    {u64(p.K_padded), u64(p.values_stride * 2), map_step(p.values[0], p.values[1])}, {64, box_rows, 1, 2},
-                    CU_TENSOR_MAP_SWIZZLE_128B),
-      tensor_map<4>("paired metadata", CU_TENSOR_MAP_DATA_TYPE_UINT32, p.metadata[0],
-                    {u64(ksteps * 16), u64(p.compressed_rows_padded / 16), u64(E), 2},
-                    {u64(ksteps * 64), u64(p.metadata_stride * 4), map_step(p.metadata[0], p.metadata[1])},
-                    {64, box_rows / 16, 1, 2}, CU_TENSOR_MAP_SWIZZLE_NONE)};
 }
 
 }  // namespace samoyeds::kernels

@@ -51,15 +51,6 @@ __device__ __forceinline__ void load_3d(void* dst, const CUtensorMap* map, std::
       : "memory");
 }
 
-// One box of a 4-D tensor map (the paired gate/up maps: kernels/tensor_map.h) likewise.
-__device__ __forceinline__ void load_4d(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1, int c2, int c3) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], [%2];\n" ::"r"(
-          ptx::smem_address(dst)),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
-      : "memory");
-}
-
 // `bytes` contiguous bytes (a multiple of 16, both addresses 16-byte aligned) into this CTA's shared
 // memory, without a tensor map; completes `bar`'s transaction bytes.
 __device__ __forceinline__ void load_bulk(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {

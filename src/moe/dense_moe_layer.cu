@@ -80,7 +80,7 @@ struct DenseStack {
   }
   // Ŵ of every stacked expert, unpacked on the device (the dense twin of a sparse layer).
   void unpack(const DeviceExperts& experts) {
-    const PackedMatrixView g = experts.gate();
+    const PackedMatrixView& g = experts.gate.view();
     const std::size_t count = static_cast<std::size_t>(g.num_stacked);
     num_mats = experts.has_gate_linear ? 3 : 2;
     width = g.rows;
@@ -88,10 +88,10 @@ struct DenseStack {
     SAMOYEDS_CUDA_CHECK(cudaMalloc(&gate_up, matrix_bytes * num_mats * count));
     SAMOYEDS_CUDA_CHECK(cudaMalloc(&down, matrix_bytes * count));
     auto* gu = static_cast<std::uint8_t*>(gate_up);
-    const PackedMatrixView parts[3] = {g, experts.up(), experts.gate_linear()};
+    const DevicePackedMatrix* parts[3] = {&experts.gate, &experts.up, &experts.gate_linear};
     for (std::size_t e = 0; e < count; ++e) {
       for (int m = 0; m < num_mats; ++m)
-        kernels::unpack_packed(parts[m], static_cast<int>(e), gu + (e * num_mats + m) * matrix_bytes, nullptr);
+        kernels::unpack_packed(parts[m]->view(), static_cast<int>(e), gu + (e * num_mats + m) * matrix_bytes, nullptr);
       kernels::unpack_packed(experts.down.view(), static_cast<int>(e), static_cast<std::uint8_t*>(down) + e * matrix_bytes,
                              nullptr);
     }

@@ -14,43 +14,43 @@
 namespace samoyeds::gpu {
 
 DeviceExperts DeviceExperts::upload(const std::vector<const PackedExpert*>& experts) {
+  auto stack = [&](auto member) {
+    std::vector<const PackedMatrix*> matrices;
+    for (const PackedExpert* e : experts) matrices.push_back(&member(*e));
+    return DevicePackedMatrix(matrices);
+  };
   DeviceExperts d;
-  d.count = static_cast<int>(experts.size());
+  d.gate = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.gate; });
+  d.up = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.up; });
+  d.down = stack([](const PackedExpert& e) -> const PackedMatrix& { return e.down; });
   d.has_gate_linear = experts.front()->gate_linear.has_value();
-  // check_moe_weights gave every expert the same matrices.
-  std::vector<const PackedMatrix*> gate_up, down;
-  for (const PackedExpert* e : experts) gate_up.push_back(&e->gate);
-  for (const PackedExpert* e : experts) gate_up.push_back(&e->up);
-  if (d.has_gate_linear)
-    for (const PackedExpert* e : experts) gate_up.push_back(&*e->gate_linear);
-  for (const PackedExpert* e : experts) down.push_back(&e->down);
-  d.gate_up = DevicePackedMatrix(gate_up);
-  d.down = DevicePackedMatrix(down);
+  if (d.has_gate_linear) d.gate_linear = stack([](const PackedExpert& e) -> const PackedMatrix& { return *e.gate_linear; });
   return d;
 }
 
 DeviceExperts DeviceExperts::random(int count, std::int64_t H, std::int64_t I, bool gate_linear,
                                     const SparsityPattern& pattern, DType dtype, std::uint64_t seed) {
   DeviceExperts d;
-  d.count = count;
-  d.has_gate_linear = gate_linear;
   const float in_std = 2.0f / std::sqrt(static_cast<float>(H)), out_std = 2.0f / std::sqrt(static_cast<float>(I));
-  d.gate_up = DevicePackedMatrix(pattern, dtype, I, H, (gate_linear ? 3 : 2) * count);
-  d.down = DevicePackedMatrix(pattern, dtype, H, I, count);
-  // One seed per matrix kind (salts 0 gate, 1 up, 2 down, 3 gate_linear).
-  kernels::fill_random_packed(d.gate(), in_std, seed * 8 + 0, nullptr);
-  kernels::fill_random_packed(d.up(), in_std, seed * 8 + 1, nullptr);
-  kernels::fill_random_packed(d.down.view(), out_std, seed * 8 + 2, nullptr);
-  if (gate_linear) kernels::fill_random_packed(d.gate_linear(), in_std, seed * 8 + 3, nullptr);
+  auto make = [&](std::int64_t rows, std::int64_t cols, float stddev, std::uint64_t salt) {
+    DevicePackedMatrix m(pattern, dtype, rows, cols, count);
+    kernels::fill_random_packed(m.view(), stddev, seed * 8 + salt, nullptr);
+    return m;
+  };
+  d.gate = make(I, H, in_std, 0);
+  d.up = make(I, H, in_std, 1);
+  d.down = make(H, I, out_std, 2);
+  d.has_gate_linear = gate_linear;
+  if (gate_linear) d.gate_linear = make(I, H, in_std, 3);
   SAMOYEDS_CUDA_CHECK(cudaDeviceSynchronize());  // kernel faults surface here, not in a later forward
   return d;
 }
 
 std::vector<PackedExpert> DeviceExperts::download() const {
   std::vector<PackedExpert> experts;
-  for (int e = 0; e < count; ++e) {
-    PackedExpert x{gate_up.download(e), gate_up.download(count + e), down.download(e), std::nullopt};
-    if (has_gate_linear) x.gate_linear = gate_up.download(2 * count + e);
+  for (int e = 0; e < gate.view().num_stacked; ++e) {
+    PackedExpert x{gate.download(e), up.download(e), down.download(e), std::nullopt};
+    if (has_gate_linear) x.gate_linear = gate_linear.download(e);
     experts.push_back(std::move(x));
   }
   return experts;
@@ -62,7 +62,7 @@ std::size_t DeviceExperts::bytes() const {
     if (!v.values) return 0;
     return static_cast<std::size_t>(packed_geometry(v.pattern, v.rows, v.cols).total_bytes()) * v.num_stacked;
   };
-  return one(gate_up) + one(down);
+  return one(gate) + one(up) + one(down) + one(gate_linear);
 }
 
 MoeLayer::MoeLayer(const ModelConfig& config, const PackedMoeWeights& weights, SsmmPath path) {

@@ -18,16 +18,8 @@ namespace samoyeds::gpu {
 // One expert MLP's matrices as stacks on the device (E matrices for the routed experts, 1 for the
 // fused shared experts).
 struct DeviceExperts {
-  // [num_mats * n, I, H]: the n gate matrices, then the n up, then OpenMoE's n gate_linear. Up at a
-  // fixed step past gate lets the sm90 kernels copy a k-tile of both in one (docs/kernels/ssmm.md v23).
-  DevicePackedMatrix gate_up;
-  DevicePackedMatrix down;  // [n, H, I]
-  int count = 0;            // n
+  DevicePackedMatrix gate, up, down, gate_linear;  // [n, I, H], [n, I, H], [n, H, I], [n, I, H] (OpenMoE)
   bool has_gate_linear = false;
-
-  PackedMatrixView gate() const { return gate_up.view_of(0, count); }
-  PackedMatrixView up() const { return gate_up.view_of(count, count); }
-  PackedMatrixView gate_linear() const { return has_gate_linear ? gate_up.view_of(2 * count, count) : PackedMatrixView{}; }
 
   static DeviceExperts upload(const std::vector<const PackedExpert*>& experts);
   // `count` experts of width I filled on the device with seeded random packed weights (values with std
@@ -79,9 +71,9 @@ struct MoeLayer::Impl {
     const std::int64_t S = T * config.top_k;
     Calls c;
     c.gate_up.epilogue = SsmmEpilogue::gate_up;
-    c.gate_up.weight = routed.gate();
-    c.gate_up.up = routed.up();
-    c.gate_up.gate_linear = routed.gate_linear();
+    c.gate_up.weight = routed.gate.view();
+    c.gate_up.up = routed.up.view();
+    if (routed.has_gate_linear) c.gate_up.gate_linear = routed.gate_linear.view();
     c.gate_up.x = x;
     c.gate_up.num_x_rows = T;
     c.gate_up.x_dtype = c.gate_up.y_dtype = dtype;
@@ -102,9 +94,9 @@ struct MoeLayer::Impl {
 
     if (shared) {
       c.shared_gate_up.epilogue = SsmmEpilogue::gate_up;
-      c.shared_gate_up.weight = shared->gate();
-      c.shared_gate_up.up = shared->up();
-      c.shared_gate_up.gate_linear = shared->gate_linear();
+      c.shared_gate_up.weight = shared->gate.view();
+      c.shared_gate_up.up = shared->up.view();
+      if (shared->has_gate_linear) c.shared_gate_up.gate_linear = shared->gate_linear.view();
       c.shared_gate_up.x = x;
       c.shared_gate_up.num_x_rows = c.shared_gate_up.num_tokens = T;
       c.shared_gate_up.x_dtype = c.shared_gate_up.y_dtype = dtype;
