@@ -579,6 +579,73 @@ TEST(SsmmGpu, PersistentKernelStoresTheBitsOfOneCtaPerTile) {
   }
 }
 
+// Clusters of the TMA kernel that also span two token tiles (their CTAs share A by multicast) must
+// store the bits of clusters of one token tile: gate/up with a token list and the weighted down
+// projection grouped with empty, 1-token and odd-tile experts (a CTA past its expert's slots computes
+// and stores nothing), 17 row tiles (the last cluster padded along rows too), and a plain product of
+// all rows whose last pair of token tiles has one; nothing written past the used slots.
+TEST(SsmmGpu, TokenClustersStoreTheBitsOfSingleTokenTiles) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  if (!on_hopper()) GTEST_SKIP() << "the TMA kernel needs a Hopper GPU";
+  const std::vector<std::int64_t> sizes = {300, 0, 129, 700, 1, 0, 64};
+  std::vector<std::int32_t> offsets = {0};
+  for (auto n : sizes) offsets.push_back(offsets.back() + static_cast<std::int32_t>(n));
+  const std::int64_t used = offsets.back(), S = used + 3, T = 500;
+  const auto idx = random_token_list(S, T, 131);
+  std::vector<float> slot_weight(static_cast<std::size_t>(S));
+  for (std::size_t j = 0; j < slot_weight.size(); ++j) slot_weight[j] = 0.5f + 0.01f * static_cast<float>(j % 37);
+  DeviceBuffer didx(idx), doffsets(offsets), dweight(slot_weight);
+  for (const gpu::SsmmEpilogue epilogue : {gpu::SsmmEpilogue::gate_up, gpu::SsmmEpilogue::down_weighted, gpu::SsmmEpilogue::plain}) {
+    const bool gate_up = epilogue == gpu::SsmmEpilogue::gate_up, grouped = epilogue != gpu::SsmmEpilogue::plain;
+    const Problem prob = grouped ? Problem{4352, gate_up ? 2048 : 1408, "1:2:128"} : Problem{4096, 2048, "1:2:128"};
+    const int E = grouped ? static_cast<int>(sizes.size()) : 1;
+    const std::int64_t slots = grouped ? S : 1100, rows_used = grouped ? used : slots;  // 1100: 9 token tiles of 128
+    SCOPED_TRACE(seed_trace(132) + ", " + label(prob) + ", " + gpu::epilogue_name(epilogue));
+    std::vector<const PackedMatrix*> gates, ups;
+    for (int e = 0; e < E; ++e) {
+      gates.push_back(&cached_weight(prob, DType::bf16, false, 132 + 2 * static_cast<std::uint64_t>(e)));
+      ups.push_back(&cached_weight(prob, DType::bf16, false, 133 + 2 * static_cast<std::uint64_t>(e)));
+    }
+    const gpu::DevicePackedMatrix d_gates(gates), d_ups(ups);
+    const std::int64_t x_rows = gate_up ? T : slots;  // down and plain: X rows are the slots
+    const Matrix x = random_normal_matrix(DType::bf16, x_rows, prob.K, 134);
+    DeviceBuffer dx(x.data(), x.bytes()), dy(static_cast<std::size_t>(slots * prob.M) * 2);
+    gpu::SsmmArgs args;
+    args.epilogue = epilogue;
+    args.weight = d_gates.view();
+    if (gate_up) args.up = d_ups.view();
+    args.x = dx.get();
+    args.num_x_rows = x_rows;
+    args.token_idx = gate_up ? didx.as<std::int32_t>() : nullptr;
+    args.num_tokens = slots;
+    args.slot_weight = dweight.as<float>();
+    args.y = dy.get();
+    args.expert_offsets = grouped ? doffsets.as<std::int32_t>() : nullptr;
+    ASSERT_EQ(gpu::can_implement(args, gpu::SsmmPath::sm90), "");
+    DeviceBuffer workspace(gpu::ssmm_workspace_bytes(args, gpu::SsmmPath::sm90));
+    args.workspace = workspace.get();
+    args.workspace_bytes = workspace.bytes();
+    std::vector<std::vector<std::uint16_t>> outs;
+    for (const int cluster_tokens : {1, 2}) {
+      kernels::ssmm_sm90_set_cluster_tokens(cluster_tokens);
+      ASSERT_EQ(kernels::ssmm_sm90_cluster_tokens(args), cluster_tokens) << "the case does not reach the kernel under test";
+      dy.poison();
+      gpu::ssmm(args, nullptr, gpu::SsmmPath::sm90);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      outs.push_back(dy.to_host<std::uint16_t>());
+    }
+    kernels::ssmm_sm90_set_cluster_tokens(-1);
+    const auto& out = outs[0];
+    const std::size_t used_elements = static_cast<std::size_t>(rows_used * prob.M);
+    EXPECT_EQ(std::count(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(used_elements), std::uint16_t{0xFFFF}), 0)
+        << "output left unwritten";
+    EXPECT_TRUE(std::all_of(out.begin() + static_cast<std::ptrdiff_t>(used_elements), out.end(),
+                            [](std::uint16_t v) { return v == 0xFFFF; }))
+        << "slots past expert_offsets[E] were written";
+    EXPECT_EQ(outs[1], outs[0]) << "clusters of two token tiles differ from clusters of one";
+  }
+}
+
 TEST(SsmmGpu, OutOfRangeTokenIndexGivesNaNRowNotGarbage) {
   SAMOYEDS_SKIP_WITHOUT_GPU();
   const Problem prob{128, 128, "1:2:128"};
