@@ -21,28 +21,6 @@ __device__ __forceinline__ unsigned cluster_nctarank() {
   asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(count));
   return count;
 }
-// The cluster's shape and this CTA's position in it, per dimension (x: 0, y: 1). The rank is
-// x + y * nctaid.x.
-template <int kDim>
-__device__ __forceinline__ unsigned cluster_nctaid() {
-  unsigned n;
-  if constexpr (kDim == 0) {
-    asm volatile("mov.u32 %0, %%cluster_nctaid.x;\n" : "=r"(n));
-  } else {
-    asm volatile("mov.u32 %0, %%cluster_nctaid.y;\n" : "=r"(n));
-  }
-  return n;
-}
-template <int kDim>
-__device__ __forceinline__ unsigned cluster_ctaid() {
-  unsigned i;
-  if constexpr (kDim == 0) {
-    asm volatile("mov.u32 %0, %%cluster_ctaid.x;\n" : "=r"(i));
-  } else {
-    asm volatile("mov.u32 %0, %%cluster_ctaid.y;\n" : "=r"(i));
-  }
-  return i;
-}
 // Every thread of every CTA in the cluster; what each wrote before it is visible to all after it
 // (release / acquire at cluster scope). Also orders barrier inits before their remote use.
 __device__ __forceinline__ void cluster_sync() {

@@ -122,15 +122,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(void* dst, const CUtensorM
       : "memory");
 }
 
-__device__ __forceinline__ void tma_load_3d_multicast(void* dst, const CUtensorMap* map, std::uint64_t* bar, int c0, int c1, int c2,
-                                                      std::uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, %4, %5}], "
-      "[%2], %6;\n" ::"r"(ptx::smem_address(dst)),
-      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(ptx::smem_address(bar)), "r"(c0), "r"(c1), "r"(c2), "h"(cta_mask)
-      : "memory");
-}
-
 // Holds the barrier's current phase open until every cp.async this thread issued before has landed,
 // without being one of its counted arrivals (the pending count goes up now and down on landing).
 __device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
@@ -143,30 +134,6 @@ __device__ __forceinline__ void load_a_tile(std::uint8_t* values_dst, std::uint8
                                             const CUtensorMap* metadata, std::uint64_t* bar, int kt, int crow0, int expert) {
   load_3d(values_dst, values, bar, kt * 64, crow0, expert);
   load_3d(meta_dst, metadata, bar, kt * 64, crow0 / 16, expert);
-}
-// This CTA's share of k-tile kt's A values (matrix m's at values_dst + m * a_tile_bytes) and metadata
-// (at meta_dst + m * meta_tile_bytes). With one token tile per cluster column all of it, unshared; with
-// two (the CTAs of one row tile on consecutive token tiles of an expert need the same A) token rank t
-// loads matrix t (gate/up) or rows [64 t, 64 t + 64) (one matrix: the maps' boxes are 64 rows),
-// multicast to both (`a_mask`): half the A bytes from L2 for the same bytes into each SM (v23).
-template <int kNumMats, int kATileBytes, int kMetaTileBytes>
-__device__ __forceinline__ void load_a_share(std::uint8_t* values_dst, std::uint8_t* meta_dst, const CUtensorMap* values,
-                                             const CUtensorMap* metadata, std::uint64_t* bar, int kt, int crow0, int expert,
-                                             unsigned token_rank, unsigned token_ctas, std::uint16_t a_mask) {
-  if (token_ctas == 1) {
-#pragma unroll
-    for (int m = 0; m < kNumMats; ++m)
-      load_a_tile(values_dst + m * kATileBytes, meta_dst + m * kMetaTileBytes, &values[m], &metadata[m], bar, kt, crow0, expert);
-    return;
-  }
-  const int t = static_cast<int>(token_rank);
-  if constexpr (kNumMats == 2) {
-    tma_load_3d_multicast(values_dst + t * kATileBytes, &values[t], bar, kt * 64, crow0, expert, a_mask);
-    tma_load_3d_multicast(meta_dst + t * kMetaTileBytes, &metadata[t], bar, kt * 64, crow0 / 16, expert, a_mask);
-  } else if constexpr (kNumMats == 1) {  // three matrices never take the TMA kernels
-    tma_load_3d_multicast(values_dst + t * (kATileBytes / 2), &values[0], bar, kt * 64, crow0 + t * 64, expert, a_mask);
-    tma_load_3d_multicast(meta_dst + t * (kMetaTileBytes / 2), &metadata[0], bar, kt * 64, crow0 / 16 + t * 4, expert, a_mask);
-  }
 }
 // Rows of the B map's box for a cluster of num_ctas CTAs sharing a tile of kBN token rows: whole
 // 64-column halves for one or two CTAs, else each half in num_ctas / 2 row slices.
@@ -473,24 +440,15 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 
   const int tid = threadIdx.x;
   // The tile this CTA computes: launch positions walk the tiles in bands of p.tile_band token tiles
-  // (tile_order.h), in whole clusters. TMA: a cluster is row_ctas consecutive row tiles (x) by
-  // token_ctas consecutive token tiles of one expert (y); the CTAs of a token tile share its B, those
-  // of a row tile its A. The cluster's token tiles are one tile of token_ctas x kBN slots, so they
-  // never straddle experts; a CTA past its expert's slots has none (computes, stores nothing).
+  // (tile_order.h), in whole clusters (TMA: the CTAs of a cluster share a token tile, and rank r
+  // takes row tile r of the cluster's).
   const unsigned num_ctas = kTma ? cluster_nctarank() : 1u;
-  const unsigned row_ctas = kTma ? cluster_nctaid<0>() : 1u, token_ctas = kTma ? cluster_nctaid<1>() : 1u;
-  const unsigned row_rank = kTma ? cluster_ctaid<0>() : 0u, token_rank = kTma ? cluster_ctaid<1>() : 0u;
-  const int num_units_x = static_cast<int>(gridDim.x / row_ctas);
-  const TileCoord unit = banded_tile(blockIdx.x / row_ctas + static_cast<long long>(num_units_x) * (blockIdx.y / token_ctas), num_units_x,
-                                     static_cast<int>(gridDim.y / token_ctas), p.tile_band);
-  const std::int64_t row0 = (static_cast<std::int64_t>(unit.x) * row_ctas + row_rank) * kBM;
+  const int num_units_x = static_cast<int>(gridDim.x / num_ctas);
+  const TileCoord unit = banded_tile(blockIdx.x / num_ctas + static_cast<long long>(num_units_x) * blockIdx.y, num_units_x,
+                                     static_cast<int>(gridDim.y), p.tile_band);
+  const std::int64_t row0 = (static_cast<std::int64_t>(unit.x) * num_ctas + blockIdx.x % num_ctas) * kBM;
   TileSlots tile;
-  if (kTma && token_ctas == 2) {
-    if (!find_tile<2 * kBN>(p, unit.y, tile, s_tok)) return;  // the whole cluster: its CTAs share the pair
-    tile.begin = std::min(tile.begin + static_cast<std::int64_t>(token_rank) * kBN, tile.end);
-  } else if (!find_tile<kBN>(p, unit.y, tile, s_tok)) {
-    return;  // past the last expert's tiles (grouped)
-  }
+  if (!find_tile<kBN>(p, unit.y, tile, s_tok)) return;  // past the last expert's tiles (grouped)
   const std::int64_t tok0 = tile.begin;
   const MatrixArrays<kNumMats> mats = matrix_arrays<kNumMats>(p, tile.expert);
   const int num_kt_total = static_cast<int>((p.K_padded + kBK - 1) / kBK);
@@ -541,9 +499,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     setmaxnreg_dec<Config::kProducerRegisters>();
     if (tid >= 32) return;
     const int lane = tid;
-    // Multicast masks by cluster rank (x + y * row_ctas): B to this token tile's CTAs, A to this row tile's.
-    const auto b_mask = static_cast<std::uint16_t>(((1u << row_ctas) - 1u) << (token_rank * row_ctas));
-    const auto a_mask = static_cast<std::uint16_t>((1u << row_rank) | (token_ctas == 2 ? 1u << (row_rank + row_ctas) : 0u));
+    const unsigned rank = cluster_ctarank();
+    const auto cta_mask = static_cast<std::uint16_t>((1u << num_ctas) - 1u);
     const int crow0 = static_cast<int>(row0), slot0 = static_cast<int>(tok0);
     for (int kt = kt_begin; kt < kt_end; ++kt) {
       const int i = kt - kt_begin, stage = i % kStages;
@@ -553,11 +510,12 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B share.
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
         mbarrier_arrive_expect_tx(&full_bar[stage], kTxBytes);
-        load_a_share<kNumMats, kATileBytes, Config::kMetaTileBytes>(base, base + kNumMats * kATileBytes, maps.values, maps.metadata,
-                                                                     &full_bar[stage], kt, crow0, tile.expert, token_rank, token_ctas,
-                                                                     a_mask);
-        load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, row_rank,
-                     row_ctas, b_mask);
+#pragma unroll
+        for (int m = 0; m < kNumMats; ++m)
+          load_a_tile(base + m * kATileBytes, base + kNumMats * kATileBytes + m * Config::kMetaTileBytes, &maps.values[m],
+                      &maps.metadata[m], &full_bar[stage], kt, crow0, tile.expert);
+        load_b_share(base + kNumMats * (kATileBytes + Config::kMetaTileBytes), kBN, &maps.b, &full_bar[stage], kt, slot0, rank, num_ctas,
+                     cta_mask);
       }
     }
     // Leave only after every consumer in the cluster has released every stage: until then a remote
@@ -1431,9 +1389,7 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 }
 
 // Tuning knobs for measurements (docs/kernels/ssmm.md): SAMOYEDS_SSMM_TMA = auto | on | off,
-// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2) of row tiles,
-// SAMOYEDS_SSMM_CLUSTER_TOKENS = 2 (the TMA variant's clusters also span two token tiles, which share
-// A by multicast; v23), SAMOYEDS_SSMM_BAND = the
+// SAMOYEDS_SSMM_CLUSTER = the largest cluster (1, 2, 4 or 8; default 2), SAMOYEDS_SSMM_BAND = the
 // token tiles per band of the launch order (0 or unset: planned; 1: row tiles fastest),
 // SAMOYEDS_SSMM_NARROW = on (32-token tiles wherever the kernel has them), off (wide tiles except where
 // only 32 exist) or auto (planned), and SAMOYEDS_SSMM_SPLIT_TRAFFIC = a factor on the split-K partial-traffic bound (default 1;
@@ -1465,7 +1421,6 @@ struct Tuning {
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
   std::int64_t decode_max_slots = gpu::kDecodeMaxSlotsSmallWeight;
   double split_traffic = 1.0;
-  int cluster_tokens = 1;  // TMA variant: token tiles per cluster, 1 or 2
 };
 const Tuning& tuning() {
   static const Tuning t = [] {
@@ -1483,7 +1438,6 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_MAX_SLOTS")) r.decode_max_slots = std::clamp<std::int64_t>(std::atoll(v), 0, 1024);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_CLUSTER_TOKENS")) r.cluster_tokens = std::atoi(v) == 2 ? 2 : 1;
     return r;
   }();
   return t;
@@ -1492,7 +1446,6 @@ const Tuning& tuning() {
 std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follows the knob
 std::atomic<int> stream_k_override{-1};    // ssmm_sm90_set_stream_k: -1 follows the knob
 std::atomic<int> decode_override{-1};      // ssmm_sm90_set_decode: -1 follows the knob
-std::atomic<int> cluster_tokens_override{-1};  // ssmm_sm90_set_cluster_tokens: -1 follows the knob
 
 // Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
@@ -1593,8 +1546,7 @@ struct Sm90Choice {
   gpu::SplitPlan plan;
   bool tma = false;
   bool a_tma = false;  // the cp.async variant with A by tensor copies
-  int cluster = 1;         // row tiles per cluster (they share B)
-  int cluster_tokens = 1;  // token tiles per cluster (they share A; v23)
+  int cluster = 1;
   // The TMA variant as the persistent kernel: its staged epilogue needs row selection, 16-bit Y
   // aligned to 16 bytes and rows % 8 == 0 (otherwise the one-CTA-per-tile kernel's paired stores).
   bool persistent = false;
@@ -1665,7 +1617,6 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   c.cluster = gpu::plan_cluster_size(row_tiles, t.max_cluster);
   // kBN / cluster rows per slice must stay whole 1024-byte swizzle atoms (8 rows).
   while (c.cluster > 1 && tile_tokens(a) / c.cluster < 8) c.cluster /= 2;
-  c.cluster_tokens = cluster_tokens_override.load() > 0 ? cluster_tokens_override.load() : t.cluster_tokens;
   if (a.token_idx) c.gather_bytes = (static_cast<std::size_t>(a.num_tokens) * static_cast<std::size_t>(a.weight.cols) * 2 + 255) / 256 * 256;
   const int override_mode = persistent_override.load();
   const bool persistent_wanted = override_mode >= 0 ? override_mode == 1 : t.persistent;
@@ -1674,16 +1625,15 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
   return c;
 }
 
-// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in boxes of box_rows rows x 64
-// values and box_rows / 16 row tiles x 4 k-steps of words: a stage's whole tile (128), or half of it
-// (64: one matrix shared by two token CTAs, load_a_share).
+// Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
+// 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
 template <int kNumMats>
-TmaMaps weight_maps(const Params& p, std::uint32_t box_rows = 128) {
+TmaMaps weight_maps(const Params& p) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
   for (int m = 0; m < kNumMats; ++m) {
-    const WeightMaps w = weight_maps_of(p, m, box_rows);
+    const WeightMaps w = weight_maps_of(p, m, 128);
     maps.values[m] = w.values;
     maps.metadata[m] = w.metadata;
   }
@@ -1786,8 +1736,7 @@ void launch_persistent(const Params& p, const TmaMaps& maps, int* next_unit, cud
 // kernel or one CTA per tile.
 template <bool kBf16, int kNumMats, Epi kEpi>
 void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
-  // The persistent kernel takes its units one CTA at a time.
-  const int cluster = c.persistent ? 1 : c.cluster, cluster_tokens = c.persistent ? 1 : c.cluster_tokens;
+  const int cluster = c.persistent ? 1 : c.cluster;  // the persistent kernel takes its units one CTA at a time
   using Config = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
   const std::uint16_t* b = p.x;
@@ -1801,7 +1750,7 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
     b_rows = p.L;
   }
   const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  TmaMaps maps = weight_maps<kNumMats>(p, kNumMats == 1 ? 128 / cluster_tokens : 128);
+  TmaMaps maps = weight_maps<kNumMats>(p);
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
                          {64, static_cast<std::uint32_t>(sm90::b_box_rows(Config::kBN, cluster))}, CU_TENSOR_MAP_SWIZZLE_128B);
   if (c.persistent) {
@@ -1810,10 +1759,7 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
     return launch_persistent<kBf16, kNumMats, kEpi>(p, maps, next_unit, stream);
   }
   auto* kernel = ssmm_sm90_kernel<kBf16, kNumMats, kEpi, false, true>;
-  std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
-  // Two token CTAs per cluster: y covers the tiles of 2 kBN slots (never across experts) twice.
-  if (cluster_tokens == 2) token_tiles = 2 * grid_token_tiles(p, 2 * Config::kBN);
-  SAMOYEDS_CHECK(token_tiles <= 65535, "ssmm: ", p.L, " token slots need ", token_tiles, " CTAs along the grid's y; it allows 65535: split the call");
+  const std::int64_t token_tiles = prepare_launch<Config>(kernel, p);
   const std::int64_t row_tiles = (p.compressed_rows_padded + Config::kBM - 1) / Config::kBM;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>((row_tiles + cluster - 1) / cluster * cluster), static_cast<unsigned>(token_tiles), 1);
@@ -1823,13 +1769,12 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
   attribute.val.clusterDim.x = static_cast<unsigned>(cluster);
-  attribute.val.clusterDim.y = static_cast<unsigned>(cluster_tokens);
+  attribute.val.clusterDim.y = 1;
   attribute.val.clusterDim.z = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
   Params q = p;
-  // The band counts the grid's y units: token tiles, or tiles of 2 kBN slots.
-  q.tile_band = (tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats) + cluster_tokens - 1) / cluster_tokens;
+  q.tile_band = tile_band_of<Config>(p, row_tiles, token_tiles, kNumMats);
   SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, q, maps));
   SAMOYEDS_CHECK_LAUNCH("ssmm_sm90_kernel (tma)");
 }
@@ -1909,13 +1854,6 @@ void ssmm_sm90_set_persistent(int mode) { persistent_override.store(mode < 0 ? -
 void ssmm_sm90_set_stream_k(int mode) { stream_k_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
 
 void ssmm_sm90_set_decode(int mode) { decode_override.store(mode < 0 ? -1 : (mode > 0 ? 1 : 0)); }
-
-void ssmm_sm90_set_cluster_tokens(int count) { cluster_tokens_override.store(count == 1 || count == 2 ? count : -1); }
-
-int ssmm_sm90_cluster_tokens(const gpu::SsmmArgs& args) {
-  const Sm90Choice c = choice_with_workspace(args);
-  return c.tma && !c.persistent ? c.cluster_tokens : 0;
-}
 
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args) { return choose(args).decode_tokens; }
 

@@ -19,12 +19,6 @@ bool ssmm_sm90_takes_stream_k(const gpu::SsmmArgs& args);
 // Overrides the SAMOYEDS_SSMM_DECODE knob: -1 the knob decides again, 0 / 1 the decode kernel
 // (ssmm_decode.cu) off / on wherever it applies (gpu::plan_decode).
 void ssmm_sm90_set_decode(int mode);
-// Overrides the SAMOYEDS_SSMM_CLUSTER_TOKENS knob: -1 the knob decides again, 1 / 2 token tiles per
-// cluster of the TMA variant's one-CTA-per-tile kernel.
-void ssmm_sm90_set_cluster_tokens(int count);
-// Token tiles per cluster where the sm90 path runs `args` (as given, workspace included) through the TMA
-// variant's one-CTA-per-tile kernel, else 0.
-int ssmm_sm90_cluster_tokens(const gpu::SsmmArgs& args);
 // Slots per tile of the decode kernel where the sm90 path runs `args` through it (8 or 16), else 0.
 int ssmm_sm90_decode_tile_tokens(const gpu::SsmmArgs& args);
 inline bool ssmm_sm90_takes_decode(const gpu::SsmmArgs& args) { return ssmm_sm90_decode_tile_tokens(args) != 0; }
