@@ -6,9 +6,10 @@
 // moves 50 KB into shared memory per k-tile (A 16 KB, metadata 2 KB, B 32 KB) and its wgmmas read
 // 80 KB out of it (each consumer: B 32 KB + its A 8 KB), for 512 cycles of tensor work at the sparse
 // peak. These cases separate what the ring costs from what the consumers cost (docs/kernels/ssmm.md
-// v22: the loop runs at the rate the copies come in, ~65 GB/s per SM), one CTA per SM laid out as the
-// TMA kernel: warp 0 the producer, warpgroups 1 and 2 consumers of m64n128k32 wgmmas with the
-// running-total update (S += c T) after every k-tile's drain.
+// v22: the loop runs at the rate the copies come in, ~65 GB/s per SM; v23: a share of a rate the SMs
+// split, which multicast lifts), one CTA per SM laid out as the TMA kernel: warp 0 the producer,
+// warpgroups 1 and 2 consumers of m64n128k32 wgmmas with the running-total update (S += c T) after
+// every k-tile's drain.
 //   ss_fixed     A and B read from one fixed tile, no copies (the layout's ceiling without a ring);
 //   ss_ring      each k-tile's A, metadata and B (50 KB) bulk-copied into a 4-stage ring (copies of
 //                up to 16 KB) and read from the stage: the TMA kernel's k loop, with constant data
