@@ -27,6 +27,6 @@ for e in "$@"; do
   $ncu --import "$OUT/profile/p$n.ncu-rep" --page source --csv --print-source sass > "$OUT/profile/p$n.source.csv" 2>&1
   rm -f "$OUT/profile/p$n.ncu-rep"
   echo "profile $n: env '$e'"
-  grep -E "Duration|Elapsed Cycles|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|Issue Slots Busy|Executed Ipc Active|No Eligible" "$OUT/profile/p$n.details.txt" | head -12
+  grep -E "Duration|Elapsed Cycles|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L2 Hit Rate|Issue Slots Busy|Executed Ipc Active|No Eligible" "$OUT/profile/p$n.details.txt" | head -14
 done
 (cd "$OUT" && tar czf profile.tgz profile && rm -rf profile)
