@@ -104,11 +104,7 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
         const auto copy = [&](std::uint8_t* to, const std::uint8_t* at, int bytes) {  // in copies of at most kChunk bytes
           if constexpr (kCluster > 1) {  // this rank's half, into both CTAs
             const int half = bytes / 2, o = static_cast<int>(kernels::cluster_ctarank()) * half;
-            asm volatile(
-                "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;\n" ::"r"(
-                    kernels::ptx::smem_address(to + o)),
-                "l"(at + o), "r"(half), "r"(kernels::ptx::smem_address(&full[stage])), "h"(std::uint16_t{3})
-                : "memory");
+            kernels::tma::load_bulk_multicast(to + o, at + o, half, &full[stage], std::uint16_t{3});
           } else {
             for (int o = 0; o < bytes; o += kChunk) kernels::tma::load_bulk(to + o, at + o, min(kChunk, bytes - o), &full[stage]);
           }

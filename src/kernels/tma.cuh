@@ -60,6 +60,15 @@ __device__ __forceinline__ void load_bulk(void* dst, const void* src, unsigned b
                : "memory");
 }
 
+// load_bulk into the same offset of every CTA of `cta_mask` in this cluster, completing each one's `bar`.
+__device__ __forceinline__ void load_bulk_multicast(void* dst, const void* src, unsigned bytes, std::uint64_t* bar,
+                                                    std::uint16_t cta_mask) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], %4;\n" ::"r"(
+                   ptx::smem_address(dst)),
+               "l"(src), "r"(bytes), "r"(ptx::smem_address(bar)), "h"(cta_mask)
+               : "memory");
+}
+
 // Brings a tensor map's descriptor into the cache the tensor copies read it from.
 __device__ __forceinline__ void prefetch_map(const CUtensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<std::uint64_t>(map)) : "memory");
