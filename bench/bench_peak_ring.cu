@@ -18,6 +18,10 @@
 //                SM's own limit or its share of one that all SMs split (L2's);
 //   ss_ring_mc2  ss_ring in clusters of two CTAs, each copying half of every stage's bytes multicast
 //                to both: the same bytes into every SM, half of them read from L2;
+//   ss_tile32, ss_tile48, ss_tile112  ss_ring in CTAs of 32 / 48 / 112 k-tiles (the TMA kernel's tile
+//                lengths at K = 4096 / 6144 / 14336), many waves of them, each CTA storing its T and S
+//                (64 KB of bf16) before it exits, as the kernel's tiles do; ss_tile32_nostore without
+//                the stores: what a tile's fill, drain and epilogue cost against the long loop's rate;
 //   rs_fixed     A from registers (the RS form), B fixed: the reads without A's 2 KB per wgmma;
 //   rs_ring      A from registers, the metadata and B (34 KB) copied into the ring;
 //   rs_ring_ldg  rs_ring with each consumer thread loading its A words from global memory (64 B per
@@ -25,6 +29,7 @@
 // The data are bf16 ones with the metadata register fixed (positions 0 and 1), so after g k-tiles
 // T = 64 g and S is the host's sum; every accumulator is checked before any rate is printed, which
 // also proves every copied stage and loaded A word arrived.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -48,7 +53,8 @@ namespace {
 
 constexpr int kN = 128;                      // tokens per consumer wgmma
 constexpr int kStages = 4;                   // the TMA kernel's ring depth at 50 KB stages
-constexpr int kGroups = 2048;                // k-tiles per CTA: T = 64 x 2048 stays fp32-exact
+constexpr int kGroups = 2048;                // k-tiles per CTA of the long-loop cases: T = 64 x 2048 stays fp32-exact
+constexpr int kTileWaveKTiles = 2048;        // k-tiles per SM of the tile-length cases, over all their waves
 constexpr int kBTileBytes = 2 * kN * 128;    // two 64-column halves of 128 token rows
 constexpr int kATileBytes = 2 * 64 * 128;    // both consumers' 64 compressed rows x 64 values
 constexpr int kMetaTileBytes = 2048;         // copied, not read: the metadata register is fixed
@@ -61,8 +67,12 @@ struct RingLayout {
   static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + 1024;   // + barriers, alignment slack
 };
 
-template <bool kRing, bool kRs, bool kLdg, int kChunk = 16384, int kCluster = 1>
-__global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int* bad) {
+// One CTA per SM; a grid of more CTAs than SMs (the tile-length cases) runs in waves, CTA b reading
+// source slot b % src_ctas. kStore: the consumers store T and S as bf16 (64 KB per CTA) to slot
+// b % src_ctas of `out` before they exit.
+template <bool kRing, bool kRs, bool kLdg, int kChunk = 16384, int kCluster = 1, bool kStore = false>
+__global__ void __launch_bounds__(384, 1)
+    wgmma_sp_ring_peak(int groups, const std::uint8_t* src, int src_ctas, std::uint32_t* out, int* bad) {
   static_assert(kCluster == 1 || (kRing && !kRs), "the multicast ring is the SS ring's");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kStageBytes = RingLayout<kRs>::kStageBytes;
@@ -71,7 +81,8 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
   auto* full = reinterpret_cast<std::uint64_t*>(smem + kStages * kStageBytes);  // [kStages]
   std::uint64_t* empty = full + kStages;                                        // [kStages]
   // [kStages][slot], one per cluster
-  const std::uint8_t* cta_src = src + static_cast<std::size_t>(blockIdx.x / kCluster) * kStages * kSlotBytes;
+  const int src_cta = static_cast<int>(blockIdx.x % static_cast<unsigned>(src_ctas));
+  const std::uint8_t* cta_src = src + static_cast<std::size_t>(src_cta / kCluster) * kStages * kSlotBytes;
   const int tid = threadIdx.x;
   if (!kRing) {
     for (int i = tid; i < kSlotBytes / 4; i += blockDim.x) reinterpret_cast<std::uint32_t*>(smem)[i] = kTwoOnes;
@@ -189,6 +200,27 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
   kernels::wgmma::fence_registers(t);
   float s_expected = 0.0f;
   for (int i = 0; i < groups; ++i) s_expected = fmaf((i & 1) ? 1.0f : -1.0f, 64.0f * i, s_expected);
+  if constexpr (kStore) {  // [16 chunks of T then S][256 consumer threads] uint4: coalesced 16-byte stores, as the staged epilogue's
+    auto* to = reinterpret_cast<uint4*>(out) + static_cast<std::size_t>(src_cta) * 16 * 256 + ctid;
+    const auto pack = [](float lo, float hi) {
+      const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+      return *reinterpret_cast<const std::uint32_t*>(&v);
+    };
+#pragma unroll
+    for (int f = 0; f < kN / 2; f += 8) {
+      uint4 tv, sv;
+      tv.x = pack(t[f], t[f + 1]);
+      tv.y = pack(t[f + 2], t[f + 3]);
+      tv.z = pack(t[f + 4], t[f + 5]);
+      tv.w = pack(t[f + 6], t[f + 7]);
+      sv.x = pack(s[f], s[f + 1]);
+      sv.y = pack(s[f + 2], s[f + 3]);
+      sv.z = pack(s[f + 4], s[f + 5]);
+      sv.w = pack(s[f + 6], s[f + 7]);
+      to[(f / 8) * 256] = tv;
+      to[(kN / 16 + f / 8) * 256] = sv;
+    }
+  }
   int wrong = 0;
 #pragma unroll
   for (int f = 0; f < kN / 2; ++f) wrong += (t[f] != 64.0f * groups) + (s[f] != s_expected);
@@ -197,17 +229,20 @@ __global__ void __launch_bounds__(384, 1) wgmma_sp_ring_peak(int groups, const s
   if (threadIdx.x == 0 && blockIdx.x == 0) __trap();  // launched only on sm_90 devices
   (void)groups;
   (void)src;
+  (void)src_ctas;
+  (void)out;
   (void)bad;
 #endif
 }
 
 struct RingCase {
   const char* name;
-  void (*kernel)(int, const std::uint8_t*, int*);
+  void (*kernel)(int, const std::uint8_t*, int, std::uint32_t*, int*);
   int smem_bytes;
   int copied_bytes;  // per k-tile, into shared memory
   int sm_divisor = 1;  // one CTA on each of sms / sm_divisor SMs
   int cluster = 1;     // CTAs per cluster (the multicast ring)
+  int k_tiles = kGroups;  // per CTA; fewer: kTileWaveKTiles / k_tiles waves of CTAs
 };
 
 }  // namespace
@@ -223,6 +258,13 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       {"ss_ring_sm/4", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes, 4},
       {"ss_ring_mc2", &wgmma_sp_ring_peak<true, false, false, 16384, 2>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes,
        1, 2},
+      {"ss_tile32", &wgmma_sp_ring_peak<true, false, false, 16384, 1, true>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes,
+       1, 1, 32},
+      {"ss_tile32_nostore", &wgmma_sp_ring_peak<true, false, false>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes, 1, 1, 32},
+      {"ss_tile48", &wgmma_sp_ring_peak<true, false, false, 16384, 1, true>, RingLayout<false>::kSmemBytes, RingLayout<false>::kStageBytes,
+       1, 1, 48},
+      {"ss_tile112", &wgmma_sp_ring_peak<true, false, false, 16384, 1, true>, RingLayout<false>::kSmemBytes,
+       RingLayout<false>::kStageBytes, 1, 1, 112},
       {"rs_fixed", &wgmma_sp_ring_peak<false, true, false>, RingLayout<true>::kSmemBytes, 0},
       {"rs_ring", &wgmma_sp_ring_peak<true, true, false>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
       {"rs_ring_ldg", &wgmma_sp_ring_peak<true, true, true>, RingLayout<true>::kSmemBytes, RingLayout<true>::kStageBytes},
@@ -234,9 +276,14 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
   const std::unique_ptr<std::uint8_t, cudaError_t (*)(void*)> src_guard(d_src, &cudaFree);
   const std::vector<std::uint32_t> ones(src_bytes / 4, kTwoOnes);
   SAMOYEDS_CUDA_CHECK(cudaMemcpy(d_src, ones.data(), src_bytes, cudaMemcpyHostToDevice));
-  const std::size_t threads = static_cast<std::size_t>(sms) * 256;
-  SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_bad, threads * sizeof(int)));
+  // The bad flags of the largest grid: the tile-length cases' waves.
+  int max_ctas = sms;
+  for (const RingCase& c : cases) max_ctas = std::max(max_ctas, sms * (c.k_tiles < kGroups ? kTileWaveKTiles / c.k_tiles + 1 : 1));
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_bad, static_cast<std::size_t>(max_ctas) * 256 * sizeof(int)));
   const std::unique_ptr<int, cudaError_t (*)(void*)> bad_guard(d_bad, &cudaFree);
+  std::uint32_t* d_out = nullptr;  // the tile cases' stores: [sms][16][256 threads] uint4
+  SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_out, static_cast<std::size_t>(sms) * 16 * 256 * 16));
+  const std::unique_ptr<std::uint32_t, cudaError_t (*)(void*)> out_guard(d_out, &cudaFree);
   std::FILE* f = nullptr;
   if (!o.out_path.empty()) {
     f = std::fopen(o.out_path.c_str(), "a");
@@ -244,7 +291,8 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
   }
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_guard(f, &std::fclose);
   std::printf("wgmma.mma_async.sp.m64n%dk32 bf16 with the running-total update, %d SMs x (producer warp + 2 consumer "
-              "warpgroups), %d k-tiles each, %d-stage ring\n", kN, sms, kGroups, kStages);
+              "warpgroups), %d k-tiles each (the tile cases: %d per SM in waves of shorter CTAs), %d-stage ring\n", kN, sms, kGroups,
+              kTileWaveKTiles, kStages);
   std::printf("  case         | CTAs | copied/k-tile |      us |  TFLOP/s dense-eq | of the SMs' 1979 | copies GB/s per SM\n");
   Timer timer;
   for (const RingCase& c : cases) {
@@ -265,9 +313,12 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       SAMOYEDS_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&max_clusters, c.kernel, &config));
       ctas = std::min(ctas, max_clusters * c.cluster);
     }
+    const int src_ctas = ctas;
+    if (c.k_tiles < kGroups) ctas *= kTileWaveKTiles / c.k_tiles;  // the same k-tiles per SM as the long loop, in waves
     config.gridDim = dim3(static_cast<unsigned>(ctas));
     auto launch = [&] {
-      SAMOYEDS_CUDA_CHECK(cudaLaunchKernelEx(&config, c.kernel, kGroups, static_cast<const std::uint8_t*>(d_src), d_bad));
+      SAMOYEDS_CUDA_CHECK(
+          cudaLaunchKernelEx(&config, c.kernel, c.k_tiles, static_cast<const std::uint8_t*>(d_src), src_ctas, d_out, d_bad));
       SAMOYEDS_CHECK_LAUNCH("wgmma_sp_ring_peak");
     };
     int wrong = 0;
@@ -278,18 +329,19 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       return 1;
     }
     const Timing t = timer.time(launch, o.reps);
-    const double wgmmas = static_cast<double>(ctas) * 2 * kGroups * 4;
+    const double wgmmas = static_cast<double>(ctas) * 2 * c.k_tiles * 4;
     const double tflops = wgmmas * 2.0 * 64 * kN * 32 / (t.median_us * 1e-6) / 1e12;
-    const double copy_gbs = static_cast<double>(c.copied_bytes) * kGroups / (t.median_us * 1e-6) / 1e9;
-    // The share of the peak of the SMs the case runs on.
+    const double copy_gbs = static_cast<double>(c.copied_bytes) * c.k_tiles * ctas / src_ctas / (t.median_us * 1e-6) / 1e9;
+    // The share of the peak of the SMs the case runs on (src_ctas: one CTA per SM at a time).
     std::printf("  %-12s | %4d | %11d B | %7.1f | %17.1f | %14.1f %% | %6.1f\n", c.name, ctas, c.copied_bytes, t.median_us, tflops,
-                100.0 * tflops / (1978.9 * ctas / sms), copy_gbs);
+                100.0 * tflops / (1978.9 * src_ctas / sms), copy_gbs);
     if (f) {
       Record r = run_record("peak", device_label, run_commit, date);
       r.add("dtype", "bf16").add("kernel", std::string("wgmma_sp_m64n128k32_update_") + c.name).add("time_us", t.median_us)
           .add("p10_us", t.p10_us).add("p90_us", t.p90_us).add("tflops", tflops)
           .add("copied_bytes_per_k_tile", static_cast<std::int64_t>(c.copied_bytes)).add("ctas", static_cast<std::int64_t>(ctas))
-          .add("cluster", static_cast<std::int64_t>(c.cluster)).add("reps", static_cast<std::int64_t>(o.reps));
+          .add("cluster", static_cast<std::int64_t>(c.cluster)).add("k_tiles_per_cta", static_cast<std::int64_t>(c.k_tiles))
+          .add("reps", static_cast<std::int64_t>(o.reps));
       std::fprintf(f, "%s\n", r.json().c_str());
     }
   }
