@@ -35,7 +35,6 @@ Params make_params(const gpu::SsmmArgs& a) {
   p.splits = 1;     // the sm90 launcher plans split-K
   p.tile_band = 1;  // and the tile order
   p.a_by_tma = 0;   // and how A is copied
-  p.l2_prefetch = 0;
   p.expert_offsets = a.expert_offsets;
   p.num_experts = a.weight.num_stacked;
   p.values_stride = geometry.num_values();

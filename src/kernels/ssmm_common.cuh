@@ -55,9 +55,6 @@ struct Params {
   // sm90 cp.async variant: how many of the first stages' A values and metadata the consumers copy
   // while the token ids load (the producer copies the rest; docs/kernels/ssmm.md v15).
   int early_stages;
-  // sm90 TMA variant: the producer asks L2 for k-tile kt + l2_prefetch's boxes when it copies k-tile
-  // kt (0: no prefetch; SAMOYEDS_SSMM_PREFETCH, docs/kernels/ssmm.md v24).
-  int l2_prefetch;
   std::int64_t values_stride, metadata_stride, select_stride;
 };
 

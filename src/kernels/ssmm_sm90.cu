@@ -69,8 +69,6 @@ namespace sm90 {
 
 using tma::fence_mbarrier_init;
 using tma::load_3d;
-using tma::prefetch_l2_2d;
-using tma::prefetch_l2_3d;
 using tma::mbarrier_arrive;
 using tma::mbarrier_arrive_expect_tx;
 using tma::mbarrier_init;
@@ -152,17 +150,6 @@ __device__ __forceinline__ void load_b_share(std::uint8_t* tile, int bn, const C
   }
   const int half = static_cast<int>(rank % 2), rows = b_box_rows(bn, static_cast<int>(num_ctas)), r0 = static_cast<int>(rank / 2) * rows;
   tma_load_2d_multicast(tile + half * bn * 128 + r0 * 128, map, bar, kt * 128 + half * 64, tok0 + r0, cta_mask);
-}
-
-// load_b_share's boxes into L2 only.
-__device__ __forceinline__ void prefetch_l2_b_share(const CUtensorMap* map, int bn, int kt, int tok0, unsigned rank, unsigned num_ctas) {
-  if (num_ctas == 1) {
-    prefetch_l2_2d(map, kt * 128, tok0);
-    prefetch_l2_2d(map, kt * 128 + 64, tok0);
-    return;
-  }
-  const int half = static_cast<int>(rank % 2), rows = b_box_rows(bn, static_cast<int>(num_ctas)), r0 = static_cast<int>(rank / 2) * rows;
-  prefetch_l2_2d(map, kt * 128 + half * 64, tok0 + r0);
 }
 
 }  // namespace sm90
@@ -519,16 +506,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       const int i = kt - kt_begin, stage = i % kStages;
       if (i >= kStages) mbarrier_wait(&empty_bar[stage], ((i / kStages) & 1) ^ 1);  // every reader in the cluster is done
       std::uint8_t* base = smem + stage * Config::kStageBytes;
-      if (lane == 0 && p.l2_prefetch > 0 && kt + p.l2_prefetch < kt_end) {
-        // Ahead of the ring: the boxes this CTA will copy p.l2_prefetch k-tiles from now, into L2.
-        const int ahead = kt + p.l2_prefetch;
-#pragma unroll
-        for (int m = 0; m < kNumMats; ++m) {
-          prefetch_l2_3d(&maps.values[m], ahead * 64, crow0, tile.expert);
-          prefetch_l2_3d(&maps.metadata[m], ahead * 64, crow0 / 16, tile.expert);
-        }
-        prefetch_l2_b_share(&maps.b, kBN, ahead, slot0, rank, num_ctas);
-      }
       if (lane == 0) {
         // Whole boxes, zero fill included: this CTA's A values and metadata, and every CTA's B share.
         constexpr unsigned kTxBytes = kNumMats * (kATileBytes + Config::kMetaTileBytes) + Config::kBTileBytes;
@@ -1439,7 +1416,6 @@ struct Tuning {
   bool pdl = true;     // the split-K reduce as a programmatic dependent launch
   bool persistent = false;  // the TMA variant's persistent kernel where it applies
   int early_stages = 1;  // cp.async variant: stages whose A the consumers copy in the prologue (v15: 1 measured best)
-  int l2_prefetch = 0;   // TMA variant: k-tiles ahead of the copies that the producer prefetches into L2 (0: none)
   bool stream_k = false;  // the stream-K kernel where it applies
   bool decode = true;     // the decode kernel where it applies
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
@@ -1457,7 +1433,6 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PDL")) r.pdl = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_PERSISTENT")) r.persistent = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_EARLY_STAGES")) r.early_stages = std::max(0, std::atoi(v));
-    if (const char* v = std::getenv("SAMOYEDS_SSMM_PREFETCH")) r.l2_prefetch = std::clamp(std::atoi(v), 0, 64);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_STREAM_K")) r.stream_k = std::strcmp(v, "on") == 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE")) r.decode = std::strcmp(v, "off") != 0;
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
@@ -1912,7 +1887,6 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   p.early_stages = tuning().early_stages;
-  p.l2_prefetch = tuning().l2_prefetch;
   if (c.stream_k && has_workspace) {
     p.workspace = static_cast<float*>(args.workspace);
     if (args.x_dtype == DType::bf16) {

@@ -51,19 +51,6 @@ __device__ __forceinline__ void load_3d(void* dst, const CUtensorMap* map, std::
       : "memory");
 }
 
-// A box of a 2-D / 3-D tensor map into L2 only (no shared memory, no barrier): a later copy of the same
-// box then finds it there instead of waiting for DRAM.
-__device__ __forceinline__ void prefetch_l2_2d(const CUtensorMap* map, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(reinterpret_cast<std::uint64_t>(map)), "r"(c0),
-               "r"(c1)
-               : "memory");
-}
-__device__ __forceinline__ void prefetch_l2_3d(const CUtensorMap* map, int c0, int c1, int c2) {
-  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"(reinterpret_cast<std::uint64_t>(map)),
-               "r"(c0), "r"(c1), "r"(c2)
-               : "memory");
-}
-
 // `bytes` contiguous bytes (a multiple of 16, both addresses 16-byte aligned) into this CTA's shared
 // memory, without a tensor map; completes `bar`'s transaction bytes.
 __device__ __forceinline__ void load_bulk(void* dst, const void* src, unsigned bytes, std::uint64_t* bar) {
