@@ -166,9 +166,16 @@ struct TmaMaps {
 
 namespace {
 
-template <int kNumMats, bool kSmallN, bool kTma = false>
+// kPaired (the one-CTA TMA kernel's gate/up, v24): the CTA holds 64 compressed rows of both matrices
+// and 128 tokens; consumer g accumulates matrix g alone (m64n128 wgmmas, as a one-matrix product),
+// and the epilogue meets the two in shared memory for SiLU(gate) * up.
+template <int kNumMats, bool kSmallN, bool kTma = false, bool kPaired = false>
 struct Sm90Config {
-  static constexpr int kBM = 128;      // compressed rows per CTA (2 consumer warpgroups x 64)
+  static_assert(!kPaired || (kTma && kNumMats == 2 && !kSmallN), "paired consumers: the TMA variant's two matrices");
+  static constexpr int kStageMats = kNumMats;  // matrices whose A tiles a stage holds
+  static constexpr int kBM = kPaired ? 64 : 128;  // compressed rows per CTA (2 consumer warpgroups x 64, or 64 of each matrix)
+  static constexpr int kConsumerMats = kPaired ? 1 : kNumMats;  // matrices one consumer warpgroup accumulates
+  static_assert(kConsumerMats * (kPaired ? 2 : 1) == kStageMats, "paired: one matrix per consumer warpgroup");
   static constexpr int kBK = 128;      // logical columns per k-tile
   static constexpr int kProducerThreads = 128;  // one warpgroup
   static constexpr int kConsumerThreads = 256;  // two warpgroups
@@ -181,7 +188,7 @@ struct Sm90Config {
   static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file");
   static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
-  static constexpr int kBN = kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32));
+  static constexpr int kBN = kPaired ? 128 : (kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32)));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
@@ -326,10 +333,11 @@ struct BTileCopier {
 // with 0x44444444: positions (0, 1) over zero values.
 template <typename Config, int kNumMats>
 __device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumMats][4], const std::uint8_t* base, int warp_slot,
-                                                     int lane, int ksteps_here) {
+                                                     int lane, int ksteps_here, int first_mat = 0) {
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) {
-    const auto* words = reinterpret_cast<const std::uint32_t*>(base + kNumMats * Config::kATileBytes + m * Config::kMetaTileBytes) +
+    const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kStageMats * Config::kATileBytes +
+                                                               (first_mat + m) * Config::kMetaTileBytes) +
                         warp_slot * 64 + (lane / 4) * 2 + (lane & 1);
     if (__builtin_expect(ksteps_here == 4, 1)) {  // every k-tile of a warp with rows but a short last one
 #pragma unroll
@@ -378,19 +386,21 @@ __device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][2][
         }
 }
 
-// This warpgroup's wgmmas of one stage: 4 k-steps x kNumMats matrices into set 0 (A descriptor +32 B
-// per k-step, B +64 B and the 64-column half offset), committed as one group.
-template <typename Config, bool kBf16, int kNumMats>
-__device__ __forceinline__ void issue_k_tile(float (&acc)[kNumMats][2][Config::kBN / 2], std::uint64_t desc_stage, int group,
-                                             const std::uint32_t (&meta)[kNumMats][4]) {
+// This warpgroup's wgmmas of one stage: 4 k-steps x kMats matrices into set 0 (A descriptor +32 B
+// per k-step, B +64 B and the 64-column half offset), committed as one group. The warpgroup's A rows of
+// its first matrix start a_offset bytes into the stage (its 64-row half, or its matrix when paired).
+template <typename Config, bool kBf16, int kMats>
+__device__ __forceinline__ void issue_k_tile(float (&acc)[kMats][2][Config::kBN / 2], std::uint64_t desc_stage, std::uint32_t a_offset,
+                                             const std::uint32_t (&meta)[kMats][4]) {
   constexpr int kBN = Config::kBN;
+  static_assert(kMats == Config::kConsumerMats, "the accumulators hold the matrices of one consumer warpgroup");
   wgmma::fence();
-  const std::uint32_t a_offset = group * (64 * 128), b_offset = kNumMats * (Config::kATileBytes + Config::kMetaTileBytes);
+  const std::uint32_t b_offset = Config::kStageMats * (Config::kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
     const std::uint64_t desc_b = wgmma::advance_descriptor(desc_stage, b_offset + (ks / 2) * (kBN * 128) + (ks % 2) * 64);
 #pragma unroll
-    for (int m = 0; m < kNumMats; ++m) {
+    for (int m = 0; m < kMats; ++m) {
       const std::uint64_t desc_a = wgmma::advance_descriptor(desc_stage, a_offset + m * Config::kATileBytes + ks * 32);
       wgmma::SparseMma<kBN, kBf16>::run(acc[m][0], desc_a, desc_b, meta[m][ks]);
     }
@@ -423,7 +433,8 @@ template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
 __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  using Config = Sm90Config<kNumMats, kSmallN, kTma>;
+  constexpr bool kPaired = kTma && kNumMats == 2 && !kSmallN;  // gate/up: consumer g takes matrix g (Sm90Config)
+  using Config = Sm90Config<kNumMats, kSmallN, kTma, kPaired>;
   constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
   constexpr int kBN = Config::kBN;
   constexpr int kStages = Config::kStages;
@@ -565,18 +576,21 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int lane = ctid % 32, warp_in_group = (ctid % 128) / 32, group = ctid / 128;
   const int g = lane / 4, t = lane % 4;
 
-  float acc[kNumMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
+  // Paired, consumer g holds matrix g of all the CTA's rows; else both matrices of its 64-row half.
+  constexpr int kMats = Config::kConsumerMats;
+  const int first_mat = kPaired ? group : 0;
+  float acc[kMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
+  for (int m = 0; m < kMats; ++m)
 #pragma unroll
     for (int s = 0; s < 2; ++s)
 #pragma unroll
       for (int f = 0; f < kBN / 2; ++f) acc[m][s][f] = 0.0f;
-  std::uint32_t sel[kNumMats];  // bit h: selection of this thread's row g + 8h in the current segment
+  std::uint32_t sel[kMats];  // bit h: selection of this thread's row g + 8h in the current segment
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m) sel[m] = 0;
+  for (int m = 0; m < kMats; ++m) sel[m] = 0;
 
-  const std::int64_t warp_row0 = row0 + group * 64 + warp_in_group * 16;  // this warp's 16 compressed rows
+  const std::int64_t warp_row0 = row0 + (kPaired ? 0 : group * 64) + warp_in_group * 16;  // this warp's 16 compressed rows
   const bool warp_rows_exist = warp_row0 < p.compressed_rows_padded;
   // Gives a drained stage back to the producer (TMA: to every producer of the cluster).
   auto release_stage = [&](int stage) {
@@ -594,10 +608,13 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // producers spent instructions copying it). [32-row groups][num_segments] words per matrix. A warp
   // without rows reads nothing and keeps every selection at 0.
   const int select_shift = static_cast<int>(warp_row0 % 32) + g;
-  const std::uint32_t* select_src[kNumMats];
+  const std::uint32_t* select_src[kMats];
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
-    select_src[m] = p.row_select_on && warp_rows_exist ? mats.row_select[m] + (warp_row0 / 32) * p.num_segments : nullptr;
+  for (int m = 0; m < kMats; ++m) {
+    // Paired: matrix `group` (a select, not an index: a runtime index put the array in local memory).
+    const std::uint32_t* words = kPaired ? (group == 0 ? mats.row_select[0] : mats.row_select[kNumMats - 1]) : mats.row_select[m];
+    select_src[m] = p.row_select_on && warp_rows_exist ? words + (warp_row0 / 32) * p.num_segments : nullptr;
+  }
 
   // Turn-taking: consumer 0 issues k-tile i after consumer 1 issued k-tile i - 1 (barrier 1),
   // consumer 1 issues k-tile i after consumer 0 issued it (barrier 2). Arrivals and waits pair up.
@@ -608,9 +625,9 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   const int ksteps_last = warp_rows_exist ? static_cast<int>(ksteps_per_row - static_cast<std::int64_t>(num_kt_total - 1) * 4) : 0;
   SegmentCursor segment(kt_per_segment, kt_begin);
   // The next segment start's select words (a CTA's k range starts on a segment boundary: plan_split_k).
-  std::uint32_t word_ahead[kNumMats];
+  std::uint32_t word_ahead[kMats];
 #pragma unroll
-  for (int m = 0; m < kNumMats; ++m)
+  for (int m = 0; m < kMats; ++m)
     word_ahead[m] = kt_begin < kt_end && segment.starts() && select_src[m] ? __ldg(select_src[m] + segment.index) : 0u;
   // The turn-taking conditions as loop-carried values: written as `group == 1 || i > 0`, the
   // compiler re-read the thread index every k-tile to rebuild them, and that S2R's latency sat right
@@ -628,7 +645,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // What needs no register an issued wgmma uses comes before the drain: after it, the running-total
     // update and the next wgmmas are the chain that keeps the tensor cores waiting.
     const bool new_segment = segment.starts();
-    float c[kNumMats][2];
+    float c[kMats][2];
     if (new_segment) enter_segment(sel, word_ahead, c, select_src, select_shift, segment, kt, kt_end);
     // One descriptor per stage, offsets added: building each from its address cost ~8 instructions.
     const std::uint64_t desc_stage = sw128_descriptor(base);
@@ -641,19 +658,50 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // The metadata registers are rewritten only now: whether an issued wgmma.sp may still read its
     // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
     // latency hides behind the update's FFMAs anyway.
-    std::uint32_t meta[kNumMats][4];
-    load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt_total ? ksteps_full : ksteps_last);
+    std::uint32_t meta[kMats][4];
+    load_k_tile_metadata<Config, kMats>(meta, base, kPaired ? warp_in_group : group * 4 + warp_in_group, lane,
+                                        kt + 1 < num_kt_total ? ksteps_full : ksteps_last, first_mat);
     if (new_segment) update_running_totals(acc, c);
 
     if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wait_turn = true;
-    issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
+    issue_k_tile<Config, kBf16, kMats>(acc, desc_stage, kPaired ? group * kATileBytes : group * (64 * 128), meta);
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
   }
   wgmma::wait<0>();
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   running_totals_to_rows(acc, sel);
+
+  // Paired: up's consumer hands its rows to gate's through shared memory, thread to thread (the two
+  // hold the same rows and tokens in the same fragments), [2 sets][kBN / 2 fragments][128 threads]
+  // fp32 after the staged tile's region. The first barrier waits for both consumers' last wgmmas
+  // (every copy into the ring landed before they were issued), so the ring is free.
+  constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's logical rows, 16-bit, + 16 B (staged epilogue)
+  constexpr int kXchgOffset = (kBN * kStagedRowBytes + 1023) / 1024 * 1024;
+  static_assert(!kPaired || kXchgOffset + 2 * (kBN / 2) * 128 * 4 <= kStages * Config::kStageBytes, "the hand-over fits in the ring");
+  const float* up_rows = nullptr;  // this thread's fragments of up (paired, gate's consumer)
+  if constexpr (kPaired) {
+    auto* xchg = reinterpret_cast<float*>(smem + kXchgOffset);
+    const int xchg_thread = ctid % 128;
+    named_barrier_sync(3, Config::kConsumerThreads);
+    if (group == 1) {
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) xchg[(s * (kBN / 2) + f) * 128 + xchg_thread] = acc[0][s][f];
+    }
+    named_barrier_sync(3, Config::kConsumerThreads);
+    up_rows = xchg + xchg_thread;
+  }
+  // Matrix m's value at fragment f of set s (0: logical row 2 crow, 1: 2 crow + 1), held or handed over.
+  const auto mat_value = [&](int m, int s, int f) -> float {
+    if constexpr (kPaired) {
+      return m == 0 ? acc[0][s][f] : up_rows[(s * (kBN / 2) + f) * 128];
+    } else {
+      return acc[m][s][f];
+    }
+  };
 
   // Epilogue: thread rows g, g + 8 of its warp's 16; tokens 8i + 2t (+1). With row selection a
   // compressed row feeds the adjacent logical rows 2 crow and 2 crow + 1, which for 16-bit output
@@ -667,8 +715,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     float even[kNumMats], odd[kNumMats];
 #pragma unroll
     for (int m = 0; m < kNumMats; ++m) {
-      even[m] = acc[m][0][f];
-      odd[m] = acc[m][1][f];
+      even[m] = mat_value(m, 0, f);
+      odd[m] = mat_value(m, 1, f);
     }
     even_out = epilogue_value<kEpi, kNumMats>(even, p, tok0 + slot, tok);
     odd_out = epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok);
@@ -680,38 +728,41 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // was consumed, so every copy into it (the cluster's multicasts included) has landed, and the
   // barrier below waits for the other consumer's last wgmmas.
   if (paired_stores && p.rows % 8 == 0 && (reinterpret_cast<std::uintptr_t>(p.y) & 15u) == 0) {
-    // [kBN slots][256 logical rows] 16-bit, a slot's row padded by 16 B: the pair writes of a warp
+    // [kBN slots][2 kBM logical rows] 16-bit, a slot's row padded by 16 B: the pair writes of a warp
     // (4 slots x 8 rows) then fall on 32 different banks.
-    constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;
     static_assert(kBN * kStagedRowBytes <= kStages * Config::kStageBytes, "the staged tile fits in the ring");
+    constexpr int kChunksPerSlot = 2 * kBM * 2 / 16;
     named_barrier_sync(3, Config::kConsumerThreads);
-    const int pair_offset = (group * 64 + warp_in_group * 16 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+    const int pair_offset = static_cast<int>(warp_row0 - row0 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+    if (!kPaired || group == 0) {  // paired: gate's consumer holds both matrices' values now
 #pragma unroll
-    for (int i = 0; i < kBN / 8; ++i)
+      for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
-        const int slot = 8 * i + 2 * t + q;
-        const std::int32_t tok = s_tok[slot];
-        if (tok == kNoToken) continue;  // past the expert's slots (a suffix of the tile): never stored
+        for (int q = 0; q < 2; ++q) {
+          const int slot = 8 * i + 2 * t + q;
+          const std::int32_t tok = s_tok[slot];
+          if (tok == kNoToken) continue;  // past the expert's slots (a suffix of the tile): never stored
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float even, odd;
-          row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
-          *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) = narrow2<kBf16>(even, odd);
+          for (int h = 0; h < 2; ++h) {
+            float even, odd;
+            row_pair(4 * i + 2 * h + q, slot, tok, even, odd);
+            *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) = narrow2<kBf16>(even, odd);
+          }
         }
-      }
+    }
     named_barrier_sync(3, Config::kConsumerThreads);
     const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));
     const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);  // rows % 8 == 0
     auto* y = static_cast<std::uint16_t*>(p.y);
-    for (int c = ctid; c < slots_here * 32; c += Config::kConsumerThreads) {
-      const int slot = c / 32, chunk = c % 32;
+    for (int c = ctid; c < slots_here * kChunksPerSlot; c += Config::kConsumerThreads) {
+      const int slot = c / kChunksPerSlot, chunk = c % kChunksPerSlot;
       if (chunk >= chunks_here) continue;  // rows past the matrix in its last row tile
       *reinterpret_cast<uint4*>(y + (tok0 + slot) * p.rows + 2 * row0 + chunk * 8) =
           *reinterpret_cast<const uint4*>(smem + slot * kStagedRowBytes + chunk * 16);
     }
     return;
   }
+  if (kPaired && group == 1) return;  // its rows went to gate's consumer, which stores both
   if (paired_stores) {
 #pragma unroll
     for (int i = 0; i < kBN / 8; ++i)
@@ -752,7 +803,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           if (R >= p.rows) continue;
           float v[kNumMats];
 #pragma unroll
-          for (int m = 0; m < kNumMats; ++m) v[m] = o ? acc[m][1][f] : acc[m][0][f];
+          for (int m = 0; m < kNumMats; ++m) v[m] = mat_value(m, o, f);
           if (p.splits > 1) {
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m)
@@ -911,7 +962,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_stream_k(const Params p, con
       if (new_segment) update_running_totals(acc, c);
       if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
       wait_turn = true;
-      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group * (64 * 128), meta);
       if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
       --arrivals_left;
     }
@@ -1019,13 +1070,15 @@ __global__ void __launch_bounds__(256) ssmm_sm90_stream_k_reduce(const Params p,
 // smem: 3 stages (gate/up 52 KB, down 50 KB each) + the staging buffer (33 / 66 KB) <= 227 KB.
 template <int kNumMats>
 struct PersistentConfig {
-  using Tiles = Sm90Config<kNumMats, false, true>;  // the same tiles and stage layout as the TMA variant
+  using Tiles = Sm90Config<kNumMats, false, true>;  // the TMA variant's stage layout, unpaired for gate/up
   static constexpr int kBM = Tiles::kBM, kBK = Tiles::kBK, kBN = Tiles::kBN;
   static constexpr int kThreads = Tiles::kThreads, kProducerThreads = Tiles::kProducerThreads,
                        kConsumerThreads = Tiles::kConsumerThreads;
   static constexpr int kEpilogueThreads = kProducerThreads - 32;  // warps 1-3 of warpgroup 0
   static constexpr int kLowRegisters = 56, kConsumerRegisters = 224;
   static_assert(128 * kLowRegisters + 256 * kConsumerRegisters <= 65536, "register file");
+  static constexpr int kStageMats = Tiles::kStageMats, kConsumerMats = Tiles::kConsumerMats;
+  static_assert(kConsumerMats == kStageMats, "its consumers hold every matrix of their 64 rows (not the paired gate/up)");
   static constexpr int kATileBytes = Tiles::kATileBytes, kMetaTileBytes = Tiles::kMetaTileBytes,
                        kBTileBytes = Tiles::kBTileBytes, kStageBytes = Tiles::kStageBytes;
   static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's 256 logical rows, 16-bit, + 16 B
@@ -1273,7 +1326,7 @@ __global__ void __launch_bounds__(384, 1)
       if (new_segment) update_running_totals(acc, c);
       if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
       wait_turn = true;
-      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group * (64 * 128), meta);
       named_barrier_arrive(2 - group, Config::kConsumerThreads);
       if (kt == num_kt / 2) look_ahead();
     }
@@ -1626,14 +1679,15 @@ Sm90Choice choose(const gpu::SsmmArgs& a) {
 }
 
 // Tensor maps of the A values and metadata of kNumMats (<= 2) matrices in the boxes a stage holds:
-// 128 rows x 64 values, 8 row tiles x 4 k-steps of words.
+// box_rows (a CTA's compressed rows: 128, or 64 for the paired gate/up) x 64 values, box_rows / 16
+// row tiles x 4 k-steps of words.
 template <int kNumMats>
-TmaMaps weight_maps(const Params& p) {
+TmaMaps weight_maps(const Params& p, std::uint32_t box_rows = 128) {
   static_assert(kNumMats <= 2, "TmaMaps holds two matrices");
   TmaMaps maps;
   std::memset(&maps, 0, sizeof(maps));
   for (int m = 0; m < kNumMats; ++m) {
-    const WeightMaps w = weight_maps_of(p, m, 128);
+    const WeightMaps w = weight_maps_of(p, m, box_rows);
     maps.values[m] = w.values;
     maps.metadata[m] = w.metadata;
   }
@@ -1737,7 +1791,9 @@ void launch_persistent(const Params& p, const TmaMaps& maps, int* next_unit, cud
 template <bool kBf16, int kNumMats, Epi kEpi>
 void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   const int cluster = c.persistent ? 1 : c.cluster;  // the persistent kernel takes its units one CTA at a time
-  using Config = Sm90Config<kNumMats, false, true>;
+  // The one-CTA kernel's tiles (paired for gate/up, ssmm_sm90_kernel), or the persistent kernel's.
+  using Config = Sm90Config<kNumMats, false, true, kNumMats == 2>;
+  using Tiles = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
   const std::uint16_t* b = p.x;
   std::int64_t b_rows = p.num_x_rows;
@@ -1750,9 +1806,10 @@ void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cu
     b_rows = p.L;
   }
   const auto u64 = [](std::int64_t v) { return static_cast<std::uint64_t>(v); };
-  TmaMaps maps = weight_maps<kNumMats>(p);
+  const int box_rows = c.persistent ? Tiles::kBM : Config::kBM, box_tokens = c.persistent ? Tiles::kBN : Config::kBN;
+  TmaMaps maps = weight_maps<kNumMats>(p, static_cast<std::uint32_t>(box_rows));
   maps.b = tensor_map<2>("activations", CU_TENSOR_MAP_DATA_TYPE_UINT16, b, {u64(p.K), u64(b_rows)}, {u64(p.K * 2)},
-                         {64, static_cast<std::uint32_t>(sm90::b_box_rows(Config::kBN, cluster))}, CU_TENSOR_MAP_SWIZZLE_128B);
+                         {64, static_cast<std::uint32_t>(sm90::b_box_rows(box_tokens, cluster))}, CU_TENSOR_MAP_SWIZZLE_128B);
   if (c.persistent) {
     // The unit counter follows the gathered X in the workspace (workspace_bytes_of).
     auto* next_unit = reinterpret_cast<int*>(static_cast<std::uint8_t*>(a.workspace) + c.gather_bytes);
