@@ -673,38 +673,31 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   running_totals_to_rows(acc, sel);
 
-  // Paired: consumer g finishes set g (logical rows 2 crow + g) of both matrices, so the epilogue's
-  // work is split in two. Each hands the other set of its matrix to the other consumer through shared
-  // memory, thread to thread (the two hold the same rows and tokens in the same fragments): [receiving
-  // consumer][kBN / 2 fragments][128 threads] fp32 after the staged tile's region. The first barrier
-  // waits for both consumers' last wgmmas (every copy into the ring landed before they were issued),
-  // so the ring is free. Without row selection set 1 is never stored: consumer 0 does all of it.
+  // Paired: up's consumer hands its rows to gate's through shared memory, thread to thread (the two
+  // hold the same rows and tokens in the same fragments), [2 sets][kBN / 2 fragments][128 threads]
+  // fp32 after the staged tile's region. The first barrier waits for both consumers' last wgmmas
+  // (every copy into the ring landed before they were issued), so the ring is free.
   constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's logical rows, 16-bit, + 16 B (staged epilogue)
   constexpr int kXchgOffset = (kBN * kStagedRowBytes + 1023) / 1024 * 1024;
   static_assert(!kPaired || kXchgOffset + 2 * (kBN / 2) * 128 * 4 <= kStages * Config::kStageBytes, "the hand-over fits in the ring");
-  const float* other_rows = nullptr;  // paired: the other consumer's matrix at this thread's fragments of set `group`
+  const float* up_rows = nullptr;  // this thread's fragments of up (paired, gate's consumer)
   if constexpr (kPaired) {
     auto* xchg = reinterpret_cast<float*>(smem + kXchgOffset);
     const int xchg_thread = ctid % 128;
     named_barrier_sync(3, Config::kConsumerThreads);
-    float* to_other = xchg + (1 - group) * (kBN / 2) * 128 + xchg_thread;
+    if (group == 1) {
 #pragma unroll
-    for (int f = 0; f < kBN / 2; ++f) to_other[f * 128] = group == 0 ? acc[0][1][f] : acc[0][0][f];  // a select: indices stay static
-    named_barrier_sync(3, Config::kConsumerThreads);
-    other_rows = xchg + group * (kBN / 2) * 128 + xchg_thread;
-  }
-  // Paired: gate (v[0]) and up (v[1]) at fragment f of set `group`, one held and one handed over.
-  const auto owned_values = [&](int f, float (&v)[kNumMats]) {
-    if constexpr (kPaired) {
-      const float own = group == 0 ? acc[0][0][f] : acc[0][1][f], other = other_rows[f * 128];
-      v[0] = group == 0 ? own : other;
-      v[kNumMats - 1] = group == 0 ? other : own;
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int f = 0; f < kBN / 2; ++f) xchg[(s * (kBN / 2) + f) * 128 + xchg_thread] = acc[0][s][f];
     }
-  };
-  // Matrix m's value at fragment f of set s (0: logical row 2 crow, 1: 2 crow + 1); unpaired.
+    named_barrier_sync(3, Config::kConsumerThreads);
+    up_rows = xchg + xchg_thread;
+  }
+  // Matrix m's value at fragment f of set s (0: logical row 2 crow, 1: 2 crow + 1), held or handed over.
   const auto mat_value = [&](int m, int s, int f) -> float {
     if constexpr (kPaired) {
-      return 0.0f;  // not called: the paired paths take owned_values
+      return m == 0 ? acc[0][s][f] : up_rows[(s * (kBN / 2) + f) * 128];
     } else {
       return acc[m][s][f];
     }
@@ -741,23 +734,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     constexpr int kChunksPerSlot = 2 * kBM * 2 / 16;
     named_barrier_sync(3, Config::kConsumerThreads);
     const int pair_offset = static_cast<int>(warp_row0 - row0 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
-    if constexpr (kPaired) {  // one 16-bit value per fragment: logical row 2 crow + group
-#pragma unroll
-      for (int i = 0; i < kBN / 8; ++i)
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const int slot = 8 * i + 2 * t + q;
-          const std::int32_t tok = s_tok[slot];
-          if (tok == kNoToken) continue;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float v[kNumMats];
-            owned_values(4 * i + 2 * h + q, v);
-            *reinterpret_cast<std::uint16_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32 + group * 2) =
-                static_cast<std::uint16_t>(narrow2<kBf16>(epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok), 0.0f));
-          }
-        }
-    } else {
+    if (!kPaired || group == 0) {  // paired: gate's consumer holds both matrices' values now
 #pragma unroll
       for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
@@ -785,7 +762,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     }
     return;
   }
-  if (paired_stores && !kPaired) {  // paired: consumer g stores set g, below
+  if (kPaired && group == 1) return;  // its rows went to gate's consumer, which stores both
+  if (paired_stores) {
 #pragma unroll
     for (int i = 0; i < kBN / 8; ++i)
 #pragma unroll
@@ -824,13 +802,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
           const std::int64_t R = crow * rows_per_crow + o;
           if (R >= p.rows) continue;
           float v[kNumMats];
-          if constexpr (kPaired) {
-            if (o != group) continue;
-            owned_values(f, v);
-          } else {
 #pragma unroll
-            for (int m = 0; m < kNumMats; ++m) v[m] = mat_value(m, o, f);
-          }
+          for (int m = 0; m < kNumMats; ++m) v[m] = mat_value(m, o, f);
           if (p.splits > 1) {
 #pragma unroll
             for (int m = 0; m < kNumMats; ++m)
