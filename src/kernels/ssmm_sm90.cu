@@ -35,13 +35,17 @@
 // it multicasts to the cluster of consecutive row tiles sharing the token tile (B then must be
 // contiguous rows: a call with a token list first gathers X into slot order in the workspace); its
 // registers go to the consumers (232). Each stage's `empty` barrier takes the arrivals of every
-// consumer warp in the cluster, and a producer leaves only after all of them.
+// consumer warp in the cluster, and a producer leaves only after all of them. Its gate/up is paired
+// (v24): a CTA takes 64 compressed rows of both matrices x 128 tokens, consumer g accumulates matrix g
+// (m64n128 wgmmas, the one-matrix k loop) and hands its logical rows to consumer 0 through the free
+// ring for SiLU(gate) * up (the former 128-row x 64-token tiles, both matrices per consumer at N = 64,
+// took 1.12x the time).
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
 // a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
 // matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
 // row-select words from global memory themselves, one segment ahead (v9).
 // Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
-// (then free) ring, kBN x 528 B, and written as 16-byte chunks of whole slot rows (v13).
+// (then free) ring, kBN x (4 kBM + 16) B, and written as 16-byte chunks of whole slot rows (v13).
 // Stream-K variant (ssmm_sm90_stream_k, SAMOYEDS_SSMM_STREAM_K=on; measured slower, off by default,
 // v16): decode-sized calls as one CTA per SM over granule ranges that cross tiles; see its comment.
 #include <algorithm>
