@@ -314,7 +314,7 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       ctas = std::min(ctas, max_clusters * c.cluster);
     }
     const int src_ctas = ctas;
-    if (c.k_tiles < kGroups) ctas *= kTileWaveKTiles / c.k_tiles;  // the same k-tiles per SM as the long loop, in waves
+    if (c.k_tiles < kGroups) ctas *= kTileWaveKTiles / c.k_tiles;  // about the long loop's k-tiles per SM (2016 for 112), in waves
     config.gridDim = dim3(static_cast<unsigned>(ctas));
     auto launch = [&] {
       SAMOYEDS_CUDA_CHECK(

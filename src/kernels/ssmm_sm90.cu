@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // SSMM, Hopper path (sm_90a): warpgroup-level wgmma.mma_async.sp.m64nNk32 with fp32 accumulation.
 //
-// Algorithm (v4, warp-specialised). A CTA of three warpgroups computes 128 compressed rows x kBN
+// Algorithm (v4, warp-specialised). A CTA of three warpgroups computes kBM = 128 compressed rows x kBN
 // tokens. Warpgroup 0 is the producer: its 128 threads fill a kStages-deep ring of shared-memory
 // stages with cp.async (A values, metadata words, and the B tile gathered from
 // X[token_idx[j], k0:k0+128], zero-filled past K; rows of slots past L are not copied and a bad
@@ -40,10 +40,11 @@
 // (m64n128 wgmmas, the one-matrix k loop) and hands its logical rows to consumer 0 through the free
 // ring for SiLU(gate) * up (the former 128-row x 64-token tiles, both matrices per consumer at N = 64,
 // took 1.12x the time).
-// Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32), so
-// a consumer's accumulators take at most 128 registers (setmaxnreg splits the register file by
-// matrix count); smem: kStages x (18 KB per matrix + kBN x 256 B) <= 200 KB. The consumers read the
-// row-select words from global memory themselves, one segment ahead (v9).
+// Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32; 128
+// for the paired gate/up), so a consumer's accumulators take at most 128 registers (setmaxnreg splits
+// the register file by matrix count); smem: kStages x (kBM x 144 B per matrix + kBN x 256 B) <= 216 KB
+// (200 KB for the cp.async variant). The consumers read the row-select words from global memory
+// themselves, one segment ahead (v9).
 // Epilogue: with row selection, 16-bit output and rows % 8 == 0, the finished tile is staged in the
 // (then free) ring, kBN x (4 kBM + 16) B, and written as 16-byte chunks of whole slot rows (v13).
 // Stream-K variant (ssmm_sm90_stream_k, SAMOYEDS_SSMM_STREAM_K=on; measured slower, off by default,
@@ -132,7 +133,8 @@ __device__ __forceinline__ void mbarrier_hold_for_copies(std::uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.shared::cta.b64 [%0];\n" ::"r"(ptx::smem_address(bar)) : "memory");
 }
 
-// One matrix's A values (128 rows x 128 B, swizzled) and metadata (8 row tiles x 256 B) at k-tile kt:
+// One matrix's A values (crow rows x 128 B, swizzled) and metadata (rows / 16 row tiles x 256 B) at k-tile kt,
+// the maps' boxes (128 rows, or 64 for the paired gate/up):
 // one box each (v22: 32-row boxes, four times the copies, took 1.27-1.37x the time).
 __device__ __forceinline__ void load_a_tile(std::uint8_t* values_dst, std::uint8_t* meta_dst, const CUtensorMap* values,
                                             const CUtensorMap* metadata, std::uint64_t* bar, int kt, int crow0, int expert) {
@@ -159,8 +161,8 @@ __device__ __forceinline__ void load_b_share(std::uint8_t* tile, int bn, const C
 }  // namespace sm90
 
 // Tensor maps of the large-L variant: per matrix the values [E][compressed rows][K_padded / 2] (box
-// 64 x 128 rows, 128-byte swizzle: the layout the wgmma descriptors read) and the metadata
-// [E][row tiles][k-steps x 16 words] (box 64 words x 8 row tiles), and the activations B [rows][K]
+// 64 x kBM rows, 128-byte swizzle: the layout the wgmma descriptors read) and the metadata
+// [E][row tiles][k-steps x 16 words] (box 64 words x kBM / 16 row tiles), and the activations B [rows][K]
 // (box 64 x kBN / cluster rows, 128-byte swizzle). Unused by the cp.async variant.
 struct TmaMaps {
   CUtensorMap values[2];
@@ -173,6 +175,9 @@ namespace {
 // kPaired (the one-CTA TMA kernel's gate/up, v24): the CTA holds 64 compressed rows of both matrices
 // and 128 tokens; consumer g accumulates matrix g alone (m64n128 wgmmas, as a one-matrix product),
 // and the epilogue meets the two in shared memory for SiLU(gate) * up.
+// Whether the one-CTA kernel runs its gate/up paired: the kernel and its launcher both ask this.
+constexpr bool paired_gate_up(int num_mats, bool small_n, bool tma) { return tma && num_mats == 2 && !small_n; }
+
 template <int kNumMats, bool kSmallN, bool kTma = false, bool kPaired = false>
 struct Sm90Config {
   static_assert(!kPaired || (kTma && kNumMats == 2 && !kSmallN), "paired consumers: the TMA variant's two matrices");
@@ -190,8 +195,8 @@ struct Sm90Config {
   static constexpr int kProducerRegisters = kTma ? 40 : (kNumMats == 1 ? 72 : (kNumMats == 2 ? 96 : 120));
   static constexpr int kConsumerRegisters = kTma ? 232 : (kNumMats == 1 ? 208 : (kNumMats == 2 ? 200 : 184));
   static_assert(128 * kProducerRegisters + 256 * kConsumerRegisters <= 65536, "register file");
-  static constexpr int kATileBytes = kBM * 128;  // per matrix: 128 rows x 64 values
-  static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: 8 row tiles x 4 k-steps x 16 words
+  static constexpr int kATileBytes = kBM * 128;  // per matrix: kBM rows x 64 values
+  static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: kBM / 16 row tiles x 4 k-steps x 16 words
   static constexpr int kBN = kPaired ? 128 : (kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32)));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
@@ -220,7 +225,8 @@ struct ATileCopier {
   std::uint64_t a_row_bytes;  // K_padded / 2 values x 2 B
   std::int64_t a_col_bytes;
   Bytes a_src[kNumMats];
-  // Metadata [8 row tiles][4 k-steps][16 words]; a row tile's k-steps are contiguous in global memory.
+  // Metadata [kBM / 16 row tiles][4 k-steps][16 words]; a row tile's k-steps are contiguous in global memory.
+  // (The cp.async variant only: kBM = 128, so a CTA that is not all real has its first 64 rows real.)
   bool meta_copier, meta_row_in;
   int meta_dst, meta_chunk;
   std::int64_t ksteps_per_row;
@@ -333,7 +339,7 @@ struct BTileCopier {
 // the compressed rows, set 1 the odd logical rows' differences S (see the file comment).
 
 // This thread's metadata words of a stage, 4 k-steps per matrix (rows g and g + 8 of warp `warp_slot`
-// = group x 4 + warp in group). A short last k-tile, or a warp without rows (ksteps_here = 0), pads
+// = group x 4 + warp in group, or the warp in its group when paired; matrices from first_mat on). A short last k-tile, or a warp without rows (ksteps_here = 0), pads
 // with 0x44444444: positions (0, 1) over zero values.
 template <typename Config, int kNumMats>
 __device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumMats][4], const std::uint8_t* base, int warp_slot,
@@ -437,7 +443,7 @@ template <bool kBf16, int kNumMats, Epi kEpi, bool kSmallN, bool kTma>
 __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const __grid_constant__ TmaMaps maps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace sm90;
-  constexpr bool kPaired = kTma && kNumMats == 2 && !kSmallN;  // gate/up: consumer g takes matrix g (Sm90Config)
+  constexpr bool kPaired = paired_gate_up(kNumMats, kSmallN, kTma);  // gate/up: consumer g takes matrix g (Sm90Config)
   using Config = Sm90Config<kNumMats, kSmallN, kTma, kPaired>;
   constexpr int kBM = Config::kBM, kBK = Config::kBK, kThreads = Config::kThreads, kATileBytes = Config::kATileBytes;
   constexpr int kBN = Config::kBN;
@@ -726,7 +732,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     odd_out = epilogue_value<kEpi, kNumMats>(odd, p, tok0 + slot, tok);
   };
   // Staged (v13): the tile goes through shared memory and out as whole 16-byte chunks of a slot's
-  // rows, a warp writing 512 contiguous bytes per store, instead of one 4-byte store per pair with
+  // rows, a warp writing 512 contiguous bytes per store (paired: two slots of 256), instead of one 4-byte store per pair with
   // its own 64-bit address and checks (docs/kernels/ssmm.md v13). Needs rows % 8 == 0 and a 16-byte
   // aligned Y so every chunk is aligned; the ring is free by then: every k-tile of this CTA's range
   // was consumed, so every copy into it (the cluster's multicasts included) has landed, and the
@@ -1504,7 +1510,8 @@ std::atomic<int> persistent_override{-1};  // ssmm_sm90_set_persistent: -1 follo
 std::atomic<int> stream_k_override{-1};    // ssmm_sm90_set_stream_k: -1 follows the knob
 std::atomic<int> decode_override{-1};      // ssmm_sm90_set_decode: -1 follows the knob
 
-// Output row tiles of a call's weight: 128 compressed rows each (Sm90Config::kBM).
+// Output row tiles of a call's weight in 128 compressed rows (Sm90Config::kBM; the paired gate/up runs
+// twice as many 64-row CTAs, but its plans — TMA or not, cluster size — count these, as measured in v24).
 std::int64_t row_tiles_of(const gpu::SsmmArgs& a) {
   return (packed_geometry(a.weight.pattern, a.weight.rows, a.weight.cols).compressed_rows_padded + 127) / 128;
 }
@@ -1796,7 +1803,7 @@ template <bool kBf16, int kNumMats, Epi kEpi>
 void launch_tma(const gpu::SsmmArgs& a, const Params& p, const Sm90Choice& c, cudaStream_t stream) {
   const int cluster = c.persistent ? 1 : c.cluster;  // the persistent kernel takes its units one CTA at a time
   // The one-CTA kernel's tiles (paired for gate/up, ssmm_sm90_kernel), or the persistent kernel's.
-  using Config = Sm90Config<kNumMats, false, true, kNumMats == 2>;
+  using Config = Sm90Config<kNumMats, false, true, paired_gate_up(kNumMats, false, true)>;
   using Tiles = Sm90Config<kNumMats, false, true>;
   static_assert(Config::kBK == 128, "an A box row is one 128-byte swizzle row: 64 values = 128 columns");
   const std::uint16_t* b = p.x;
