@@ -242,7 +242,9 @@ struct RingCase {
   int copied_bytes;  // per k-tile, into shared memory
   int sm_divisor = 1;  // one CTA on each of sms / sm_divisor SMs
   int cluster = 1;     // CTAs per cluster (the multicast ring)
-  int k_tiles = kGroups;  // per CTA; fewer: kTileWaveKTiles / k_tiles waves of CTAs
+  int k_tiles = kGroups;  // per CTA; fewer: waves() of CTAs
+  // CTAs per SM: the tile cases run about the long loop's k-tiles per SM (2016 for 112) in waves.
+  int waves() const { return k_tiles < kGroups ? kTileWaveKTiles / k_tiles : 1; }
 };
 
 }  // namespace
@@ -278,7 +280,7 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
   SAMOYEDS_CUDA_CHECK(cudaMemcpy(d_src, ones.data(), src_bytes, cudaMemcpyHostToDevice));
   // The bad flags of the largest grid: the tile-length cases' waves.
   int max_ctas = sms;
-  for (const RingCase& c : cases) max_ctas = std::max(max_ctas, sms * (c.k_tiles < kGroups ? kTileWaveKTiles / c.k_tiles + 1 : 1));
+  for (const RingCase& c : cases) max_ctas = std::max(max_ctas, sms * c.waves());
   SAMOYEDS_CUDA_CHECK(cudaMalloc(&d_bad, static_cast<std::size_t>(max_ctas) * 256 * sizeof(int)));
   const std::unique_ptr<int, cudaError_t (*)(void*)> bad_guard(d_bad, &cudaFree);
   std::uint32_t* d_out = nullptr;  // the tile cases' stores: [sms][16][256 threads] uint4
@@ -314,7 +316,7 @@ int run_wgmma_ring_peaks(const PeakBenchOptions& o, int sms, const std::string& 
       ctas = std::min(ctas, max_clusters * c.cluster);
     }
     const int src_ctas = ctas;
-    if (c.k_tiles < kGroups) ctas *= kTileWaveKTiles / c.k_tiles;  // about the long loop's k-tiles per SM (2016 for 112), in waves
+    ctas *= c.waves();
     config.gridDim = dim3(static_cast<unsigned>(ctas));
     auto launch = [&] {
       SAMOYEDS_CUDA_CHECK(

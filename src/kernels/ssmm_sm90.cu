@@ -199,12 +199,14 @@ struct Sm90Config {
   static constexpr int kMetaTileBytes = (kBM / 16) * 4 * 64;  // per matrix: kBM / 16 row tiles x 4 k-steps x 16 words
   static constexpr int kBN = kPaired ? 128 : (kSmallN ? 32 : (kNumMats == 1 ? 128 : (kNumMats == 2 ? 64 : 32)));
   static constexpr int kBTileBytes = kBN * 256;  // two 64-column halves of kBN x 128 B
+  static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // the staged epilogue: a slot's logical rows, 16-bit, + 16 B
   static constexpr int kStageBytes = kNumMats * (kATileBytes + kMetaTileBytes) + kBTileBytes;  // a multiple of 1024
   // The TMA variant has no token-id table to spare room for and takes a fourth stage for gate/up.
   static constexpr int kStages = std::min(8, ((kTma ? 216 : 200) * 1024) / kStageBytes);
   // + full/empty barriers + token ids + alignment slack (the row-select words go straight from
   // global memory to the consumers: v9)
   static constexpr int kSmemBytes = kStages * kStageBytes + kStages * 16 + kBN * 4 + 1024;
+  static_assert(kBN * kStagedRowBytes <= kStages * kStageBytes, "the staged tile fits in the (then free) ring");
 };
 
 // The cp.async copies of one k-tile's A values and metadata into a stage, spread over kCopiers
@@ -338,17 +340,34 @@ struct BTileCopier {
 // Accumulators of a consumer warpgroup: [matrix][set][wgmma fragment], set 0 the running total T of
 // the compressed rows, set 1 the odd logical rows' differences S (see the file comment).
 
-// This thread's metadata words of a stage, 4 k-steps per matrix (rows g and g + 8 of warp `warp_slot`
-// = group x 4 + warp in group, or the warp in its group when paired; matrices from first_mat on). A short last k-tile, or a warp without rows (ksteps_here = 0), pads
+// Where consumer warpgroup `group`'s part of a stage starts: its first matrix, the row tile of its
+// first warp in the metadata tiles, and the byte offset of its A rows. Unpaired it holds rows 64 group..
+// of every matrix; paired (one matrix per consumer) all rows of matrix `group`.
+template <typename Config>
+__device__ __forceinline__ int consumer_first_mat(int group) {
+  return Config::kConsumerMats < Config::kStageMats ? group : 0;
+}
+template <typename Config>
+__device__ __forceinline__ int consumer_row_tile(int group) {
+  return Config::kConsumerMats < Config::kStageMats ? 0 : group * 4;
+}
+template <typename Config>
+__device__ __forceinline__ std::uint32_t consumer_a_offset(int group) {
+  return Config::kConsumerMats < Config::kStageMats ? group * Config::kATileBytes : group * (64 * 128);
+}
+
+// This thread's metadata words of a stage, 4 k-steps per matrix of consumer `group` (rows g and g + 8
+// of its warp `warp_in_group`). A short last k-tile, or a warp without rows (ksteps_here = 0), pads
 // with 0x44444444: positions (0, 1) over zero values.
 template <typename Config, int kNumMats>
-__device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumMats][4], const std::uint8_t* base, int warp_slot,
-                                                     int lane, int ksteps_here, int first_mat = 0) {
+__device__ __forceinline__ void load_k_tile_metadata(std::uint32_t (&meta)[kNumMats][4], const std::uint8_t* base, int group,
+                                                     int warp_in_group, int lane, int ksteps_here) {
+  static_assert(kNumMats == Config::kConsumerMats, "the metadata of one consumer warpgroup's matrices");
 #pragma unroll
   for (int m = 0; m < kNumMats; ++m) {
     const auto* words = reinterpret_cast<const std::uint32_t*>(base + Config::kStageMats * Config::kATileBytes +
-                                                               (first_mat + m) * Config::kMetaTileBytes) +
-                        warp_slot * 64 + (lane / 4) * 2 + (lane & 1);
+                                                               (consumer_first_mat<Config>(group) + m) * Config::kMetaTileBytes) +
+                        (consumer_row_tile<Config>(group) + warp_in_group) * 64 + (lane / 4) * 2 + (lane & 1);
     if (__builtin_expect(ksteps_here == 4, 1)) {  // every k-tile of a warp with rows but a short last one
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) meta[m][ks] = words[ks * 16];
@@ -397,14 +416,14 @@ __device__ __forceinline__ void update_running_totals(float (&acc)[kNumMats][2][
 }
 
 // This warpgroup's wgmmas of one stage: 4 k-steps x kMats matrices into set 0 (A descriptor +32 B
-// per k-step, B +64 B and the 64-column half offset), committed as one group. The warpgroup's A rows of
-// its first matrix start a_offset bytes into the stage (its 64-row half, or its matrix when paired).
+// per k-step, B +64 B and the 64-column half offset), committed as one group.
 template <typename Config, bool kBf16, int kMats>
-__device__ __forceinline__ void issue_k_tile(float (&acc)[kMats][2][Config::kBN / 2], std::uint64_t desc_stage, std::uint32_t a_offset,
+__device__ __forceinline__ void issue_k_tile(float (&acc)[kMats][2][Config::kBN / 2], std::uint64_t desc_stage, int group,
                                              const std::uint32_t (&meta)[kMats][4]) {
   constexpr int kBN = Config::kBN;
   static_assert(kMats == Config::kConsumerMats, "the accumulators hold the matrices of one consumer warpgroup");
   wgmma::fence();
+  const std::uint32_t a_offset = consumer_a_offset<Config>(group);
   const std::uint32_t b_offset = Config::kStageMats * (Config::kATileBytes + Config::kMetaTileBytes);
 #pragma unroll
   for (int ks = 0; ks < 4; ++ks) {
@@ -588,7 +607,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
 
   // Paired, consumer g holds matrix g of all the CTA's rows; else both matrices of its 64-row half.
   constexpr int kMats = Config::kConsumerMats;
-  const int first_mat = kPaired ? group : 0;
   float acc[kMats][2][kBN / 2];  // [matrix][set][wgmma accumulator fragment]
 #pragma unroll
   for (int m = 0; m < kMats; ++m)
@@ -669,13 +687,12 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
     // metadata register is not documented (CUTLASS drains before rewriting it too), and the loads'
     // latency hides behind the update's FFMAs anyway.
     std::uint32_t meta[kMats][4];
-    load_k_tile_metadata<Config, kMats>(meta, base, kPaired ? warp_in_group : group * 4 + warp_in_group, lane,
-                                        kt + 1 < num_kt_total ? ksteps_full : ksteps_last, first_mat);
+    load_k_tile_metadata<Config, kMats>(meta, base, group, warp_in_group, lane, kt + 1 < num_kt_total ? ksteps_full : ksteps_last);
     if (new_segment) update_running_totals(acc, c);
 
     if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
     wait_turn = true;
-    issue_k_tile<Config, kBf16, kMats>(acc, desc_stage, kPaired ? group * kATileBytes : group * (64 * 128), meta);
+    issue_k_tile<Config, kBf16, kMats>(acc, desc_stage, group, meta);
     if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
     --arrivals_left;
   }
@@ -687,7 +704,7 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   // hold the same rows and tokens in the same fragments), [2 sets][kBN / 2 fragments][128 threads]
   // fp32 after the staged tile's region. The first barrier waits for both consumers' last wgmmas
   // (every copy into the ring landed before they were issued), so the ring is free.
-  constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's logical rows, 16-bit, + 16 B (staged epilogue)
+  constexpr int kStagedRowBytes = Config::kStagedRowBytes;
   constexpr int kXchgOffset = (kBN * kStagedRowBytes + 1023) / 1024 * 1024;
   static_assert(!kPaired || kXchgOffset + 2 * (kBN / 2) * 128 * 4 <= kStages * Config::kStageBytes, "the hand-over fits in the ring");
   const float* up_rows = nullptr;  // this thread's fragments of up (paired, gate's consumer)
@@ -740,7 +757,6 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   if (paired_stores && p.rows % 8 == 0 && (reinterpret_cast<std::uintptr_t>(p.y) & 15u) == 0) {
     // [kBN slots][2 kBM logical rows] 16-bit, a slot's row padded by 16 B: the pair writes of a warp
     // (4 slots x 8 rows) then fall on 32 different banks.
-    static_assert(kBN * kStagedRowBytes <= kStages * Config::kStageBytes, "the staged tile fits in the ring");
     constexpr int kChunksPerSlot = 2 * kBM * 2 / 16;
     named_barrier_sync(3, Config::kConsumerThreads);
     const int pair_offset = static_cast<int>(warp_row0 - row0 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
@@ -967,12 +983,12 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_stream_k(const Params p, con
       if (prev_stage >= 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
       prev_stage = stage;
       std::uint32_t meta[kNumMats][4];
-      load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane,
+      load_k_tile_metadata<Config, kNumMats>(meta, base, group, warp_in_group, lane,
                                              !warp_rows_exist ? 0 : (kt + 1 < num_kt_total ? 4 : ksteps_tail));
       if (new_segment) update_running_totals(acc, c);
       if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
       wait_turn = true;
-      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group * (64 * 128), meta);
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
       if (arrivals_left > 0) named_barrier_arrive(2 - group, Config::kConsumerThreads);
       --arrivals_left;
     }
@@ -1091,7 +1107,7 @@ struct PersistentConfig {
   static_assert(kConsumerMats == kStageMats, "its consumers hold every matrix of their 64 rows (not the paired gate/up)");
   static constexpr int kATileBytes = Tiles::kATileBytes, kMetaTileBytes = Tiles::kMetaTileBytes,
                        kBTileBytes = Tiles::kBTileBytes, kStageBytes = Tiles::kStageBytes;
-  static constexpr int kStagedRowBytes = 2 * kBM * 2 + 16;  // a slot's 256 logical rows, 16-bit, + 16 B
+  static constexpr int kStagedRowBytes = Tiles::kStagedRowBytes;  // a slot's 256 logical rows, 16-bit, + 16 B
   static constexpr int kStagedBytes = kBN * kStagedRowBytes;
   static constexpr int kUnitRing = 4;  // units passed from the producer to the other warps, in flight
   // the stage pairs (at most 8 stages), two hand-over barriers, the unit ring's pairs and values
@@ -1332,11 +1348,11 @@ __global__ void __launch_bounds__(384, 1)
       if (kt > 0 && lane == 0) mbarrier_arrive(&empty_bar[prev_stage]);
       prev_stage = stage;
       std::uint32_t meta[kNumMats][4];
-      load_k_tile_metadata<Config, kNumMats>(meta, base, group * 4 + warp_in_group, lane, kt + 1 < num_kt ? ksteps_full : ksteps_tail);
+      load_k_tile_metadata<Config, kNumMats>(meta, base, group, warp_in_group, lane, kt + 1 < num_kt ? ksteps_full : ksteps_tail);
       if (new_segment) update_running_totals(acc, c);
       if (wait_turn) named_barrier_sync(1 + group, Config::kConsumerThreads);
       wait_turn = true;
-      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group * (64 * 128), meta);
+      issue_k_tile<Config, kBf16, kNumMats>(acc, desc_stage, group, meta);
       named_barrier_arrive(2 - group, Config::kConsumerThreads);
       if (kt == num_kt / 2) look_ahead();
     }
