@@ -24,6 +24,7 @@
 #include <optional>
 
 #include "bench/bench_util.h"
+#include "kernels/attention_cudnn.h"
 #include "kernels/cuda_check.h"
 #include "samoyeds/convert.h"
 #include "samoyeds/gpu_model.h"
@@ -242,6 +243,8 @@ int run_model(const ModelRunOptions& o) {
   }
   const std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(jsonl, jsonl ? &std::fclose : nullptr);
 
+  const std::string attention = kernels::attention_backend_summary();
+  std::printf("attention (both paths): %s\n", attention.c_str());
   std::printf("\n%-9s %6s | %11s %12s | %12s %10s | %8s | %s\n", "path", "batch", "prefill ms", "prefill tok/s",
               "decode tok/s", "TPOT ms", "peak GB", "x dense (prefill, decode)");
   std::vector<double> prefill_ratios, decode_ratios;
@@ -276,7 +279,7 @@ int run_model(const ModelRunOptions& o) {
             .add("batch", B).add("prompt_len", o.prompt_len).add("gen_len", o.gen_len)
             .add("layers", static_cast<std::int64_t>(layers)).add("time_us", t)
             .add("tokens_per_s", phase == 0 ? prefill_tokens / main.prefill_s : decode_tokens / main.decode_s)
-            .add("peak_bytes", static_cast<std::int64_t>(main.peak_bytes));
+            .add("peak_bytes", static_cast<std::int64_t>(main.peak_bytes)).add("attention", attention);
         if (cap.capped()) r.add("gpu_memory_bytes", static_cast<std::int64_t>(cap.total()));
         if (a && b) {
           const double bt = phase == 0 ? b->prefill_s * 1e6 : b->decode_s * 1e6 / steps;

@@ -18,9 +18,11 @@ step() {  # step NAME COMMAND...: runs, logs to $OUT/logs/NAME.log, records the 
 }
 [ -f .carry/commit ] && export SAMOYEDS_COMMIT="$(cat .carry/commit)"
 build_gpu() {
-  local gtest_args=()
-  [ -f .carry/googletest/CMakeLists.txt ] && gtest_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
-  step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${gtest_args[@]}"
+  local cmake_args=()
+  [ -f .carry/googletest/CMakeLists.txt ] && cmake_args=(-DSAMOYEDS_GTEST_SOURCE="$PWD/.carry/googletest")
+  [ -f .carry/cudnn-frontend/include/cudnn_frontend.h ] && cmake_args+=(-DSAMOYEDS_CUDNN_FRONTEND_DIR="$PWD/.carry/cudnn-frontend/include")
+  [ -f .carry/cudnn/include/cudnn.h ] && cmake_args+=(-DSAMOYEDS_CUDNN_INCLUDE_DIR="$PWD/.carry/cudnn/include")
+  step configure cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DSAMOYEDS_CUDA=ON "${cmake_args[@]}"
   step build cmake --build build-gpu -j 16
 }
 # The device tool returns only a few files: the logs travel as one archive.

@@ -24,9 +24,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "kernels/attention.h"
+#include "kernels/attention_cudnn.h"
 #include "kernels/cuda_check.h"
 #include "kernels/ptx.cuh"
 
@@ -387,6 +389,15 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                  "attention: ", a.tokens_per_sequence, " tokens per sequence x ", a.num_heads / a.num_kv_heads,
                  " query heads per KV head is more than ", kMaxRowsPerStep, " rows for one step; split the prefill into chunks");
   if (a.num_sequences == 0 || a.tokens_per_sequence == 0) return;
+  // cuDNN's SDPA for prefill passes (faster than our kernel: docs/kernels/attention.md v3); `cudnn`
+  // forces it for every pass with a host-known cached length and fails if it cannot.
+  const AttentionBackend backend = attention_backend();
+  const bool forced = backend == AttentionBackend::cudnn && a.cached_len >= 0;
+  if (forced || (backend == AttentionBackend::automatic && a.tokens_per_sequence >= kCudnnMinQueryTokens && a.cached_len >= 0)) {
+    std::string why;
+    if (cudnn_attention(a, stream, &why)) return;
+    SAMOYEDS_CHECK(!forced, "attention: SAMOYEDS_ATTENTION=cudnn, but cuDNN cannot take this pass: ", why);
+  }
   const bool bf16 = a.dtype == DType::bf16;
   if (a.head_dim == 128) bf16 ? launch<__nv_bfloat16, 128>(a, stream) : launch<__half, 128>(a, stream);
   else bf16 ? launch<__nv_bfloat16, 64>(a, stream) : launch<__half, 64>(a, stream);

@@ -24,6 +24,10 @@ struct AttentionArgs {
   std::int64_t window = 0;  // sliding window (keys p - window < j <= p); 0 = full causal
   float scale = 0.0f;       // softmax scale
   DType dtype = DType::bf16;
+  // Cached positions of every sequence before this step, when the host knows them and they are all
+  // equal (a prefill pass); -1 when they live on the device only (a captured decode step). Only
+  // cuDNN's path needs it (attention_cudnn.h): its graph is built for fixed key lengths.
+  std::int64_t cached_len = -1;
   // Split-KV (decode: few CTAs, long keys): each CTA takes a share of the key tiles and writes fp32
   // partials to the workspace, a second kernel merges them. With no workspace, one CTA per rows tile.
   float* partial_o = nullptr;   // workspace: [splits, B * n * heads, d] fp32

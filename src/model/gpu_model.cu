@@ -355,7 +355,7 @@ struct Model::Impl {
   }
 
   // Leaves the layer's last residual add pending in `residual` (the next layer's norm applies it).
-  void layer_forward(int index, int s0, int nb, int n, PendingResidual& residual) {
+  void layer_forward(int index, int s0, int nb, int n, std::int64_t cached_len, PendingResidual& residual) {
     Layer& l = layers[static_cast<std::size_t>(index)];
     const std::int64_t T = static_cast<std::int64_t>(nb) * n, H = config.hidden_size;
     const float scale = branch_scale();
@@ -393,6 +393,7 @@ struct Model::Impl {
     a.window = config.sliding_window;
     a.scale = static_cast<float>(config.softmax_scale());
     a.dtype = dtype;
+    a.cached_len = cached_len;
     a.max_splits = kAttentionSplits;
     a.workspace_bytes = b.attention_partials_bytes;
     const std::int64_t partial_rows = static_cast<std::int64_t>(a.workspace_bytes / ((config.head_dim + 2) * sizeof(float)));
@@ -423,14 +424,16 @@ struct Model::Impl {
 
   // One pass: sequences [s0, s0 + nb) each append n tokens whose ids are in buffers.token_ids. With
   // `last`, the pass ends these sequences' step: their logits and greedy next tokens are written.
-  // With logits_all, every token's logits go there instead ([nb * n, vocab]).
-  void pass(int s0, int nb, int n, bool last, float* logits_all) {
+  // With logits_all, every token's logits go there instead ([nb * n, vocab]). cached_len: the positions
+  // each of these sequences holds before the pass when the host knows them (-1: a decode step, whose
+  // lengths live on the device so that its captured graph stays valid).
+  void pass(int s0, int nb, int n, bool last, float* logits_all, std::int64_t cached_len) {
     const std::int64_t T = static_cast<std::int64_t>(nb) * n, H = config.hidden_size;
     PassBuffers& b = buffers;
     kernels::embed(b.token_ids, embedding.ptr(), b.x, T, H, config.vocab_size, static_cast<float>(config.scale_emb),
                    dtype, nullptr, stream);  // ids were checked on the host or come from argmax
     PendingResidual residual;
-    for (int l = 0; l < active_layers; ++l) layer_forward(l, s0, nb, n, residual);
+    for (int l = 0; l < active_layers; ++l) layer_forward(l, s0, nb, n, cached_len, residual);
     // The last layer's add: x itself is read below (every token's row, or the last ones).
     if (residual.pending) kernels::add_residual(b.x, b.branch, b.x, T * H, residual.scale, dtype, stream);
     if (logits_all) {
@@ -487,7 +490,7 @@ struct Model::Impl {
         SAMOYEDS_CUDA_CHECK(cudaMemcpy2DAsync(buffers.token_ids, len * sizeof(std::int32_t), all_ids + s0 * n + p0,
                                               static_cast<std::size_t>(n) * sizeof(std::int32_t), len * sizeof(std::int32_t),
                                               nb, cudaMemcpyDeviceToDevice, stream));
-        pass(s0, nb, len, p0 + len == n, logits_all);
+        pass(s0, nb, len, p0 + len == n, logits_all, length + p0);
       }
     }
     // The host copy of `ids` may be reused by the caller as soon as this returns.
@@ -506,7 +509,7 @@ struct Model::Impl {
       const int nb = std::min(group, B - s0);
       SAMOYEDS_CUDA_CHECK(cudaMemcpyAsync(buffers.token_ids, buffers.next_tokens + s0, sizeof(std::int32_t) * nb,
                                           cudaMemcpyDeviceToDevice, stream));
-      pass(s0, nb, 1, true, nullptr);
+      pass(s0, nb, 1, true, nullptr, -1);
     }
     kernels::record_tokens(buffers.next_tokens, B, static_cast<std::int32_t*>(history.ptr()), buffers.step, stream);
   }

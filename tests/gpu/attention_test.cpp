@@ -4,7 +4,8 @@
 // that should be masked would show), sliding windows, several new tokens per sequence, sequences of
 // different lengths, head_dim 64 and 128, with and without split-KV (whose result must also match
 // the unsplit one), the usual softmax scale and 8x it (peaky rows), bf16 and fp16. Tolerance: 2^-7
-// max|v| (16-bit probabilities, fp32 sums, a 16-bit output).
+// max|v| (16-bit probabilities, fp32 sums, a 16-bit output). cuDNN's prefill path (attention_cudnn.h)
+// is held to the same computation and tolerance on the shapes it takes.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -16,6 +17,7 @@
 #include "common/test_util.h"
 #include "gpu/gpu_util.h"
 #include "kernels/attention.h"
+#include "kernels/attention_cudnn.h"
 #include "samoyeds/error.h"
 
 namespace samoyeds {
@@ -32,7 +34,9 @@ struct Case {
   DType dtype = DType::bf16;
 };
 
-void check_case(const Case& c, std::uint64_t seed) {
+// Our kernel unsplit and split-KV, or (cudnn) our kernel unsplit and cuDNN's graph, which needs every
+// sequence at the same cached length.
+void check_case(const Case& c, std::uint64_t seed, bool cudnn = false) {
   SCOPED_TRACE(testing::seed_trace(seed) + ", d " + std::to_string(c.head_dim) + ", n " + std::to_string(c.n) +
                ", window " + std::to_string(c.window) + ", scale x" + std::to_string(c.scale_factor) + ", " +
                dtype_name(c.dtype));
@@ -64,14 +68,20 @@ void check_case(const Case& c, std::uint64_t seed) {
   a.out = out_plain.get();
   kernels::attention(a, nullptr);  // no workspace: one CTA per rows tile
   a.out = out_split.get();
-  a.partial_o = workspace.as<float>();
-  a.partial_ml = a.partial_o + static_cast<std::int64_t>(ws_bytes / ((d + 2) * sizeof(float))) * d;
-  a.workspace_bytes = ws_bytes;
   out_split.poison();
-  const int splits = kernels::attention_splits(a);
-  kernels::attention(a, nullptr);
+  if (cudnn) {
+    a.cached_len = c.lengths[0];
+    std::string why;
+    ASSERT_TRUE(kernels::cudnn_attention(a, nullptr, &why)) << why;
+  } else {
+    a.partial_o = workspace.as<float>();
+    a.partial_ml = a.partial_o + static_cast<std::int64_t>(ws_bytes / ((d + 2) * sizeof(float))) * d;
+    a.workspace_bytes = ws_bytes;
+    const int splits = kernels::attention_splits(a);
+    kernels::attention(a, nullptr);
+    EXPECT_GT(splits, 1) << "the case is meant to exercise split-KV";
+  }
   SAMOYEDS_ASSERT_CUDA(cudaDeviceSynchronize());
-  EXPECT_GT(splits, 1) << "the case is meant to exercise split-KV";
 
   double max_v = 0;
   for (std::int64_t r = 0; r < v.rows(); ++r)
@@ -103,7 +113,7 @@ void check_case(const Case& c, std::uint64_t seed) {
           for (const auto* got : {&plain, &split}) {
             const double g = half_to_float(c.dtype, (*got)[at]);
             if (!(std::fabs(g - want) <= std::ldexp(max_v, -7)) && bad++ < 3)
-              ADD_FAILURE() << (got == &plain ? "unsplit" : "split") << " (b " << b << ", i " << i << ", h " << h << ", "
+              ADD_FAILURE() << (got == &plain ? "unsplit" : cudnn ? "cuDNN" : "split") << " (b " << b << ", i " << i << ", h " << h << ", "
                             << x << "): got " << g << ", want " << want;
           }
         }
@@ -125,6 +135,43 @@ TEST(GpuAttention, MatchesDirectComputation) {
                         Case{128, 8, 2, 200, 0, {0, 150}, 400, 8.0f, DType::f16},
                         Case{64, 4, 4, 1, 0, {900}, 1000, 8.0f, DType::bf16}})
     check_case(c, seed++);
+}
+
+// cuDNN's SDPA graph on the prefill shapes it takes: grouped heads, from empty (causal from the top
+// left) and after cached positions (from the bottom right), a tile-unaligned n, several sequences,
+// head_dim 64 and 128, peaky fp16 rows. Skips (saying why) where cuDNN cannot be loaded.
+TEST(GpuAttention, CudnnMatchesDirectComputation) {
+  SAMOYEDS_SKIP_WITHOUT_GPU();
+  kernels::AttentionArgs probe;
+  probe.cached_len = 0;
+  probe.tokens_per_sequence = 1;
+  probe.capacity = 1;
+  probe.head_dim = 128;
+  std::string why;
+  if (!kernels::cudnn_attention_fits(probe, &why)) GTEST_SKIP() << "cuDNN attention unavailable: " << why;
+  std::uint64_t seed = 1970;
+  for (const Case& c : {Case{128, 32, 8, 300, 0, {0}, 400},                         // Mixtral's heads, from empty
+                        Case{128, 8, 2, 200, 0, {150, 150}, 400},                  // after 150 cached positions
+                        Case{64, 4, 4, 100, 0, {0, 0, 0}, 128, 1.0f, DType::f16},  // three sequences, d = 64
+                        Case{128, 8, 2, 129, 0, {37}, 200, 8.0f, DType::f16},     // peaky rows, cached 37
+                        Case{64, 6, 3, 64, 0, {1}, 65}})                         // the keys fill the cache exactly
+    check_case(c, seed++, true);
+}
+
+TEST(GpuAttention, CudnnRefusesWhatItDoesNotTake) {
+  kernels::AttentionArgs a;
+  a.head_dim = 128;
+  a.capacity = 100;
+  a.tokens_per_sequence = 10;
+  std::string why;
+  EXPECT_FALSE(kernels::cudnn_attention_fits(a, &why)) << "an unknown cached length";  // cached_len -1
+  a.cached_len = 0;
+  a.window = 16;
+  EXPECT_FALSE(kernels::cudnn_attention_fits(a, &why)) << "a sliding window";
+  a.window = 0;
+  a.cached_len = 95;
+  EXPECT_FALSE(kernels::cudnn_attention_fits(a, &why)) << "keys past the capacity";
+  EXPECT_NE(why.find("capacity"), std::string::npos) << why;
 }
 
 TEST(GpuAttention, RejectsScaleThatIsNotPositive) {
