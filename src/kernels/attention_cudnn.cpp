@@ -24,6 +24,7 @@
 #include <memory>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "kernels/cuda_check.h"
 
@@ -91,19 +92,51 @@ CudnnState& state() {
   return *s;
 }
 
-// Opens libcudnn.so.9 once; false with the reason in state().load_error when it cannot be used.
+// dlopen's first success among `names` (its name in `opened`); `tried` collects the failures.
+void* open_first(const std::vector<std::string>& names, std::string* opened, std::string* tried) {
+  for (const std::string& name : names) {
+    if (void* h = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL)) {
+      *opened = name;
+      return h;
+    }
+    const char* err = dlerror();
+    *tried += "\n  " + name + ": " + (err ? err : "unknown error");
+  }
+  return nullptr;
+}
+
+// Opens cuDNN (and the CUDA runtime the frontend calls) once; false with the reason in
+// state().load_error when it cannot be used. cuDNN: $SAMOYEDS_CUDNN_LIBRARY, else libcudnn.so.9 on
+// the loader's path, else where the build found it (a pip wheel's copy is on no search path).
 bool load_locked(CudnnState& s) {
   if (s.load_tried) return s.loaded;
   s.load_tried = true;
-  // The frontend opens a CUDA runtime of its own by name, trying major 12 before 13; make it the one
-  // this library runs on (a user's setting wins).
-  setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", ("libcudart.so." + std::to_string(CUDART_VERSION / 1000)).c_str(), 0);
-  fe::cudnn_dlhandle = dlopen("libcudnn.so.9", RTLD_NOW | RTLD_LOCAL);
+  std::vector<std::string> cudnn_names;
+  if (const char* env = std::getenv("SAMOYEDS_CUDNN_LIBRARY"); env && *env) cudnn_names.push_back(env);
+  cudnn_names.push_back("libcudnn.so.9");
+#if defined(SAMOYEDS_CUDNN_LIBRARY_HINT)
+  cudnn_names.push_back(SAMOYEDS_CUDNN_LIBRARY_HINT);
+#endif
+  std::string opened, tried;
+  fe::cudnn_dlhandle = open_first(cudnn_names, &opened, &tried);
   if (!fe::cudnn_dlhandle) {
-    const char* err = dlerror();
-    s.load_error = std::string("libcudnn.so.9 could not be opened (") + (err ? err : "unknown error") +
-                   "); install cuDNN 9 or add its directory to LD_LIBRARY_PATH";
+    s.load_error = "cuDNN 9 could not be opened (install it, or name libcudnn.so.9 in SAMOYEDS_CUDNN_LIBRARY):" + tried;
     return false;
+  }
+  // The frontend opens a CUDA runtime of its own by name, trying major 12 before 13. Give it the one
+  // this library runs on (the same instance when it is already loaded); a user's setting wins.
+  if (!std::getenv("CUDNN_FRONTEND_CUDART_LIB_NAME")) {
+    const std::string soname = "libcudart.so." + std::to_string(CUDART_VERSION / 1000);
+    std::vector<std::string> cudart_names = {soname};
+#if defined(SAMOYEDS_CUDART_DIR)
+    cudart_names.push_back(std::string(SAMOYEDS_CUDART_DIR) + "/" + soname);
+#endif
+    tried.clear();
+    if (!open_first(cudart_names, &opened, &tried)) {  // left open: the frontend's dlopen gets the same
+      s.load_error = "the CUDA runtime cuDNN's frontend calls could not be opened:" + tried;
+      return false;
+    }
+    setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", opened.c_str(), 0);
   }
   try {
     const std::int64_t version = fe::detail::get_backend_version();
@@ -111,12 +144,12 @@ bool load_locked(CudnnState& s) {
       s.load_error = "cuDNN " + std::to_string(version) + " is older than 9.0";
       return false;
     }
+    s.version = version;
   } catch (const std::exception& e) {
     s.load_error = std::string("cuDNN was opened but did not answer its version: ") + e.what();
     return false;
   }
   s.loaded = true;
-  s.version = fe::detail::get_backend_version();
   return true;
 }
 
