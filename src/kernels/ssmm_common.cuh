@@ -35,6 +35,9 @@ struct Params {
   const float* slot_weight;            // [L], down_weighted
   void* y;                             // [L, rows]
   bool y_f32;
+  // sm90 paired gate/up, staged: both consumers finish half the slots each (SAMOYEDS_SSMM_SPLIT_EPILOGUE;
+  // docs/kernels/ssmm.md v25). Beside y_f32, in padding: the other fields keep their offsets.
+  bool split_epilogue;
   // split-K: CTA z covers k-tiles [z * k_tiles_per_split, ...). The wgmma kernels write fp32 partial
   // products to workspace [splits][num_mats][L][rows] and a reduce kernel sums them in split order,
   // then the epilogue; the decode kernel's split CTAs add theirs within a cluster (no workspace).

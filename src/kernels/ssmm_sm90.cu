@@ -700,13 +700,77 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
   if constexpr (kTma) release_stage(prev_stage);  // the producers drain every stage before exiting
   running_totals_to_rows(acc, sel);
 
-  // Paired: up's consumer hands its rows to gate's through shared memory, thread to thread (the two
-  // hold the same rows and tokens in the same fragments), [2 sets][kBN / 2 fragments][128 threads]
-  // fp32 after the staged tile's region. The first barrier waits for both consumers' last wgmmas
-  // (every copy into the ring landed before they were issued), so the ring is free.
+  // Paired and staged, the epilogue split by tokens (v25): consumer G finishes slots [G kBN / 2,
+  // (G + 1) kBN / 2) of both matrices, i.e. its fragments [G kHalf, (G + 1) kHalf), and hands the other
+  // half of its own matrix to the other consumer, thread to thread (the two hold the same rows and
+  // tokens in the same fragments): [receiving consumer][2 sets][kHalf fragments][128 threads] fp32
+  // after the staged tile's region. With the whole epilogue on gate's consumer, it ran every SiLU at
+  // one warp per scheduler while up's waited (ncu, v25). G is a template constant in each branch, so
+  // every fragment index stays static (v24's split by rows selected on the runtime group per value
+  // and lost 8 %). The staged conditions are those of the unsplit path below.
   constexpr int kStagedRowBytes = Config::kStagedRowBytes;
   constexpr int kXchgOffset = (kBN * kStagedRowBytes + 1023) / 1024 * 1024;
   static_assert(!kPaired || kXchgOffset + 2 * (kBN / 2) * 128 * 4 <= kStages * Config::kStageBytes, "the hand-over fits in the ring");
+  if constexpr (kPaired) {
+    const bool staged = p.row_select_on && p.splits == 1 && !p.y_f32 && p.rows % 8 == 0 &&
+                        (reinterpret_cast<std::uintptr_t>(p.y) & 15u) == 0;
+    if (staged && p.split_epilogue) {
+      auto* xchg = reinterpret_cast<float*>(smem + kXchgOffset);
+      const int xchg_thread = ctid % 128;
+      const int pair_offset = static_cast<int>(warp_row0 - row0 + g) * 4;  // logical rows 2 crow, 2 crow + 1 of row h = 0
+      constexpr int kHalf = kBN / 4;  // fragments of half the slots: i in [0, kBN / 16) of 8i + 2t + q
+      const auto finish_half = [&](auto consumer) {
+        constexpr int G = decltype(consumer)::value;
+        named_barrier_sync(3, Config::kConsumerThreads);  // both consumers' last wgmmas are done: the ring is free
+        float* to_other = xchg + (1 - G) * 2 * kHalf * 128 + xchg_thread;
+#pragma unroll
+        for (int s = 0; s < 2; ++s)
+#pragma unroll
+          for (int j = 0; j < kHalf; ++j) to_other[(s * kHalf + j) * 128] = acc[0][s][(1 - G) * kHalf + j];
+        named_barrier_sync(3, Config::kConsumerThreads);
+        const float* from_other = xchg + G * 2 * kHalf * 128 + xchg_thread;
+#pragma unroll
+        for (int ii = 0; ii < kBN / 16; ++ii)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int i = G * (kBN / 16) + ii, slot = 8 * i + 2 * t + q;
+            const std::int32_t tok = s_tok[slot];
+            if (tok == kNoToken) continue;  // past the expert's slots (a suffix of the tile): never stored
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int f = 4 * i + 2 * h + q, j = f - G * kHalf;
+              float out[2];
+#pragma unroll
+              for (int s = 0; s < 2; ++s) {  // logical rows 2 crow + s
+                const float own = acc[0][s][f], other = from_other[(s * kHalf + j) * 128];
+                const float v[kNumMats] = {G == 0 ? own : other, G == 0 ? other : own};  // gate, up
+                out[s] = epilogue_value<kEpi, kNumMats>(v, p, tok0 + slot, tok);
+              }
+              *reinterpret_cast<std::uint32_t*>(smem + slot * kStagedRowBytes + pair_offset + h * 32) = narrow2<kBf16>(out[0], out[1]);
+            }
+          }
+      };
+      if (group == 0) finish_half(std::integral_constant<int, 0>{});
+      else finish_half(std::integral_constant<int, 1>{});
+      named_barrier_sync(3, Config::kConsumerThreads);
+      // The staged tile's copy-out, as in the unsplit path below.
+      constexpr int kChunksPerSlot = 2 * kBM * 2 / 16;
+      const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));
+      const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);
+      auto* y = static_cast<std::uint16_t*>(p.y);
+      for (int c = ctid; c < slots_here * kChunksPerSlot; c += Config::kConsumerThreads) {
+        const int slot = c / kChunksPerSlot, chunk = c % kChunksPerSlot;
+        if (chunk < chunks_here)
+          *reinterpret_cast<uint4*>(y + (tok0 + slot) * p.rows + 2 * row0 + chunk * 8) =
+              *reinterpret_cast<const uint4*>(smem + slot * kStagedRowBytes + chunk * 16);
+      }
+      return;
+    }
+  }
+  // Paired otherwise: up's consumer hands its rows to gate's through shared memory, thread to thread (the two
+  // hold the same rows and tokens in the same fragments), [2 sets][kBN / 2 fragments][128 threads]
+  // fp32 after the staged tile's region. The first barrier waits for both consumers' last wgmmas
+  // (every copy into the ring landed before they were issued), so the ring is free.
   const float* up_rows = nullptr;  // this thread's fragments of up (paired, gate's consumer)
   if constexpr (kPaired) {
     auto* xchg = reinterpret_cast<float*>(smem + kXchgOffset);
@@ -1483,7 +1547,8 @@ std::int64_t tokens_per_expert(const gpu::SsmmArgs& a) {
 // gpu::plan_decode gives ssmm_decode.cu through the wgmma kernels instead, v17), SAMOYEDS_SSMM_DECODE_WIDE_K
 // = the largest K the decode kernel takes past 8 slots per expert (default gpu::kDecodeMaxKOver8Slots,
 // at most gpu::kDecodeMaxK; v19), SAMOYEDS_SSMM_DECODE_MAX_SLOTS = the most slots per expert it takes
-// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 or less keeps it to 16 everywhere; v20). Read once per
+// for small weights (default gpu::kDecodeMaxSlotsSmallWeight; 16 or less keeps it to 16 everywhere; v20),
+// SAMOYEDS_SSMM_SPLIT_EPILOGUE = off (the paired gate/up's staged epilogue on gate's consumer alone, v24; v25). Read once per
 // process; ssmm_sm90_set_persistent, ssmm_sm90_set_stream_k and ssmm_sm90_set_decode override the
 // three choices for tests.
 struct Tuning {
@@ -1500,6 +1565,7 @@ struct Tuning {
   std::int64_t decode_wide_k = gpu::kDecodeMaxKOver8Slots;
   std::int64_t decode_max_slots = gpu::kDecodeMaxSlotsSmallWeight;
   double split_traffic = 1.0;
+  bool split_epilogue = true;  // the paired gate/up's staged epilogue split between its consumers (v25)
 };
 const Tuning& tuning() {
   static const Tuning t = [] {
@@ -1517,6 +1583,7 @@ const Tuning& tuning() {
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_WIDE_K")) r.decode_wide_k = std::clamp<std::int64_t>(std::atoll(v), 0, gpu::kDecodeMaxK);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_DECODE_MAX_SLOTS")) r.decode_max_slots = std::clamp<std::int64_t>(std::atoll(v), 0, 1024);
     if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_TRAFFIC")) r.split_traffic = std::max(0.0, std::atof(v));
+    if (const char* v = std::getenv("SAMOYEDS_SSMM_SPLIT_EPILOGUE")) r.split_epilogue = std::strcmp(v, "off") != 0;
     return r;
   }();
   return t;
@@ -1971,6 +2038,7 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   p.early_stages = tuning().early_stages;
+  p.split_epilogue = tuning().split_epilogue;
   if (c.stream_k && has_workspace) {
     p.workspace = static_cast<float*>(args.workspace);
     if (args.x_dtype == DType::bf16) {
