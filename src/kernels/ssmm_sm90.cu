@@ -2023,6 +2023,7 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
   const bool has_workspace = args.workspace && args.workspace_bytes >= workspace_bytes_of(args, c);
   p.splits = 1;
   p.k_tiles_per_split = (p.K_padded + 127) / 128;
+  p.split_epilogue = tuning().split_epilogue;
   if (c.tma) {
     if (args.x_dtype == DType::bf16) {
       dispatch_tma<true>(args, p, c, stream);
@@ -2038,7 +2039,6 @@ void ssmm_sm90(const gpu::SsmmArgs& args, Params p, cudaStream_t stream) {
     return;
   }
   p.early_stages = tuning().early_stages;
-  p.split_epilogue = tuning().split_epilogue;
   if (c.stream_k && has_workspace) {
     p.workspace = static_cast<float*>(args.workspace);
     if (args.x_dtype == DType::bf16) {
