@@ -19,6 +19,8 @@
 // the ldmatrix reads of K and V conflict-free); registers per thread: Q 32, O 64, S 32 of the 216-224
 // ptxas allots at d = 128 (168 at d = 64), so two CTAs per SM at d = 128.
 // Numerics differ from the CPU reference (fp32 probabilities) by the rounding of P to 16 bits.
+// attention() hands long prefill passes to cuDNN's SDPA first (attention_cudnn.cpp; faster there:
+// docs/kernels/attention.md v3); this kernel takes decode, sliding windows and everything cuDNN refuses.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -48,6 +48,8 @@ std::size_t attention_workspace_bytes(std::int64_t rows, int head_dim, int max_s
 // says what is unsupported. attention() throws with that reason.
 bool attention_supported(int head_dim, int num_heads, int num_kv_heads, int num_sequences, DType dtype,
                          const char** reason);
+// Runs one pass: cuDNN's SDPA for prefill passes it takes (attention_cudnn.h: SAMOYEDS_ATTENTION,
+// >= kCudnnMinQueryTokens tokens per sequence, a host-known cached length), our kernel otherwise.
 void attention(const AttentionArgs& args, cudaStream_t stream);
 
 }  // namespace samoyeds::kernels

@@ -37,9 +37,10 @@
 // registers go to the consumers (232). Each stage's `empty` barrier takes the arrivals of every
 // consumer warp in the cluster, and a producer leaves only after all of them. Its gate/up is paired
 // (v24): a CTA takes 64 compressed rows of both matrices x 128 tokens, consumer g accumulates matrix g
-// (m64n128 wgmmas, the one-matrix k loop) and hands its logical rows to consumer 0 through the free
-// ring for SiLU(gate) * up (the former 128-row x 64-token tiles, both matrices per consumer at N = 64,
-// took 1.12x the time).
+// (m64n128 wgmmas, the one-matrix k loop), and the two meet through the free ring for SiLU(gate) * up:
+// staged, each hands the other half of its tokens over and finishes its own half (v25); otherwise
+// consumer 1 hands everything to consumer 0 (the former 128-row x 64-token tiles, both matrices per
+// consumer at N = 64, took 1.12x the time).
 // Budget: kBN = 128 / 64 / 32 tokens for 1 / 2 / 3 matrices (32 for every count when L <= 32; 128
 // for the paired gate/up), so a consumer's accumulators take at most 128 registers (setmaxnreg splits
 // the register file by matrix count); smem: kStages x (kBM x 144 B per matrix + kBN x 256 B) <= 216 KB
