@@ -754,7 +754,8 @@ __global__ void __launch_bounds__(384, 1) ssmm_sm90_kernel(const Params p, const
       if (group == 0) finish_half(std::integral_constant<int, 0>{});
       else finish_half(std::integral_constant<int, 1>{});
       named_barrier_sync(3, Config::kConsumerThreads);
-      // The staged tile's copy-out, as in the unsplit path below.
+      // The staged tile's copy-out, as in the unsplit path below (written twice: one shared helper
+      // changed the register allocation of all 18 other one-CTA kernels, whose SASS this keeps as verified).
       constexpr int kChunksPerSlot = 2 * kBM * 2 / 16;
       const int slots_here = static_cast<int>(std::min<std::int64_t>(kBN, tile.end - tok0));
       const int chunks_here = static_cast<int>(std::min<std::int64_t>(2 * kBM, p.rows - 2 * row0) / 8);
