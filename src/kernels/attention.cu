@@ -394,8 +394,8 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
   // cuDNN's SDPA for prefill passes (faster than our kernel: docs/kernels/attention.md v3); `cudnn`
   // forces it for every pass with a host-known cached length and fails if it cannot.
   const AttentionBackend backend = attention_backend();
-  const bool forced = backend == AttentionBackend::cudnn && a.cached_len >= 0;
-  if (forced || (backend == AttentionBackend::automatic && a.tokens_per_sequence >= kCudnnMinQueryTokens && a.cached_len >= 0)) {
+  const bool forced = backend == AttentionBackend::cudnn;
+  if (a.cached_len >= 0 && (forced || (backend == AttentionBackend::automatic && a.tokens_per_sequence >= kCudnnMinQueryTokens))) {
     std::string why;
     if (cudnn_attention(a, stream, &why)) return;
     SAMOYEDS_CHECK(!forced, "attention: SAMOYEDS_ATTENTION=cudnn, but cuDNN cannot take this pass: ", why);

@@ -76,9 +76,8 @@ struct CachedGraph {
 // graphs of the most recent shapes (a long chunked prefill builds one per chunk).
 struct CudnnState {
   std::mutex mutex;
-  bool loaded = false;
-  std::string load_error;  // why cuDNN is not usable, once a load was tried
   bool load_tried = false;
+  std::string load_error;  // why cuDNN is not usable, once a load was tried (empty: it is)
   std::int64_t version = 0;  // cudnnGetVersion(), e.g. 91400, once loaded
   std::unordered_map<int, cudnnHandle_t> handles;
   std::unordered_map<int, std::pair<void*, std::size_t>> workspaces;
@@ -109,7 +108,7 @@ void* open_first(const std::vector<std::string>& names, std::string* opened, std
 // state().load_error when it cannot be used. cuDNN: $SAMOYEDS_CUDNN_LIBRARY, else libcudnn.so.9 on
 // the loader's path, else where the build found it (a pip wheel's copy is on no search path).
 bool load_locked(CudnnState& s) {
-  if (s.load_tried) return s.loaded;
+  if (s.load_tried) return s.load_error.empty();
   s.load_tried = true;
   std::vector<std::string> cudnn_names;
   if (const char* env = std::getenv("SAMOYEDS_CUDNN_LIBRARY"); env && *env) cudnn_names.push_back(env);
@@ -149,7 +148,6 @@ bool load_locked(CudnnState& s) {
     s.load_error = std::string("cuDNN was opened but did not answer its version: ") + e.what();
     return false;
   }
-  s.loaded = true;
   return true;
 }
 
@@ -202,26 +200,33 @@ CachedGraph build_graph(const AttentionArgs& a, cudnnHandle_t handle) {
   return out;
 }
 
-}  // namespace
+// Why the pass's shape is not one cuDNN's graph takes, or null.
+const char* shape_refusal(const AttentionArgs& a) {
+  if (a.cached_len < 0) return "the cached length is not known on the host (a captured decode step)";
+  if (a.window != 0) return "a sliding window (our kernel applies it)";
+  if (a.dtype != DType::bf16 && a.dtype != DType::f16) return "not bf16 or fp16";
+  if (a.head_dim != 64 && a.head_dim != 128) return "head_dim is not 64 or 128";
+  if (a.cached_len + a.tokens_per_sequence > a.capacity) return "the keys would run past the cache capacity";
+  return nullptr;
+}
 
-bool cudnn_attention_fits(const AttentionArgs& a, std::string* reason) {
-  const char* why = nullptr;
-  if (a.cached_len < 0) why = "the cached length is not known on the host (a captured decode step)";
-  else if (a.window != 0) why = "a sliding window (our kernel applies it)";
-  else if (a.dtype != DType::bf16 && a.dtype != DType::f16) why = "not bf16 or fp16";
-  else if (a.head_dim != 64 && a.head_dim != 128) why = "head_dim is not 64 or 128";
-  else if (a.cached_len + a.tokens_per_sequence > a.capacity) why = "the keys would run past the cache capacity";
-  if (why) {
-    if (reason) *reason = why;
-    return false;
-  }
-  CudnnState& s = state();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  if (!load_locked(s)) {
+// The shape and the library, with the state's mutex held.
+bool fits_locked(CudnnState& s, const AttentionArgs& a, std::string* reason) {
+  const char* why = shape_refusal(a);
+  if (!why && !load_locked(s)) {
     if (reason) *reason = s.load_error;
     return false;
   }
-  return true;
+  if (why && reason) *reason = why;
+  return !why;
+}
+
+}  // namespace
+
+bool cudnn_attention_fits(const AttentionArgs& a, std::string* reason) {
+  CudnnState& s = state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  return fits_locked(s, a, reason);
 }
 
 std::string attention_backend_summary() {
@@ -235,9 +240,9 @@ std::string attention_backend_summary() {
 }
 
 bool cudnn_attention(const AttentionArgs& a, cudaStream_t stream, std::string* reason) {
-  if (!cudnn_attention_fits(a, reason)) return false;
   CudnnState& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
+  if (!fits_locked(s, a, reason)) return false;
   int device = 0;
   SAMOYEDS_CUDA_CHECK(cudaGetDevice(&device));
   std::uint32_t scale_bits = 0;
